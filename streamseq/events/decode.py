@@ -1,0 +1,256 @@
+"""Decode and validate events from JSON bytes and from CSV rows.
+
+Every failure raises :class:`~streamseq.events.errors.EventError` with a reason from a closed
+set, so callers can dead-letter and count without parsing messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streamseq.events.errors import EventError
+from streamseq.events.schema import KINDS, PRICE_FIELDS, Event
+
+__all__ = ["EventDecoder", "decode_json", "parse_time", "MIN_TS_MS", "MAX_TS_MS"]
+
+KEY_FIELDS = ("key", "sensor_id", "symbol")
+TIME_FIELDS = ("ts", "timestamp", "time", "event_time")
+META_FIELDS = frozenset(("kind", "id", "values", *KEY_FIELDS, *TIME_FIELDS))
+MIN_TS_MS = 0  # 1970-01-01
+MAX_TS_MS = 7_258_118_400_000  # 2200-01-01: anything later is a producer bug, not a reading
+_NA_STRINGS = frozenset(("", "na", "nan", "null", "none", "n/a", "-"))
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> tzinfo:
+    if name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def parse_time(value: object, naive_tz: str | None = "UTC") -> int:
+    """Event time to epoch milliseconds.
+
+    Numbers are epoch milliseconds. Strings are epoch milliseconds or ISO 8601; an ISO time
+    without a zone is read in ``naive_tz`` (``None`` rejects it).
+
+    Examples
+    --------
+    >>> parse_time(1700000000000)
+    1700000000000
+    >>> parse_time("2024-01-01T00:00:00Z")
+    1704067200000
+    >>> parse_time("2024-01-01 01:00:00+01:00")
+    1704067200000
+    >>> parse_time("2013-10-07 09:30:00", naive_tz="America/New_York")
+    1381152600000
+    >>> parse_time("yesterday")
+    Traceback (most recent call last):
+    ...
+    streamseq.events.errors.EventError: bad_time: cannot parse event time 'yesterday'
+    """
+    if isinstance(value, bool):
+        raise EventError("bad_time", f"event time is a boolean: {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise EventError("bad_time", f"event time is not finite: {value!r}")
+        ms = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            ms = int(text)
+        else:
+            try:
+                dt = datetime.fromisoformat(text)
+            except ValueError:
+                raise EventError("bad_time", f"cannot parse event time {value!r}") from None
+            if dt.tzinfo is None:
+                if naive_tz is None:
+                    raise EventError("bad_time", f"event time {value!r} has no time zone")
+                dt = dt.replace(tzinfo=_zone(naive_tz))
+            ms = int(dt.timestamp() * 1000.0 + (0.5 if dt.timestamp() >= 0 else -0.5))
+    else:
+        raise EventError("bad_time", f"event time has type {type(value).__name__}")
+    if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        raise EventError("bad_time", f"event time {ms} ms is outside 1970..2200")
+    return ms
+
+
+def _number(name: str, raw: object) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise EventError("non_numeric", f"value {name!r} is a boolean")
+    if isinstance(raw, (int, float)):
+        try:
+            x = float(raw)
+        except OverflowError:
+            raise EventError("non_finite", f"value {name!r} overflows a float") from None
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if text.lower() in _NA_STRINGS and text.lower() != "nan":
+            return None
+        try:
+            x = float(text)
+        except ValueError:
+            raise EventError("non_numeric", f"value {name!r} is not a number: {raw[:40]!r}") from None
+    else:
+        raise EventError("non_numeric", f"value {name!r} has type {type(raw).__name__}")
+    if not math.isfinite(x):
+        raise EventError("non_finite", f"value {name!r} is {x}")
+    return x
+
+
+@dataclass(frozen=True)
+class EventDecoder:
+    """Turns JSON messages or CSV rows into validated :class:`Event` objects.
+
+    Parameters
+    ----------
+    kind
+        Default event kind for messages that do not say (``"sensor"`` or ``"price"``).
+    naive_tz
+        Zone for ISO times without one; ``None`` rejects them.
+    max_bytes
+        Messages larger than this are rejected as ``too_large``.
+    max_key_len
+        Keys longer than this are rejected as ``bad_key``.
+    value_fields
+        If given, exactly these value names are expected; other names are ``unknown_fields``
+        and absent ones count as missing.
+
+    Examples
+    --------
+    >>> d = EventDecoder()
+    >>> e = d.decode(b'{"sensor_id": "s1", "ts": 1000, "values": {"t": 1.5, "h": null}}')
+    >>> (e.kind, e.key, e.ts_ms, e.values)
+    ('sensor', 's1', 1000, {'t': 1.5, 'h': None})
+    >>> d.decode(b'{"symbol": "SPY", "ts": 1000, "price": 10.5, "size": 3}').values
+    {'price': 10.5, 'size': 3.0}
+    >>> d.decode(b'{"key": "a", "ts": 1, "values": {"x": NaN}}')
+    Traceback (most recent call last):
+    ...
+    streamseq.events.errors.EventError: non_finite: value 'x' is nan
+    """
+
+    kind: str = "sensor"
+    naive_tz: str | None = "UTC"
+    max_bytes: int = 1_000_000
+    max_key_len: int = 256
+    value_fields: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
+        if self.naive_tz is not None:
+            _zone(self.naive_tz)
+
+    # -- JSON -------------------------------------------------------------------------
+    def decode(self, payload: bytes | str) -> Event:
+        """Decode one JSON message. Raises :class:`EventError` on any bad input."""
+        if len(payload) > self.max_bytes:
+            raise EventError("too_large", f"{len(payload)} bytes > limit {self.max_bytes}")
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            try:
+                payload = bytes(payload).decode("utf-8")
+            except UnicodeDecodeError:
+                raise EventError("not_utf8") from None
+        try:
+            doc = json.loads(payload)
+        except RecursionError:
+            raise EventError("not_json", "JSON nesting too deep") from None
+        except ValueError as exc:
+            raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+        if not isinstance(doc, dict):
+            raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
+        return self.from_mapping(doc)
+
+    def from_mapping(self, doc: Mapping[str, object]) -> Event:
+        """Validate a decoded JSON object (see :mod:`streamseq.events.schema` for the layout)."""
+        kind = doc.get("kind", self.kind)
+        if kind not in KINDS:
+            raise EventError("bad_kind", f"kind {kind!r} is not one of {KINDS}")
+        key = self._key(doc)
+        ts_raw = next((doc[f] for f in TIME_FIELDS if f in doc), None)
+        if ts_raw is None:
+            raise EventError("missing_time")
+        ts_ms = parse_time(ts_raw, self.naive_tz)
+        raw_values = doc.get("values")
+        if raw_values is None:
+            raw_values = {k: v for k, v in doc.items() if k not in META_FIELDS}
+            if kind == "price":
+                extra = set(raw_values) - set(PRICE_FIELDS)
+                if extra:
+                    raise EventError("unknown_fields", f"unexpected price fields {sorted(extra)}")
+        elif not isinstance(raw_values, dict):
+            raise EventError("non_numeric", "'values' must be an object of name -> number")
+        values = self._values(raw_values)
+        msg_id = doc.get("id")
+        if msg_id is not None and not isinstance(msg_id, (str, int)):
+            msg_id = None
+        return Event(str(kind), key, ts_ms, values, None if msg_id is None else str(msg_id))
+
+    # -- CSV --------------------------------------------------------------------------
+    def from_row(
+        self,
+        row: Sequence[str],
+        *,
+        key: str,
+        time_value: object,
+        value_index: Sequence[tuple[str, int]],
+    ) -> Event:
+        """Validate one CSV row whose key and time the caller already located."""
+        values: dict[str, float | None] = {}
+        for name, i in value_index:
+            values[name] = _number(name, row[i] if i < len(row) else None)
+        if all(v is None for v in values.values()):
+            raise EventError("no_values", "every value of the row is missing")
+        return Event(self.kind, self._check_key(key), parse_time(time_value, self.naive_tz), values)
+
+    # -- helpers ----------------------------------------------------------------------
+    def _key(self, doc: Mapping[str, object]) -> str:
+        raw = next((doc[f] for f in KEY_FIELDS if f in doc), None)
+        if raw is None:
+            raise EventError("missing_key")
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise EventError("bad_key", f"key has type {type(raw).__name__}")
+        return self._check_key(str(raw))
+
+    def _check_key(self, key: str) -> str:
+        if not key or not key.strip():
+            raise EventError("bad_key", "key is empty")
+        if len(key) > self.max_key_len:
+            raise EventError("bad_key", f"key is {len(key)} characters > {self.max_key_len}")
+        return key
+
+    def _values(self, raw: Mapping[str, object]) -> dict[str, float | None]:
+        if self.value_fields is not None:
+            unknown = set(raw) - set(self.value_fields)
+            if unknown:
+                raise EventError("unknown_fields", f"unexpected values {sorted(unknown)[:5]}")
+            names: Sequence[str] = self.value_fields
+        else:
+            names = list(raw)
+        if not names:
+            raise EventError("no_values")
+        values = {str(n): _number(str(n), raw.get(n)) for n in names}
+        if all(v is None for v in values.values()):
+            raise EventError("missing_value", "every value of the event is null")
+        return values
+
+
+_DEFAULT = EventDecoder()
+
+
+def decode_json(payload: bytes | str) -> Event:
+    """Decode with the default :class:`EventDecoder` (kind sensor, naive times in UTC)."""
+    return _DEFAULT.decode(payload)
