@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamseq.events.decode import EventDecoder, decode_json, parse_time
-from streamseq.events.errors import EventError, REASONS
+from streamseq.events.errors import REASONS, EventError
 from streamseq.events.schema import KINDS, Event
 
 __all__ = ["Event", "EventDecoder", "EventError", "KINDS", "REASONS", "decode_json", "parse_time"]

@@ -242,8 +242,11 @@ def read_events(paths: Iterable[str | Path], layout: FileLayout = FileLayout(),
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (d / "a.csv").write_text("timestamp,value\\n2024-01-01 00:00:00,1\\n2024-01-01 02:00:00,3\\n")
     >>> _ = (d / "b.csv").write_text("timestamp,value\\n2024-01-01 01:00:00,2\\n2024-01-01 01:30:00,NA\\n")
-    >>> [(e.key, e.values["value"]) for e in read_events([d])]
-    [('a', 1.0), ('b', 2.0), ('b', None), ('a', 3.0)]
+    >>> errors = RowErrors()
+    >>> [(e.key, e.values["value"]) for e in read_events([d], errors=errors)]
+    [('a', 1.0), ('b', 2.0), ('a', 3.0)]
+    >>> dict(errors.counts)  # a row with every value missing carries nothing to learn
+    {'no_values': 1}
     """
     files = expand_paths(paths)
     errors = errors if errors is not None else RowErrors()

@@ -1,0 +1,4 @@
+"""Allow ``python -m streamseq``."""
+from streamseq.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Prometheus metrics of the service: one registry, names ``streamseq_<noun>_<unit>``.
+
+Labels are low-cardinality only (topic, partition, kind, reason, forecaster, outcome); a
+key never becomes a label. Every metric is documented in the README's metrics table.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+__all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS"]
+
+disable_created_metrics()
+
+# Event-to-prediction latency: from the record's broker timestamp to the prediction being
+# handed to the producer. Measured p50 ~ tens of ms at moderate load on 2 cores.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
+# Processing time of one polled batch (decode + engine + produce).
+BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    """All metrics of one service process, in their own registry.
+
+    Examples
+    --------
+    >>> m = ServiceMetrics(version="0.1.0", cell="gru", hidden=64)
+    >>> m.events_consumed.labels(topic="sensors", kind="sensor").inc(3)
+    >>> b'streamseq_events_consumed_total{kind="sensor",topic="sensors"} 3.0' in m.render()
+    True
+    """
+
+    def __init__(self, *, version: str, cell: str, hidden: int,
+                 registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Info("streamseq_build", "Version and model architecture of this process.",
+                               registry=r)
+        self.build_info.info({"version": version, "cell": cell, "hidden": str(hidden)})
+        self.up = Gauge("streamseq_broker_connected", "1 while the Kafka broker is reachable.",
+                        registry=r)
+        self.events_consumed = Counter(
+            "streamseq_events_consumed", "Records read from input topics.",
+            ["topic", "kind"], registry=r)
+        self.events_rejected = Counter(
+            "streamseq_events_rejected",
+            "Records that failed decoding or validation and went to the dead-letter topic.",
+            ["topic", "reason"], registry=r)
+        self.events_dropped = Counter(
+            "streamseq_events_dropped",
+            "Valid records dropped by the ordering policy (duplicate or too late), counted.",
+            ["topic", "reason"], registry=r)
+        self.dead_letters = Counter(
+            "streamseq_dead_letters", "Records written to the dead-letter topic.", ["topic"],
+            registry=r)
+        self.predictions = Counter(
+            "streamseq_predictions_published", "Prediction records produced.", ["kind"],
+            registry=r)
+        self.batch_seconds = Histogram(
+            "streamseq_batch_processing_seconds",
+            "Wall time to process one polled batch (decode, engine, produce).",
+            buckets=BATCH_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "streamseq_event_to_prediction_seconds",
+            "From the input record's timestamp to its prediction being produced.",
+            ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge(
+            "streamseq_consumer_lag_messages", "End offset minus position, per partition.",
+            ["topic", "partition"], registry=r)
+        self.train_loss = Gauge(
+            "streamseq_train_loss", "Loss of the last optimizer step (z-scored MSE).", ["kind"],
+            registry=r)
+        self.grad_norm = Gauge(
+            "streamseq_grad_norm", "Gradient norm of the last optimizer step, before clipping.",
+            ["kind"], registry=r)
+        self.updates = Counter(
+            "streamseq_updates", "Optimizer steps by outcome (applied, skipped_nonfinite).",
+            ["kind", "outcome"], registry=r)
+        self.drift = Counter(
+            "streamseq_drift_events", "Drift detections (ADWIN on per-key absolute error).",
+            ["kind"], registry=r)
+        self.keys = Gauge("streamseq_keys_held", "Keys with live state.", ["kind"], registry=r)
+        self.keys_evicted = Counter(
+            "streamseq_keys_evicted", "Keys whose state was evicted (idle or over capacity).",
+            ["kind"], registry=r)
+        self.abs_error = Counter(
+            "streamseq_forecast_abs_error",
+            "Sum of absolute one-step errors on the z-scored scale, by forecaster.",
+            ["kind", "forecaster"], registry=r)
+        self.scored = Counter(
+            "streamseq_forecast_scored", "Forecast values scored against their truth.",
+            ["kind"], registry=r)
+        self.mae = Gauge(
+            "streamseq_mae", "Mean absolute one-step error since start (z-scored), by forecaster.",
+            ["kind", "forecaster"], registry=r)
+        self.shards = Gauge("streamseq_shards_assigned", "Partitions (shards) owned.", registry=r)
+        self.checkpoint_seconds = Histogram(
+            "streamseq_checkpoint_duration_seconds", "Wall time of flush + snapshot + commit.",
+            buckets=CHECKPOINT_BUCKETS, registry=r)
+        self.checkpoints = Counter(
+            "streamseq_checkpoints", "Checkpoints by outcome (ok, failed).", ["outcome"],
+            registry=r)
+        self._last_checkpoint = time.time()
+        self.last_checkpoint_ts = Gauge(
+            "streamseq_last_checkpoint_timestamp_seconds",
+            "Unix time of the last durable checkpoint.", registry=r)
+        self.last_checkpoint_ts.set(self._last_checkpoint)
+        self.checkpoint_age = Gauge(
+            "streamseq_checkpoint_age_seconds", "Seconds since the last durable checkpoint.",
+            registry=r)
+        self.checkpoint_age.set_function(lambda: time.time() - self._last_checkpoint)
+
+    def checkpoint_done(self, seconds: float) -> None:
+        self._last_checkpoint = time.time()
+        self.last_checkpoint_ts.set(self._last_checkpoint)
+        self.checkpoint_seconds.observe(seconds)
+        self.checkpoints.labels(outcome="ok").inc()
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

@@ -1,0 +1,37 @@
+"""Shared fixtures. Integration fixtures start real servers (embedded Kafka broker)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.exists():  # a clean clone sits beside shared/ as well
+    DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.exists():
+        pytest.skip("shared/data is not present beside the checkout")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[object]:
+    """One real embedded broker (Tansu) per test session."""
+    from streamseq.broker import EmbeddedBroker
+
+    b = EmbeddedBroker()
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture()
+def unique() -> str:
+    """A short unique suffix for topic and group names of one test."""
+    return uuid.uuid4().hex[:10]
