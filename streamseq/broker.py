@@ -8,6 +8,7 @@ all topics, so outages are simulated with :meth:`EmbeddedBroker.pause` (SIGSTOP)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -80,10 +81,8 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 30
         new = [NewTopic(name, num_partitions=n, replication_factor=1)
                for name, n in topics.items() if name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new, timeout_ms=int(timeout * 1000))
-            except TopicAlreadyExistsError:
-                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if set(topics) <= set(admin.list_topics()):
