@@ -1,0 +1,8 @@
+"""Prequential evaluation: forecasts scored against the truth when it arrives."""
+
+from __future__ import annotations
+
+from streamseq.evaluation.metrics import ErrorTotals, summarize
+from streamseq.evaluation.drift import DriftMonitor
+
+__all__ = ["DriftMonitor", "ErrorTotals", "summarize"]
