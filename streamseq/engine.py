@@ -243,7 +243,7 @@ class Engine:
         return out
 
     def _scan(self, events: Sequence[Event], pos: int,
-              out: EngineOutput) -> tuple[int, list[tuple[int, np.ndarray]]]:
+              out: EngineOutput) -> tuple[int, list[tuple[int, list[float | None]]]]:
         """Validate and order events from ``pos`` until the current segment is full.
 
         Returns the next position and the accepted ``(position, raw values)`` of the segment.
@@ -256,8 +256,9 @@ class Engine:
         tol = cfg.state.late_tolerance_ms
         reject_missing = cfg.features.missing == "reject"
         table = self.table
-        local: dict[str, list[Any]] = {}  # key -> [n, last_ts, last_raw]
-        seg: list[tuple[int, np.ndarray]] = []
+        local: dict[str, list[Any]] = {}  # key -> [n, last_ts, last values or None]
+        seg: list[tuple[int, list[float | None]]] = []
+        n_names = len(names)
         while pos < len(events):
             if (self.segment_windows >= cfg.learner.batch_windows
                     or self.segment_events >= cfg.learner.max_segment):
@@ -270,47 +271,58 @@ class Engine:
                                                             f"{cfg.kind} shard"))
                 continue
             vals = ev.values
-            if len(vals) > len(names) or not self.value_set.issuperset(vals):
+            if len(vals) > n_names or not self.value_set.issuperset(vals):
                 extra = sorted(set(vals) - self.value_set)
                 self._reject(out, i, EventError(
                     "unknown_fields", f"values {extra[:5] or sorted(vals)[:5]} differ from the "
                                       f"shard's {list(names)[:5]}"))
                 continue
-            raw = np.array([vals.get(n) for n in names], dtype=np.float64)
-            missing = np.isnan(raw)
-            if missing.all():
-                self._reject(out, i, EventError("missing_value", "no known value in event"))
-                continue
-            if reject_missing and missing.any():
-                lacking = [n for n, m in zip(names, missing, strict=True) if m]
-                self._reject(out, i, EventError("missing_value", f"missing {lacking[:5]}"))
-                continue
+            raw = [vals.get(n) for n in names]
+            if None in raw:
+                if all(x is None for x in raw):
+                    self._reject(out, i, EventError("missing_value", "no known value in event"))
+                    continue
+                if reject_missing:
+                    lacking = [n for n, x in zip(names, raw, strict=True) if x is None]
+                    self._reject(out, i, EventError("missing_value", f"missing {lacking[:5]}"))
+                    continue
             st = local.get(ev.key)
             if st is None:
                 slot = table.keys.get(ev.key)
                 if slot is None:
                     st = [0, None, None]
                 else:
-                    st = [int(table.arrays["n"][slot]), int(table.last_ts[slot]),
-                          table.arrays["last_raw"][slot]]
+                    st = [int(table.arrays["n"][slot]), int(table.last_ts[slot]), slot]
                 local[ev.key] = st
-            if st[1] is not None:
-                if ev.ts_ms < st[1] - tol:
+            last_ts = st[1]
+            if last_ts is not None:
+                if ev.ts_ms < last_ts - tol:
                     self._drop(out, i, "late")
                     continue
-                if ev.ts_ms == st[1] and st[2] is not None and np.array_equal(
-                        np.where(missing, np.nan, raw), st[2], equal_nan=True):
+                if ev.ts_ms == last_ts and self._same_values(st[2], raw):
                     self._drop(out, i, "duplicate")
                     continue
+                if ev.ts_ms > last_ts:
+                    st[1] = ev.ts_ms
+            else:
+                st[1] = ev.ts_ms
             st[0] += 1
-            st[1] = max(st[1], ev.ts_ms) if st[1] is not None else ev.ts_ms
-            st[2] = np.where(missing, st[2] if st[2] is not None else np.nan, raw)
+            st[2] = raw
             seg.append((i, raw))
             self.segment_events += 1
             m = st[0] - h
             if learn and m > 0 and m % k1 == 0:
                 self.segment_windows += 1
         return pos, seg
+
+    def _same_values(self, last: Any, raw: list[float | None]) -> bool:
+        """Whether ``raw`` repeats the key's last event (a list, or a table slot)."""
+        if last is None:
+            return False
+        if isinstance(last, list):
+            return last == raw
+        known = np.array(raw, dtype=np.float64)
+        return bool(np.array_equal(known, self.table.arrays["last_raw"][last], equal_nan=True))
 
     def _reject(self, out: EngineOutput, i: int, err: EventError) -> None:
         out.rejected.append((i, err))
@@ -320,10 +332,10 @@ class Engine:
         out.dropped.append((i, reason))
         self.stats.dropped[reason] += 1
 
-    def _run_segment(self, events: Sequence[Event], seg: list[tuple[int, np.ndarray]],
+    def _run_segment(self, events: Sequence[Event], seg: list[tuple[int, list[float | None]]],
                      out: EngineOutput, applied: np.ndarray) -> None:
         positions = np.fromiter((p for p, _ in seg), dtype=np.int64, count=len(seg))
-        raw = np.stack([r for _, r in seg])
+        raw = np.array([r for _, r in seg], dtype=np.float64)
         keys = [events[p].key for p in positions]
         ts = np.fromiter((events[p].ts_ms for p in positions), dtype=np.int64,
                          count=len(seg))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamseq.evaluation.metrics import ErrorTotals, summarize
 from streamseq.evaluation.drift import DriftMonitor
+from streamseq.evaluation.metrics import ErrorTotals, summarize
 
 __all__ = ["DriftMonitor", "ErrorTotals", "summarize"]

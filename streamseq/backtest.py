@@ -1,0 +1,414 @@
+"""``streamseq backtest``: replay recorded files through the engine and report accuracy.
+
+The same engine as the live service; only the source (files) and sink (a report) differ.
+Every number comes from forecasts made before their target was seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from streamseq.config import (
+    DriftConfig,
+    EngineConfig,
+    FeatureConfig,
+    LearnerConfig,
+    ModelConfig,
+    StateConfig,
+)
+from streamseq.engine import Engine, EngineOutput
+from streamseq.evaluation.metrics import ErrorTotals, summarize
+from streamseq.events.schema import Event
+from streamseq.io.files import FileLayout, RowErrors, read_events
+from streamseq.predictions import encode_record, prediction_records
+from streamseq.state.checkpoint import load_file, save_file
+
+__all__ = ["Backtest", "run_backtest", "register", "engine_config_from_args", "add_engine_args"]
+
+log = logging.getLogger(__name__)
+CHUNK = 2048
+
+
+@dataclass
+class Backtest:
+    """Routes events to one engine per (kind, value names) and keeps the report figures.
+
+    Examples
+    --------
+    >>> bt = Backtest(EngineConfig(learner=LearnerConfig(k1=1, k2=4, batch_windows=1)))
+    >>> evs = [Event("sensor", "a", 60_000 * i, {"x": float(i % 4)}) for i in range(40)]
+    >>> bt.run(evs)
+    >>> r = bt.report(); r["overall"]["events"], sorted(r["keys"])
+    (40, ['a'])
+    """
+
+    config: EngineConfig
+    warmup_rows: int = 0
+    warmup_epochs: int = 1
+    engines: dict[tuple[str, tuple[str, ...]], Engine] = field(default_factory=dict)
+    elapsed: float = 0.0
+    online_events: int = 0
+    predictions_out: TextIO | None = None
+    on_output: Any = None  # callable(engine, events, EngineOutput) for benches/tests
+
+    def _engine_for(self, ev: Event) -> Engine:
+        sig = (ev.kind, tuple(sorted(ev.values)))
+        eng = self.engines.get(sig)
+        if eng is None:
+            cfg = self.config
+            if cfg.kind != ev.kind:
+                cfg = cfg.replace(kind=ev.kind)
+            if cfg.values is None:
+                cfg = cfg.replace(values=list(sig[1]))
+            if cfg.targets is not None:
+                cfg = cfg.replace(targets=[t for t in cfg.targets if t in sig[1]] or None)
+            eng = self.engines[sig] = Engine(cfg)
+        return eng
+
+    def _feed(self, batch: list[Event]) -> None:
+        groups: dict[int, list[Event]] = {}
+        engines: dict[int, Engine] = {}
+        for ev in batch:
+            eng = self._engine_for(ev)
+            groups.setdefault(id(eng), []).append(ev)
+            engines[id(eng)] = eng
+        for k, evs in groups.items():
+            eng = engines[k]
+            out = eng.process(evs)
+            if self.on_output is not None:
+                self.on_output(eng, evs, out)
+            if self.predictions_out is not None:
+                self._write_predictions(eng, evs, out)
+
+    def _write_predictions(self, eng: Engine, evs: list[Event], out: EngineOutput) -> None:
+        assert self.predictions_out is not None
+        sources = [("file", 0, int(ev.meta.get("row", i))) for i, ev in enumerate(evs)]
+        for rec in prediction_records(evs, out, eng.target_names, eng.model_version, sources):
+            self.predictions_out.write(encode_record(rec).decode() + "\n")
+
+    def warm_up(self, events: Sequence[Event]) -> None:
+        """Offline training on ``events`` (the first rows of each key), ``warmup_epochs``
+        passes, nothing scored; the online phase continues from the last pass's state."""
+        if not events:
+            return
+        if self.config.features.scaling == "fixed":
+            for ev in events:
+                self._engine_for(ev)
+            for eng in self.engines.values():
+                eng.fit_scaler([e for e in events if self._engine_for(e) is eng])
+        for eng in {id(self._engine_for(e)): self._engine_for(e) for e in events}.values():
+            eng.scoring = False
+        for epoch in range(self.warmup_epochs):
+            if epoch:
+                for eng in self.engines.values():
+                    eng.reset_streams()
+            for i in range(0, len(events), CHUNK):
+                self._feed(list(events[i:i + CHUNK]))
+        for eng in self.engines.values():
+            eng.scoring = True
+            eng.stats.z_abs_model = eng.stats.z_abs_persistence = 0.0
+            eng.stats.z_scored = 0
+
+    def run(self, events: Iterable[Event], progress: Progress | None = None) -> None:
+        """Warm up on the first ``warmup_rows`` of each key, then run the rest online."""
+        it = iter(events)
+        online: Iterator[Event] = it
+        if self.warmup_rows > 0:
+            warm: list[Event] = []
+            held: list[Event] = []
+            counts: Counter[str] = Counter()
+            for ev in it:
+                if counts[ev.key] < self.warmup_rows:
+                    counts[ev.key] += 1
+                    warm.append(ev)
+                else:
+                    held.append(ev)
+                    if len(held) >= CHUNK * 64:
+                        break
+            self.warm_up(warm)
+            online = _chain(held, it)
+        t0 = time.perf_counter()
+        batch: list[Event] = []
+        for ev in online:
+            batch.append(ev)
+            if len(batch) >= CHUNK:
+                self._feed(batch)
+                self.online_events += len(batch)
+                batch = []
+                if progress:
+                    progress.update(self.online_events, time.perf_counter() - t0)
+        if batch:
+            self._feed(batch)
+            self.online_events += len(batch)
+        self.elapsed += time.perf_counter() - t0
+        if progress:
+            progress.done(self.online_events, self.elapsed)
+
+    def report(self) -> dict[str, Any]:
+        """Per key and overall MAE, RMSE, MSE, MASE (model and persistence)."""
+        keys: dict[str, Any] = {}
+        overall: ErrorTotals | None = None
+        z_m = z_p = 0.0
+        z_n = 0
+        rejected: Counter[str] = Counter()
+        dropped: Counter[str] = Counter()
+        for eng in self.engines.values():
+            for key, tot in eng.key_totals().items():
+                keys[key] = {**summarize(tot), "events": int(tot.cnt[0].max(initial=0))}
+            tot = eng.totals()
+            if overall is None or overall.cnt.shape != tot.cnt.shape:
+                overall = tot if overall is None else _merge_flat(overall, tot)
+            else:
+                overall.add(tot)
+            z_m += eng.stats.z_abs_model
+            z_p += eng.stats.z_abs_persistence
+            z_n += eng.stats.z_scored
+            rejected.update(eng.stats.rejected)
+            dropped.update(eng.stats.dropped)
+        summary = summarize(overall) if overall is not None else summarize(ErrorTotals.zeros(1, 1))
+        eps = self.online_events / self.elapsed if self.elapsed > 0 else 0.0
+        return {
+            "overall": {**summary, "events": self.online_events, "events_per_s": eps,
+                        "scaled_mae": {"model": z_m / z_n if z_n else None,
+                                       "persistence": z_p / z_n if z_n else None}},
+            "keys": keys,
+            "rejected": dict(rejected),
+            "dropped": dict(dropped),
+            "config": self.config.to_dict(),
+        }
+
+
+def _merge_flat(a: ErrorTotals, b: ErrorTotals) -> ErrorTotals:
+    """Engines with different target counts: average over targets, keep horizons."""
+    def flat(t: ErrorTotals) -> ErrorTotals:
+        return ErrorTotals(*(x.sum(axis=1, keepdims=True) for x in
+                             (t.m_abs, t.m_sq, t.p_abs, t.p_sq, t.cnt)))
+    fa, fb = flat(a), flat(b)
+    h = max(fa.cnt.shape[0], fb.cnt.shape[0])
+    out = ErrorTotals.zeros(h, 1)
+    for t in (fa, fb):
+        for name in ("m_abs", "m_sq", "p_abs", "p_sq", "cnt"):
+            getattr(out, name)[: t.cnt.shape[0]] += getattr(t, name)
+    return out
+
+
+def _chain(first: list[Event], rest: Iterator[Event]) -> Iterator[Event]:
+    yield from first
+    yield from rest
+
+
+class Progress:
+    """A one-line progress report on stderr (events, events/s), throttled."""
+
+    def __init__(self, stream: TextIO = sys.stderr, every: float = 0.5,
+                 total: int | None = None) -> None:
+        self.stream = stream
+        self.every = every
+        self.total = total
+        self._last = 0.0
+
+    def update(self, n: int, elapsed: float) -> None:
+        if elapsed - self._last < self.every:
+            return
+        self._last = elapsed
+        rate = n / elapsed if elapsed > 0 else 0.0
+        pct = f" {100 * n / self.total:5.1f}%" if self.total else ""
+        self.stream.write(f"\r  {n:>10,} events{pct}  {rate:>10,.0f} ev/s  {elapsed:7.1f}s")
+        self.stream.flush()
+
+    def done(self, n: int, elapsed: float) -> None:
+        rate = n / elapsed if elapsed > 0 else 0.0
+        self.stream.write(f"\r  {n:>10,} events  {rate:>10,.0f} ev/s  {elapsed:7.1f}s\n")
+        self.stream.flush()
+
+
+def format_table(report: dict[str, Any], max_keys: int = 50) -> str:
+    """The human-readable table of a backtest report."""
+    head = (f"{'key':<28} {'events':>9} {'MAE':>11} {'RMSE':>11} {'MSE':>11} {'MASE':>7}"
+            f" | {'MAE naive':>11} {'RMSE naive':>11} {'MSE naive':>11}")
+    lines = [head, "-" * len(head)]
+
+    def row(name: str, r: dict[str, Any], events: int) -> str:
+        m, p = r["model"], r["persistence"]
+
+        def f(x: float | None, w: int = 11) -> str:
+            return f"{x:>{w}.5g}" if x is not None else f"{'-':>{w}}"
+        return (f"{name[:28]:<28} {events:>9,} {f(m['mae'])} {f(m['rmse'])} {f(m['mse'])} "
+                f"{f(m['mase'], 7)} | {f(p['mae'])} {f(p['rmse'])} {f(p['mse'])}")
+
+    for i, (k, r) in enumerate(sorted(report["keys"].items())):
+        if i >= max_keys:
+            lines.append(f"... {len(report['keys']) - max_keys} more keys in the JSON report")
+            break
+        lines.append(row(k, r, r["events"]))
+    lines.append("-" * len(head))
+    o = report["overall"]
+    lines.append(row("OVERALL", o, o["events"]))
+    lines.append(f"events/s: {o['events_per_s']:,.0f}   scaled MAE model "
+                 f"{_fmt(o['scaled_mae']['model'])} vs persistence "
+                 f"{_fmt(o['scaled_mae']['persistence'])}")
+    if report["rejected"] or report["dropped"]:
+        lines.append(f"rejected: {report['rejected']}  dropped: {report['dropped']}")
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+# ---------------------------------------------------------------------- command line
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Model, learner and feature options shared by backtest, run and the benches."""
+    d = EngineConfig()
+    g = p.add_argument_group("model and learning")
+    g.add_argument("--cell", choices=["gru", "lstm"], default=d.model.cell)
+    g.add_argument("--hidden", type=int, default=d.model.hidden)
+    g.add_argument("--layers", type=int, default=d.model.layers)
+    g.add_argument("--dropout", type=float, default=d.model.dropout)
+    g.add_argument("--horizon", type=int, default=d.model.horizon)
+    g.add_argument("--k1", type=int, default=d.learner.k1, help="a key's window falls due "
+                   "every k1 of its events")
+    g.add_argument("--k2", type=int, default=d.learner.k2, help="backprop length")
+    g.add_argument("--batch-windows", type=int, default=d.learner.batch_windows,
+                   help="optimizer step after this many due windows in the shard")
+    g.add_argument("--lr", type=float, default=d.learner.lr)
+    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=d.learner.optimizer)
+    g.add_argument("--no-learn", action="store_true", help="forecast with fixed weights")
+    g.add_argument("--seed", type=int, default=d.learner.seed)
+    g.add_argument("--scaling", choices=["online", "fixed"], default=d.features.scaling)
+    g.add_argument("--missing", choices=["carry", "reject"], default=d.features.missing)
+    g.add_argument("--no-calendar", action="store_true")
+    g.add_argument("--drift-action", choices=["none", "reset", "boost_lr"],
+                   default=d.drift.action)
+    g.add_argument("--max-keys", type=int, default=d.state.max_keys)
+    g.add_argument("--idle-ttl", type=float, default=None, help="evict keys idle this many "
+                   "seconds of event time")
+
+
+def engine_config_from_args(a: argparse.Namespace, kind: str = "sensor",
+                            targets: Sequence[str] | None = None) -> EngineConfig:
+    return EngineConfig(
+        kind=kind,
+        targets=tuple(targets) if targets else None,
+        model=ModelConfig(cell=a.cell, hidden=a.hidden, layers=a.layers, dropout=a.dropout,
+                          horizon=a.horizon),
+        features=FeatureConfig(scaling=a.scaling, missing=a.missing,
+                               calendar=not a.no_calendar,
+                               fixed_warmup=getattr(a, "warmup_rows", 0) or 0),
+        learner=LearnerConfig(learn=not a.no_learn, k1=a.k1, k2=max(a.k2, a.k1),
+                              batch_windows=a.batch_windows, lr=a.lr, optimizer=a.optimizer,
+                              seed=a.seed),
+        drift=DriftConfig(action=a.drift_action),
+        state=StateConfig(max_keys=a.max_keys, idle_ttl_s=a.idle_ttl),
+    )
+
+
+def add_layout_args(p: argparse.ArgumentParser) -> None:
+    """File column mapping, shared with ``streamseq replay``."""
+    g = p.add_argument_group("input columns")
+    g.add_argument("--key-col", help="key column (default: key/sensor_id/symbol/station, "
+                   "else the file name)")
+    g.add_argument("--time-col", help="event time column (default: detected)")
+    g.add_argument("--target", action="append", help="forecast column (repeatable; default: "
+                   "all numeric columns)")
+    g.add_argument("--features", action="append", help="extra input column, not forecast "
+                   "(repeatable)")
+    g.add_argument("--kind", choices=["sensor", "price"], help="event kind (default: detected)")
+    g.add_argument("--tz", help="zone of times without one (default UTC; *_ny columns: "
+                   "America/New_York)")
+    g.add_argument("--limit", type=int, help="read at most this many rows per file")
+
+
+def layout_from_args(a: argparse.Namespace) -> FileLayout:
+    values = None
+    if a.target or a.features:
+        values = tuple((a.target or []) + [f for f in (a.features or []) if f not in
+                                           (a.target or [])])
+    return FileLayout(key_col=a.key_col, time_col=a.time_col, value_cols=values, kind=a.kind,
+                      naive_tz=a.tz, limit_per_file=a.limit)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backtest", help="replay CSV/CSV.gz/JSONL files through the engine",
+                       description=__doc__)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    add_layout_args(p)
+    add_engine_args(p)
+    p.add_argument("--warmup-rows", type=int, default=0,
+                   help="offline training on the first N rows of each key before scoring")
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--report-json", type=Path)
+    p.add_argument("--predictions", type=Path, help="write every forecast as JSON lines")
+    p.add_argument("--checkpoint", type=Path, help="start from this engine checkpoint "
+                   "(warm start)")
+    p.add_argument("--save-checkpoint", type=Path,
+                   help="save the engine state at the end (a warm start for `streamseq run`)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(func=run_backtest)
+
+
+def run_backtest(a: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, a.threads))
+    text = _text_dispatch(a)
+    if text is not None:
+        return text
+    layout = layout_from_args(a)
+    errors = RowErrors()
+    events = read_events(a.inputs, layout, errors)
+    cfg = engine_config_from_args(a, kind=a.kind or "sensor", targets=a.target)
+    bt = Backtest(cfg, warmup_rows=a.warmup_rows, warmup_epochs=a.warmup_epochs)
+    pred_fh = open(a.predictions, "w") if a.predictions else None  # noqa: SIM115
+    bt.predictions_out = pred_fh
+    try:
+        if a.checkpoint:
+            state = load_file(a.checkpoint)
+            for sig_state in state["engines"]:
+                eng = Engine(EngineConfig.from_dict(sig_state["config"]))
+                eng.load_state_dict(sig_state)
+                bt.engines[(eng.config.kind, tuple(sorted(eng.value_names or ())))] = eng
+        bt.run(events, None if a.no_progress else Progress())
+    finally:
+        if pred_fh:
+            pred_fh.close()
+    report = bt.report()
+    report["bad_rows"] = dict(errors.counts)
+    print(format_table(report))
+    if errors.total:
+        print(f"bad rows skipped: {dict(errors.counts)} (first: {errors.examples[:3]})")
+    if a.report_json:
+        a.report_json.write_text(json.dumps(report, indent=2, default=_json_default))
+    if a.save_checkpoint:
+        save_file(a.save_checkpoint, {"format": "streamseq-backtest", "engines": [
+            e.state_dict() for e in bt.engines.values()]})
+    return 0
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(type(x).__name__)
+
+
+def _text_dispatch(a: argparse.Namespace) -> int | None:
+    """Text layouts (one text, sentence<TAB>label, pos/neg) go to the text backtest."""
+    try:
+        from streamseq.text import backtest as text_backtest
+    except ImportError:
+        return None
+    if not text_backtest.is_text_input(a.inputs):
+        return None
+    return int(text_backtest.main_from_backtest_args(a))
