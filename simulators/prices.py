@@ -81,7 +81,8 @@ def activity(t_sec: np.ndarray, session: tuple[float, float] = (13.5, 20.0),
     Examples
     --------
     >>> t0 = 1704067200  # Monday 2024-01-01 00:00 UTC
-    >>> activity(np.array([t0 + 13.5 * 3600, t0 + 16.75 * 3600, t0 + 3600, t0 + 5 * 86400 + 15 * 3600]))
+    >>> hours = np.array([13.5, 16.75, 1.0, 5 * 24 + 15.0])  # Saturday 15:00 is off hours
+    >>> activity(t0 + hours * 3600)
     array([3. , 1. , 0.1, 0.1])
     """
     t = np.asarray(t_sec, dtype=np.float64)
@@ -131,7 +132,7 @@ class PriceSimulator:
     Parameters
     ----------
     n_symbols
-        Number of symbols (``SYM0``, ``SYM1``, ...) unless ``symbols`` names them.
+        Number of symbols (``SYM0``, ``SYM1``, ...), or their names.
     symbols
         Symbol names (overrides ``n_symbols``).
     seed
@@ -169,7 +170,7 @@ class PriceSimulator:
         Number of latent steps (ticks) or bars to simulate; ``None`` runs forever.
     """
 
-    def __init__(self, n_symbols: int = 4, symbols: Sequence[str] | None = None, *,
+    def __init__(self, n_symbols: int | Sequence[str] = 4, symbols: Sequence[str] | None = None, *,
                  seed: int = 0, start: str | int = "2024-01-01T00:00:00Z", bars: bool = False,
                  bar_seconds: float = 60.0, bar_substeps: int = 12, tick_step: float = 1.0,
                  tick_rate: float = 2.0, price: float = 100.0, vol: float = 0.3,
@@ -181,6 +182,8 @@ class PriceSimulator:
                  weekends: bool = False, burstiness: float = 1.0,
                  burst_seconds: float = 60.0, tick_size: float = 0.01,
                  steps: int | None = None, block_events: int = 4096) -> None:
+        if not isinstance(n_symbols, int):
+            n_symbols, symbols = len(n_symbols), n_symbols
         self.symbols = list(symbols) if symbols else [f"SYM{i}" for i in range(n_symbols)]
         m = len(self.symbols)
         if m < 1 or len(set(self.symbols)) != m:
@@ -242,7 +245,8 @@ class PriceSimulator:
         for block in self._blocks():
             if truth is not None:
                 for rec in block["records"]:
-                    heapq.heappush(pending, (int(rec["ts"]), next(tiebreak), rec))  # type: ignore[call-overload]
+                    ts_rec = int(rec["ts"])  # type: ignore[call-overload]
+                    heapq.heappush(pending, (ts_rec, next(tiebreak), rec))
             sym = block["sym"]
             ts = block["ts"]
             if self.bars:

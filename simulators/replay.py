@@ -25,8 +25,9 @@ Examples
 --------
 >>> import pathlib, tempfile
 >>> d = pathlib.Path(tempfile.mkdtemp())
->>> _ = (d / "a.csv").write_text("timestamp,value\\n2024-01-01 00:00:00,1\\n2024-01-01 02:00:00,3\\n")
->>> _ = (d / "b.csv").write_text("timestamp,value\\n2024-01-01 01:00:00,2.5\\n")
+>>> head = "timestamp,value\\n"
+>>> _ = (d / "a.csv").write_text(head + "2024-01-01 00:00:00,1\\n2024-01-01 02:00:00,3\\n")
+>>> _ = (d / "b.csv").write_text(head + "2024-01-01 01:00:00,2.5\\n")
 >>> for key, payload, ts in replay_messages([d]):
 ...     print(key, payload.decode())
 a {"kind":"sensor","sensor_id":"a","ts":1704067200000,"values":{"value":1}}

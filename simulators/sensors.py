@@ -210,7 +210,8 @@ class SensorSimulator:
         for block in self._blocks(truth is not None):
             ts_rows, obs_rows, order_rows, present_rows, signal_rows, labels, records = block
             for rec in records:
-                heapq.heappush(pending, (int(rec["ts"]), next(tiebreak), rec))  # type: ignore[call-overload]
+                ts_rec = int(rec["ts"])  # type: ignore[call-overload]
+                heapq.heappush(pending, (ts_rec, next(tiebreak), rec))
             for b, order in enumerate(order_rows):
                 row_ts = ts_rows[b]
                 row = obs_rows[b]
