@@ -192,12 +192,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     g.add_argument("--key-col", help="key column (default: key/sensor_id/symbol/station, "
                                      "else the file name)")
     g.add_argument("--time-col", help="time column (default: inferred)")
-    g.add_argument("--values", type=_names, help="value columns (default: numeric columns)")
-    g.add_argument("--target", type=_names, help="target column(s), put first in --values")
-    g.add_argument("--features", type=_names, help="more value columns")
+    g.add_argument("--values", type=_names, action="append",
+                   help="value columns, comma-separated or repeated (default: numeric ones)")
+    g.add_argument("--target", type=_names, action="append",
+                   help="target column(s), put first (repeatable, as in backtest)")
+    g.add_argument("--features", type=_names, action="append",
+                   help="more value columns (repeatable, as in backtest)")
     g.add_argument("--kind", choices=("sensor", "price"), help="event kind (default: inferred)")
-    g.add_argument("--naive-tz", help="zone of times without one (default: UTC, or "
-                                      "America/New_York for *_ny columns)")
+    g.add_argument("--tz", "--naive-tz", dest="naive_tz",
+                   help="zone of times without one (default: UTC, or America/New_York for "
+                        "*_ny columns)")
     g.add_argument("--limit", type=int, help="at most this many events per file")
     g.add_argument("--loop", action="store_true",
                    help="replay forever, shifting each pass forward in event time")
@@ -265,7 +269,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     from simulators.replay import replay_messages
     from streamseq.io.files import FileLayout, RowErrors, expand_paths
 
-    value_cols = [*(args.target or []), *(args.values or []), *(args.features or [])]
+    value_cols = [name for group in (args.target, args.values, args.features)
+                  for names in (group or []) for name in names]
     layout = FileLayout(key_col=args.key_col, time_col=args.time_col,
                         value_cols=tuple(dict.fromkeys(value_cols)) or None, kind=args.kind,
                         naive_tz=args.naive_tz, limit_per_file=args.limit)

@@ -362,7 +362,7 @@ def test_replay_of_each_recorded_layout(data_dir, name):
 def test_replay_cli_layout_options(capsysbinary, data_dir, tmp_path):
     out = cli_stdout(capsysbinary, [
         "replay", str(data_dir / "sensor/ett/ETTh2.csv"), "--target", "OT", "--features",
-        "HUFL,HULL", "--limit", "10", "--dry-run"])
+        "HUFL", "--features", "HULL", "--limit", "10", "--tz", "UTC", "--dry-run"])
     evs = [DECODER.decode(x) for x in lines(out)]
     assert len(evs) == 10 and all(list(e.values) == ["OT", "HUFL", "HULL"] for e in evs)
     assert {e.key for e in evs} == {"ETTh2"}
