@@ -484,6 +484,8 @@ def test_compose_kafka_topics_and_bootstrap_agree() -> None:
     assert f"--bootstrap-server {bootstrap}" in init
     created = set(re.findall(r"([\w-]+):\d+", init.split("for spec in", 1)[1].split(";")[0]))
     needed = {env[k] for k in env if k.endswith("_TOPIC")}
+    needed |= {spec.split(":")[0] for spec in env["STREAMSEQ_TOPICS"].split(",")}
+    needed |= {t["name"] for t in tomllib.loads(EXAMPLE_CONFIG.read_text())["topics"]}
     for name in ("simulator-sensors", "simulator-prices"):
         argv = services[name]["command"]
         assert _flag(argv, "--bootstrap") == bootstrap
@@ -615,7 +617,7 @@ def test_k8s_kustomization_lists_existing_files() -> None:
     assert namespaces == {kust["namespace"]}
 
 
-def test_k8s_config_has_the_keys_of_the_example_config() -> None:
+def test_k8s_config_is_the_example_config() -> None:
     example = tomllib.loads(EXAMPLE_CONFIG.read_text())
     in_cluster = tomllib.loads(_k8s()["ConfigMap"]["data"]["streamseq.toml"])
 
@@ -630,13 +632,59 @@ def test_k8s_config_has_the_keys_of_the_example_config() -> None:
     assert differing <= {"bootstrap"}, differing
 
 
-def test_example_config() -> None:
-    from streamseq.config import EngineConfig
+def test_example_config_loads_in_the_service() -> None:
+    from streamseq.service.config import load_config
 
-    config = tomllib.loads(EXAMPLE_CONFIG.read_text())
-    assert config["metrics_port"] == METRICS_PORT
-    assert set(config["topics"]) == {"sensor", "price", "prediction", "dead_letter"}
-    engine = EngineConfig.from_dict({k: config[k] for k in ("model", "learner", "drift",
-                                                             "state")})
-    assert engine.model.cell in ("gru", "lstm")
-    assert 1 <= engine.learner.k1 <= engine.learner.k2
+    config = load_config(EXAMPLE_CONFIG, env={})
+    assert config.metrics_port == METRICS_PORT and config.metrics_host == "0.0.0.0"
+    assert {(t.name, t.kind) for t in config.topics} == {("sensors", "sensor"),
+                                                        ("prices", "price")}
+    assert config.engine.model.cell in ("gru", "lstm")
+    # StreamseqCheckpointStale (600 s) leaves room for several checkpoint intervals.
+    stale = min(int(re.search(r"> (\d+)", r["expr"]).group(1)) for r in _rules()
+                if r["alert"].startswith("StreamseqCheckpointStale"))
+    assert config.checkpoint_every_seconds * 5 <= stale
+
+
+def test_k8s_config_loads_in_the_service(tmp_path: Path) -> None:
+    from streamseq.service.config import load_config
+
+    path = tmp_path / "streamseq.toml"
+    path.write_text(_k8s()["ConfigMap"]["data"]["streamseq.toml"])
+    in_cluster, example = load_config(path, env={}), load_config(EXAMPLE_CONFIG, env={})
+    assert in_cluster.bootstrap != example.bootstrap
+    assert in_cluster.checkpoint_dir == _env_of_k8s()["STREAMSEQ_CHECKPOINT_DIR"]
+
+
+def _env_of_k8s() -> dict[str, str]:
+    (container,) = _k8s()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def _env_of_dockerfile() -> dict[str, str]:
+    out = {}
+    for op, args in _dockerfile():
+        if op == "ENV":
+            for item in shlex.split(args):
+                name, _, value = item.partition("=")
+                out[name] = value
+    return out
+
+
+def test_every_streamseq_variable_is_read_by_the_service() -> None:
+    """A STREAMSEQ_* variable the config loader ignores is a silent misconfiguration."""
+    from streamseq.service.config import ServiceConfig, load_config
+
+    fields = set(ServiceConfig.__dataclass_fields__) - {"engine", "security"}
+    sources = {"Dockerfile": _env_of_dockerfile(), "k8s": _env_of_k8s()}
+    for name, svc in _compose()["services"].items():
+        sources[f"compose {name}"] = {k: str(v) for k, v in
+                                      (svc.get("environment") or {}).items()}
+    for where, env in sources.items():
+        for var in (v for v in env if v.startswith("STREAMSEQ_")):
+            field = var[len("STREAMSEQ_"):].lower()
+            assert field in fields | {"config", "topics"} or field.startswith("security_"), (
+                f"{where}: {var} is not read by streamseq.service.config")
+    app_env = sources["compose streamseq"]
+    config = load_config(env={k: v for k, v in app_env.items() if k != "STREAMSEQ_CONFIG"})
+    assert config.metrics_port == METRICS_PORT
