@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_level != "DEBUG":  # kafka-python logs every reconnect at INFO/ERROR
+        logging.getLogger("kafka").setLevel(logging.CRITICAL if args.log_level == "ERROR"
+                                            else logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,326 @@
+"""``streamseq run``, ``streamseq broker`` and ``streamseq demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from streamseq.backtest import add_engine_args
+from streamseq.exceptions import ConfigError
+from streamseq.service.config import ServiceConfig, TopicSpec, load_config
+
+__all__ = ["register", "install_signal_handlers"]
+
+log = logging.getLogger(__name__)
+
+NO_BROKER = (
+    "no Kafka bootstrap servers configured.\n"
+    "  Pass --bootstrap HOST:PORT (or set STREAMSEQ_BOOTSTRAP).\n"
+    "  For a local broker: `streamseq broker --port 9092` in another terminal\n"
+    "  (needs `pip install 'streamseq[broker]'`), or try everything at once: `streamseq demo`."
+)
+
+
+def install_signal_handlers(stop: Any) -> None:
+    """SIGTERM/SIGINT call ``stop()``; a second Ctrl+C raises KeyboardInterrupt."""
+    state = {"n": 0}
+
+    def handle(signum: int, _frame: object) -> None:
+        state["n"] += 1
+        if state["n"] > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("signal %d: finishing the batch, checkpointing, then exiting "
+                 "(Ctrl+C again to abort)", signum)
+        stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+
+def _engine_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """Engine flags that differ from their defaults (so a config file still applies)."""
+    from streamseq.backtest import engine_config_from_args
+
+    defaults = engine_config_from_args(_default_engine_args()).to_dict()
+    given = engine_config_from_args(a).to_dict()
+    out: dict[str, Any] = {}
+    for section, values in given.items():
+        if isinstance(values, dict):
+            diff = {k: v for k, v in values.items() if defaults[section].get(k) != v}
+            if diff:
+                out[section] = diff
+    return out
+
+
+def _default_engine_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_engine_args(p)
+    return p.parse_args([])
+
+
+def add_service_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML or YAML configuration file")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--sensor-topic", action="append", help="input topic of sensor events "
+                   "(repeatable)")
+    p.add_argument("--price-topic", action="append", help="input topic of price events "
+                   "(repeatable)")
+    p.add_argument("--prediction-topic")
+    p.add_argument("--dead-letter-topic")
+    p.add_argument("--group", help="consumer group")
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--checkpoint-every-events", type=int)
+    p.add_argument("--checkpoint-every-seconds", type=float)
+    p.add_argument("--warm-start", help="checkpoint from `streamseq backtest "
+                   "--save-checkpoint` used by partitions without a snapshot")
+    p.add_argument("--auto-offset-reset", choices=["earliest", "latest"])
+    p.add_argument("--metrics-host", help="address of /metrics, /healthz, /readyz")
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--max-poll-records", type=int)
+    p.add_argument("--session-timeout-ms", type=int)
+    p.add_argument("--heartbeat-interval-ms", type=int)
+    p.add_argument("--security-protocol", help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    p.add_argument("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    p.add_argument("--sasl-username")
+    p.add_argument("--sasl-password-file", help="file holding the SASL password (never a "
+                   "flag: it would show in the process list)")
+    p.add_argument("--ssl-cafile")
+    p.add_argument("--ssl-certfile")
+    p.add_argument("--ssl-keyfile")
+    add_engine_args(p)
+
+
+def config_from_args(a: argparse.Namespace) -> ServiceConfig:
+    topics = [TopicSpec(t, "sensor") for t in a.sensor_topic or []] + [
+        TopicSpec(t, "price") for t in a.price_topic or []]
+    security = {k: v for k, v in {
+        "security_protocol": a.security_protocol, "sasl_mechanism": a.sasl_mechanism,
+        "sasl_plain_username": a.sasl_username, "sasl_plain_password_file": a.sasl_password_file,
+        "ssl_cafile": a.ssl_cafile, "ssl_certfile": a.ssl_certfile, "ssl_keyfile": a.ssl_keyfile,
+    }.items() if v is not None}
+    overrides: dict[str, Any] = {
+        "bootstrap": a.bootstrap,
+        "topics": tuple(topics) if topics else None,
+        "prediction_topic": a.prediction_topic,
+        "dead_letter_topic": a.dead_letter_topic,
+        "group": a.group,
+        "checkpoint_dir": a.checkpoint_dir,
+        "checkpoint_every_events": a.checkpoint_every_events,
+        "checkpoint_every_seconds": a.checkpoint_every_seconds,
+        "warm_start": a.warm_start,
+        "auto_offset_reset": a.auto_offset_reset,
+        "metrics_host": a.metrics_host,
+        "metrics_port": a.metrics_port,
+        "max_poll_records": a.max_poll_records,
+        "session_timeout_ms": a.session_timeout_ms,
+        "heartbeat_interval_ms": a.heartbeat_interval_ms,
+        "security": security or None,
+        "engine": _engine_overrides(a) or None,
+    }
+    return load_config(a.config, overrides=overrides)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from streamseq.service.app import Service
+
+    try:
+        cfg = config_from_args(a)
+    except ConfigError as exc:
+        print(f"streamseq run: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not cfg.bootstrap:
+        print(f"streamseq run: {NO_BROKER}", file=sys.stderr)
+        return 2
+    service = Service(cfg)
+    install_signal_handlers(service.stop)
+    return service.run()
+
+
+def cmd_broker(a: argparse.Namespace) -> int:
+    from streamseq.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=a.port, host=a.host)
+    stop = threading.Event()
+    install_signal_handlers(stop.set)
+    with broker:
+        topics = dict(_parse_topic_arg(t) for t in a.topic or [])
+        if topics:
+            broker.create_topics(topics)
+        print(f"Kafka-compatible broker (Tansu, in memory) on {broker.bootstrap}", flush=True)
+        if topics:
+            print(f"topics: {topics}", flush=True)
+        print("Ctrl+C to stop. Everything is lost when it stops.", flush=True)
+        while not stop.wait(0.5):
+            if not broker.running:
+                print("broker exited", file=sys.stderr)
+                return 1
+    return 0
+
+
+def _parse_topic_arg(text: str) -> tuple[str, int]:
+    name, _, parts = text.partition(":")
+    return name, int(parts or 1)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the Kafka consumer service",
+                       description="Consume sensor and price events, forecast, publish, "
+                                   "checkpoint. Settings: flags > STREAMSEQ_* env > --config "
+                                   "file > defaults.")
+    add_service_args(p)
+    p.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("broker", help="run an embedded Kafka-compatible broker (Tansu)")
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--topic", action="append", help="NAME[:PARTITIONS] to create (repeatable)")
+    b.set_defaults(func=cmd_broker)
+
+    d = sub.add_parser("demo", help="embedded broker + simulators + the service, for a minute")
+    d.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    d.add_argument("--sensors", type=int, default=200, help="simulated sensors")
+    d.add_argument("--symbols", type=int, default=8, help="simulated price symbols")
+    d.add_argument("--rate", type=float, default=3000.0, help="sensor events/s offered")
+    d.add_argument("--price-rate", type=float, default=1000.0, help="price events/s offered")
+    d.add_argument("--faults", type=float, default=0.002,
+                   help="rate of malformed/NaN/duplicate/out-of-order sensor messages")
+    d.add_argument("--metrics-port", type=int, default=9400)
+    d.add_argument("--metrics-host", default="127.0.0.1")
+    d.add_argument("--state-dir", type=Path, help="checkpoint directory (default: temporary)")
+    d.set_defaults(func=cmd_demo)
+
+
+# ---------------------------------------------------------------------- demo
+def _simulator(kind: str, bootstrap: str, topic: str, rate: float, duration: float,
+               extra: list[str]) -> subprocess.Popen[bytes]:
+    """A simulator in its own process (its producer would otherwise share our GIL)."""
+    cmd = [sys.executable, "-m", "streamseq", "--log-level", "WARNING", "simulate", kind,
+           "--bootstrap", bootstrap, "--topic", topic, "--rate", str(rate),
+           "--duration", str(duration), "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from streamseq.broker import EmbeddedBroker
+    from streamseq.service.app import Service
+
+    with ExitStack() as stack:
+        state_dir = a.state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        print("starting the embedded broker ...", flush=True)
+        broker = stack.enter_context(EmbeddedBroker())
+        broker.create_topics({"sensors": 4, "prices": 2, "predictions": 4, "dead-letters": 1})
+        cfg = load_config(env={}, overrides={
+            "bootstrap": broker.bootstrap, "checkpoint_dir": str(state_dir),
+            "metrics_port": a.metrics_port, "metrics_host": a.metrics_host,
+            "checkpoint_every_seconds": 10.0, "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000})
+        service = Service(cfg)
+        install_signal_handlers(service.stop)
+        f = a.faults / 4
+        sims = [
+            _simulator("sensors", broker.bootstrap, "sensors", a.rate, a.duration, [
+                "--sensors", str(a.sensors), "--values", "temp,humidity", "--seed", "1",
+                "--spike-rate", "0.001", "--level-shift-rate", "0.0002",
+                "--malformed-rate", str(f), "--nan-rate", str(f), "--duplicate-rate", str(f),
+                "--out-of-order-rate", str(f)]),
+            _simulator("prices", broker.bootstrap, "prices", a.price_rate, a.duration, [
+                "--symbols", str(a.symbols), "--seed", "3", "--bars"]),
+        ]
+        for sim in sims:
+            stack.callback(_stop_process, sim)
+        timer = threading.Timer(a.duration, service.stop)
+        timer.daemon = True
+        timer.start()
+        stack.callback(timer.cancel)
+        done = threading.Event()
+        stack.callback(done.set)
+        threading.Thread(target=_progress, args=(service, done), daemon=True).start()
+        print(f"service: metrics on http://{a.metrics_host}:{a.metrics_port}/metrics ; "
+              f"running for {a.duration:.0f}s (Ctrl+C stops cleanly)", flush=True)
+        t0 = time.monotonic()
+        code = service.run()
+        done.set()
+        sent = {}
+        for name, sim in zip(("sensors", "prices"), sims, strict=True):
+            _stop_process(sim)
+            err = (sim.stderr.read().decode(errors="replace") if sim.stderr else "")
+            sent[name] = _sent_count(err)
+        _summary(service, sent, time.monotonic() - t0)
+        return code
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _sent_count(stderr_text: str) -> int:
+    """The simulator's final count line ("... N sent ...")."""
+    import re
+
+    nums = re.findall(r"([\d,]+) events", stderr_text)
+    return int(nums[-1].replace(",", "")) if nums else 0
+
+
+def _metric_sum(service: Any, name: str, **labels: str) -> float:
+    total = 0.0
+    for fam in service.metrics.registry.collect():
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def _progress(service: Any, stop: threading.Event, every: float = 5.0) -> None:
+    last, t_last = 0.0, time.monotonic()
+    while not stop.wait(every):
+        consumed = _metric_sum(service, "streamseq_events_consumed_total")
+        now = time.monotonic()
+        rate = (consumed - last) / (now - t_last)
+        last, t_last = consumed, now
+        keys = _metric_sum(service, "streamseq_keys_held")
+        rejected = _metric_sum(service, "streamseq_events_rejected_total")
+        parts = []
+        for kind in ("sensor", "price"):
+            m = _metric_sum(service, "streamseq_mae", kind=kind, forecaster="model")
+            p = _metric_sum(service, "streamseq_mae", kind=kind, forecaster="persistence")
+            if p:
+                parts.append(f"{kind} MAE(z) {m:.3f} vs naive {p:.3f}")
+        print(f"  {consumed:>9,.0f} events  {rate:>8,.0f} ev/s  {keys:>5,.0f} keys  "
+              f"{rejected:>5,.0f} dead-lettered  " + "  ".join(parts), flush=True)
+
+
+def _summary(service: Any, sent: dict[str, int], elapsed: float) -> None:
+    consumed = _metric_sum(service, "streamseq_events_consumed_total")
+    published = _metric_sum(service, "streamseq_predictions_published_total")
+    rejected = _metric_sum(service, "streamseq_events_rejected_total")
+    dropped = _metric_sum(service, "streamseq_events_dropped_total")
+    print("\n== streamseq demo summary ==")
+    print(f"  produced by simulators : {sum(sent.values()):,} ({sent})")
+    print(f"  consumed               : {consumed:,.0f} in {elapsed:.0f}s "
+          f"({consumed / max(elapsed, 1e-9):,.0f} ev/s)")
+    print(f"  predictions published  : {published:,.0f}")
+    print(f"  dead-lettered          : {rejected:,.0f}   dropped (dup/late): {dropped:,.0f}")
+    for kind in ("sensor", "price"):
+        m = _metric_sum(service, "streamseq_mae", kind=kind, forecaster="model")
+        p = _metric_sum(service, "streamseq_mae", kind=kind, forecaster="persistence")
+        if p:
+            verdict = "better" if m < p else "not better"
+            print(f"  {kind:<6} MAE (z-scored)  : model {m:.4f} vs persistence {p:.4f} "
+                  f"({verdict} than persistence)")
+    print(f"  keys held              : {_metric_sum(service, 'streamseq_keys_held'):,.0f}")
