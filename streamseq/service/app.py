@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -438,10 +438,8 @@ class _BrokerMonitor(threading.Thread):
         self._halt.set()
         self.join(timeout=10)
         if self._consumer is not None:
-            try:
+            with suppress(KafkaError):
                 self._consumer.close()
-            except KafkaError:
-                pass
 
     def run(self) -> None:
         svc = self.service

@@ -34,13 +34,17 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from streamseq.config import EngineConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from streamseq.exceptions import ConfigError
 
 __all__ = ["ServiceConfig", "TopicSpec", "load_config", "SECURITY_KEYS"]
