@@ -32,7 +32,7 @@ from streamseq.metrics import ServiceMetrics
 from streamseq.predictions import encode_record, prediction_records
 from streamseq.service.config import ServiceConfig
 from streamseq.service.http import HealthServer
-from streamseq.state.checkpoint import LocalCheckpointStore, load_file
+from streamseq.state.checkpoint import CheckpointStore, LocalCheckpointStore, load_file
 
 __all__ = ["Service", "Shard", "ServiceError"]
 
@@ -93,7 +93,14 @@ class Service:
         ec = config.engine
         self.metrics = metrics or ServiceMetrics(version=__version__, cell=ec.model.cell,
                                                  hidden=ec.model.hidden)
-        self.store = LocalCheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
+        self.store: CheckpointStore
+        if config.checkpoint_store == "kafka":
+            from streamseq.state.kafka_store import KafkaCheckpointStore
+
+            self.store = KafkaCheckpointStore(config.bootstrap, config.checkpoint_topic,
+                                              **dict(config.security))
+        else:
+            self.store = LocalCheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
         self.decoders = {t.name: EventDecoder(kind=t.kind, naive_tz=config.naive_tz,
                                               max_bytes=config.max_message_bytes)
                          for t in config.topics}

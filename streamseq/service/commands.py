@@ -78,7 +78,10 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction-topic")
     p.add_argument("--dead-letter-topic")
     p.add_argument("--group", help="consumer group")
-    p.add_argument("--checkpoint-dir")
+    p.add_argument("--checkpoint-store", choices=["local", "kafka"],
+                   help="where shard snapshots go (default local)")
+    p.add_argument("--checkpoint-dir", help="directory of the local checkpoint store")
+    p.add_argument("--checkpoint-topic", help="topic of the kafka checkpoint store")
     p.add_argument("--checkpoint-every-events", type=int)
     p.add_argument("--checkpoint-every-seconds", type=float)
     p.add_argument("--warm-start", help="checkpoint from `streamseq backtest "
@@ -114,7 +117,9 @@ def config_from_args(a: argparse.Namespace) -> ServiceConfig:
         "prediction_topic": a.prediction_topic,
         "dead_letter_topic": a.dead_letter_topic,
         "group": a.group,
+        "checkpoint_store": a.checkpoint_store,
         "checkpoint_dir": a.checkpoint_dir,
+        "checkpoint_topic": a.checkpoint_topic,
         "checkpoint_every_events": a.checkpoint_every_events,
         "checkpoint_every_seconds": a.checkpoint_every_seconds,
         "warm_start": a.warm_start,

@@ -84,7 +84,9 @@ class ServiceConfig:
     client_id: str = "streamseq"
     auto_offset_reset: str = "earliest"
     security: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_store: str = "local"
     checkpoint_dir: str = "./streamseq-state"
+    checkpoint_topic: str = "streamseq-checkpoints"
     checkpoint_keep: int = 3
     checkpoint_every_events: int = 50_000
     checkpoint_every_seconds: float = 30.0
@@ -117,6 +119,8 @@ class ServiceConfig:
         if unknown:
             raise ConfigError(f"unknown security settings {sorted(unknown)}; known: "
                               f"{SECURITY_KEYS}")
+        if self.checkpoint_store not in ("local", "kafka"):
+            raise ConfigError("checkpoint_store must be local or kafka")
         if self.checkpoint_every_events < 1 or self.checkpoint_every_seconds <= 0:
             raise ConfigError("checkpoint intervals must be positive")
         if not 0 < self.metrics_port < 65536 and self.metrics_port != 0:
