@@ -484,7 +484,8 @@ def test_compose_kafka_topics_and_bootstrap_agree() -> None:
     assert f"--bootstrap-server {bootstrap}" in init
     created = set(re.findall(r"([\w-]+):\d+", init.split("for spec in", 1)[1].split(";")[0]))
     needed = {env[k] for k in env if k.endswith("_TOPIC")}
-    needed |= {spec.split(":")[0] for spec in env["STREAMSEQ_TOPICS"].split(",")}
+    if "STREAMSEQ_TOPICS" in env:
+        needed |= {spec.split(":")[0] for spec in env["STREAMSEQ_TOPICS"].split(",")}
     needed |= {t["name"] for t in tomllib.loads(EXAMPLE_CONFIG.read_text())["topics"]}
     for name in ("simulator-sensors", "simulator-prices"):
         argv = services[name]["command"]
