@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+# Small recurrent models run faster on one thread, and CI has two cores for everything.
+torch.set_num_threads(1)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.exists():  # a clean clone sits beside shared/ as well
