@@ -60,13 +60,16 @@ def parse_time(value: object, naive_tz: str | None = "UTC") -> int:
     """
     if isinstance(value, bool):
         raise EventError("bad_time", f"event time is a boolean: {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise EventError("bad_time", f"event time is not finite: {value!r}")
         ms = int(value)
     elif isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        digits = text.lstrip("-")
+        if digits.isascii() and digits.isdigit():
             ms = int(text)
         else:
             try:
@@ -81,7 +84,8 @@ def parse_time(value: object, naive_tz: str | None = "UTC") -> int:
     else:
         raise EventError("bad_time", f"event time has type {type(value).__name__}")
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        raise EventError("bad_time", f"event time {ms} ms is outside 1970..2200")
+        shown = str(ms) if abs(ms) < 10**30 else f"{str(ms)[:12]}... ({len(str(abs(ms)))} digits)"
+        raise EventError("bad_time", f"event time {shown} ms is outside 1970..2200")
     return ms
 
 
@@ -168,8 +172,10 @@ class EventDecoder:
             doc = json.loads(payload)
         except RecursionError:
             raise EventError("not_json", "JSON nesting too deep") from None
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+        except ValueError as exc:  # e.g. an integer literal over Python's digit limit
+            raise EventError("not_json", f"invalid JSON: {str(exc)[:200]}") from None
         if not isinstance(doc, dict):
             raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
         return self.from_mapping(doc)
