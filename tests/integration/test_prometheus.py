@@ -26,6 +26,7 @@ import pytest
 from prom import (
     ALERTS,
     DASHBOARDS,
+    PrometheusError,
     PrometheusServer,
     alert_expressions,
     dashboard_expressions,
@@ -170,7 +171,11 @@ def _selector_text(name: str, matchers: dict[str, str]) -> str:
 def test_dashboards_and_alerts_against_a_real_prometheus(
         prometheus_bin: str, broker: Any, service: Service) -> None:
     with PrometheusServer(service.target, binary=prometheus_bin) as prom:
-        prom.wait_for_target(timeout=30)
+        try:
+            prom.wait_for_target(timeout=30)
+        except PrometheusError as exc:
+            pytest.fail(f"{exc}\nstreamseq run exit status {service.proc.poll()}:\n"
+                        f"{service.log_tail()}")
         t_up = time.monotonic()
         service.wait_for("/readyz", timeout=90)  # broker reachable, partitions assigned
 
