@@ -114,6 +114,7 @@ class Service:
         self._started = False
         self._broker_ok = False
         self._warm: dict[str, Any] | None = None
+        self._fatal: ServiceError | None = None
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.http: HealthServer | None = None
@@ -136,6 +137,11 @@ class Service:
         torch.set_num_threads(max(1, cfg.threads))
         if cfg.warm_start:
             self._warm = load_file(cfg.warm_start)
+            for topic in cfg.topics:  # refuse an incompatible warm start before consuming
+                try:
+                    self._new_engine(topic.kind)
+                except CheckpointError as exc:
+                    raise ServiceError(f"warm start {cfg.warm_start}: {exc}") from exc
         log.info("starting streamseq %s with %r", __version__, cfg)
         with ExitStack() as stack:
             self.http = HealthServer(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
@@ -169,6 +175,8 @@ class Service:
                     self._process(batch)
                 if self._checkpoint_due():
                     self.checkpoint(list(self.shards.values()))
+            if self._fatal is not None:
+                raise self._fatal
             log.info("stopping: final checkpoint of %d shards", len(self.shards))
             self.checkpoint(list(self.shards.values()))
         return 0
@@ -221,7 +229,13 @@ class Service:
         for tp in assigned:
             if tp in self.shards:
                 continue
-            self.shards[tp] = self._restore(tp)
+            try:
+                self.shards[tp] = self._restore(tp)
+            except ServiceError as exc:  # an incompatible snapshot: stop, never guess
+                log.critical("%s", exc)
+                self._fatal = exc
+                self.stop()
+                return
         self.metrics.shards.set(len(self.shards))
 
     def _new_engine(self, kind: str) -> Engine:

@@ -146,9 +146,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not cfg.bootstrap:
         print(f"streamseq run: {NO_BROKER}", file=sys.stderr)
         return 2
+    from streamseq.service.app import ServiceError
+
     service = Service(cfg)
     install_signal_handlers(service.stop)
-    return service.run()
+    try:
+        return service.run()
+    except ServiceError as exc:
+        print(f"streamseq run: {exc}", file=sys.stderr)
+        return 3
 
 
 def cmd_broker(a: argparse.Namespace) -> int:
