@@ -116,5 +116,5 @@ def test_produce_api_respects_rate(broker, unique):
                 rate=300)
     elapsed = time.monotonic() - t0
     assert n == 301
-    assert 0.9 < elapsed < 6.0, elapsed  # 300 intervals at 300/s, plus connect and flush
+    assert 0.9 < elapsed < 15.0, elapsed  # 300 intervals at 300/s, plus connect and flush
     assert len(read_topic(broker.bootstrap, topic, 1, 301)) == 301
