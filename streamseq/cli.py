@@ -21,9 +21,34 @@ COMMAND_MODULES = (
     "simulators.commands",
     "streamseq.text.commands",
 )
+# Which module defines a command, so `streamseq top` need not import torch.
+COMMAND_HOME = {
+    "backtest": "streamseq.backtest",
+    "run": "streamseq.service.commands",
+    "broker": "streamseq.service.commands",
+    "demo": "streamseq.service.commands",
+    "top": "streamseq.top",
+    "simulate": "simulators.commands",
+    "replay": "simulators.commands",
+    "generate": "streamseq.text.commands",
+    "backtest-text": "streamseq.text.commands",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--log-level":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamseq",
         description="Stateful online GRU/LSTM forecasting over Kafka streams and files.",
@@ -31,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = [only] if only else COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -43,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(COMMAND_HOME.get(_command_of(argv) or ""))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

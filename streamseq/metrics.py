@@ -124,6 +124,30 @@ class ServiceMetrics:
             registry=r)
         self.checkpoint_age.set_function(lambda: time.time() - self._last_checkpoint)
 
+    def declare(self, topics: list[tuple[str, str]], reasons: list[str]) -> None:
+        """Create every labelled series at 0 up front (``(topic, kind)`` pairs), so that
+        ``rate()`` and ``increase()`` see the first increment of rare counters."""
+        kinds = sorted({k for _, k in topics})
+        for topic, kind in topics:
+            self.events_consumed.labels(topic=topic, kind=kind)
+            self.dead_letters.labels(topic=topic)
+            for reason in reasons:
+                self.events_rejected.labels(topic=topic, reason=reason)
+            for reason in ("duplicate", "late"):
+                self.events_dropped.labels(topic=topic, reason=reason)
+        for kind in kinds:
+            self.predictions.labels(kind=kind)
+            for outcome in ("applied", "skipped_nonfinite"):
+                self.updates.labels(kind=kind, outcome=outcome)
+            self.drift.labels(kind=kind)
+            self.keys.labels(kind=kind)
+            self.keys_evicted.labels(kind=kind)
+            self.scored.labels(kind=kind)
+            for forecaster in ("model", "persistence"):
+                self.abs_error.labels(kind=kind, forecaster=forecaster)
+        for outcome in ("ok", "failed"):
+            self.checkpoints.labels(outcome=outcome)
+
     def checkpoint_done(self, seconds: float) -> None:
         self._last_checkpoint = time.time()
         self.last_checkpoint_ts.set(self._last_checkpoint)

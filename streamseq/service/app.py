@@ -26,7 +26,7 @@ from kafka.structs import OffsetAndMetadata
 from streamseq import __version__
 from streamseq.engine import Engine
 from streamseq.events.decode import EventDecoder
-from streamseq.events.errors import EventError
+from streamseq.events.errors import REASONS, EventError
 from streamseq.exceptions import CheckpointError, StreamseqError
 from streamseq.metrics import ServiceMetrics
 from streamseq.predictions import encode_record, prediction_records
@@ -93,6 +93,7 @@ class Service:
         ec = config.engine
         self.metrics = metrics or ServiceMetrics(version=__version__, cell=ec.model.cell,
                                                  hidden=ec.model.hidden)
+        self.metrics.declare([(t.name, t.kind) for t in config.topics], sorted(REASONS))
         self.store: CheckpointStore
         if config.checkpoint_store == "kafka":
             from streamseq.state.kafka_store import KafkaCheckpointStore
@@ -454,6 +455,7 @@ class _BrokerMonitor(threading.Thread):
         self.every = every
         self._halt = threading.Event()
         self._consumer: KafkaConsumer | None = None
+        self._warned = False
 
     def stop(self) -> None:
         self._halt.set()
@@ -469,8 +471,7 @@ class _BrokerMonitor(threading.Thread):
                 if self._consumer is None:
                     self._consumer = KafkaConsumer(
                         **svc._kafka_common(), client_id=f"{svc.config.client_id}-monitor",
-                        request_timeout_ms=4000, api_version_auto_timeout_ms=4000,
-                        enable_auto_commit=False)
+                        request_timeout_ms=4000, enable_auto_commit=False)
                 shards = list(svc.shards.values())
                 tps = [s.tp for s in shards]
                 if tps:
@@ -487,8 +488,9 @@ class _BrokerMonitor(threading.Thread):
                 svc._broker_ok = True
                 svc.metrics.up.set(1)
             except Exception as exc:  # noqa: BLE001 - any failure means unreachable
-                if svc._broker_ok:
-                    log.warning("broker unreachable: %s", exc)
+                if svc._broker_ok or not self._warned:
+                    log.warning("broker unreachable: %s: %s", type(exc).__name__, exc)
+                    self._warned = True
                 svc._broker_ok = False
                 svc.metrics.up.set(0)
             self._halt.wait(self.every)

@@ -194,10 +194,16 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             security[name[len("security_"):]] = raw
         elif name == "topics":
             out["topics"] = _parse_topics(raw)
+        elif name in ("sensor_topic", "price_topic"):  # same as the repeatable flags
+            kind = name.split("_")[0]
+            out.setdefault("_kind_topics", []).extend(
+                TopicSpec(t.strip(), kind) for t in raw.split(",") if t.strip())
         elif name in defaults.__dataclass_fields__ and name not in ("engine", "security"):
             out[name] = _coerce(name, raw, getattr(defaults, name))
     if security:
         out["security"] = security
+    if "_kind_topics" in out:
+        out["topics"] = tuple(out.pop("_kind_topics"))
     return out
 
 
@@ -206,7 +212,9 @@ def _parse_topics(raw: str | list[Any]) -> tuple[TopicSpec, ...]:
     items = raw.split(",") if isinstance(raw, str) else raw
     specs = []
     for item in items:
-        if isinstance(item, dict):
+        if isinstance(item, TopicSpec):
+            specs.append(item)
+        elif isinstance(item, dict):
             specs.append(TopicSpec(str(item["name"]), str(item.get("kind", "sensor"))))
         else:
             name, _, kind = str(item).strip().partition(":")
