@@ -431,9 +431,9 @@ class Engine:
         A["ring_y"][sl, p] = z[:, :t]
         A["ring_m"][sl, p] = ~(miss[:, :t] | unknown[:, :t])
         with torch.no_grad():
-            y, h1 = self.model(torch.from_numpy(x)[:, None, :], h0)
+            y, h1 = self.model.step(torch.from_numpy(x), h0)
         table.state[:, sl_t] = h1
-        yz = y[:, 0].double().numpy()
+        yz = y.double().numpy()
         std_t, mean_t = std[:, :t], mean[sl, :t]
         last_t = filled[:, :t]
         yhat = invert_forecast(self.target_codes, yz * std_t[:, None] + mean_t[:, None], last_t)

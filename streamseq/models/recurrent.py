@@ -32,6 +32,9 @@ class RecurrentForecaster(nn.Module):
     ((4, 6, 3, 2), (1, 4, 16))
     >>> torch.allclose(y[:, :, 0], x[:, :, :2])  # untrained residual head = persistence
     True
+    >>> y1, s1 = m.step(x[:, 0], m.init_state(4))  # the per-event path agrees with forward
+    >>> torch.allclose(y1, y[:, 0], atol=1e-6), torch.allclose(s1, m(x[:, :1], m.init_state(4))[1], atol=1e-6)
+    (True, True)
     """
 
     def __init__(self, n_inputs: int, n_targets: int, config: ModelConfig,
@@ -73,6 +76,31 @@ class RecurrentForecaster(nn.Module):
 
     def _join(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return torch.cat(state, dim=-1) if isinstance(state, tuple) else state
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step for a batch of keys, ``x [batch, inputs]`` -> forecasts
+        ``[batch, horizon, targets]`` and the new state. Inference only (no dropout): the
+        per-event path, with the cell kernels called directly (no module overhead).
+        """
+        rnn, hidden = self.rnn, self.config.hidden
+        inp = x
+        layers = []
+        for layer in range(self.config.layers):
+            w_ih = getattr(rnn, f"weight_ih_l{layer}")
+            w_hh = getattr(rnn, f"weight_hh_l{layer}")
+            b_ih = getattr(rnn, f"bias_ih_l{layer}")
+            b_hh = getattr(rnn, f"bias_hh_l{layer}")
+            if self.is_lstm:
+                h, c = torch.lstm_cell(inp, (state[layer, :, :hidden], state[layer, :, hidden:]),
+                                       w_ih, w_hh, b_ih, b_hh)
+                layers.append(torch.cat([h, c], dim=-1))
+            else:
+                h = torch.gru_cell(inp, state[layer], w_ih, w_hh, b_ih, b_hh)
+                layers.append(h)
+            inp = h
+        delta = self.head(inp).view(x.shape[0], self.config.horizon, self.n_targets)
+        base = (x[:, : self.n_targets] * self.residual_mask).unsqueeze(1)
+        return base + delta, torch.stack(layers)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
