@@ -59,7 +59,7 @@ MAY_BE_PENDING = {
 }
 
 #: Series that exist only once something went wrong (a labelled counter is born at its first
-#: increment; see docs/metrics.md on pre-creating them).
+#: increment; the service pre-creates them at 0).
 FAILURE_ONLY_SERIES = {
     'streamseq_updates_total{outcome="skipped_nonfinite"}',
     'streamseq_checkpoints_total{outcome="failed"}',

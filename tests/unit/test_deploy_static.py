@@ -182,13 +182,13 @@ def test_template_variables_use_exposed_metrics() -> None:
 
 
 def test_metrics_doc_lists_every_metric() -> None:
-    doc = (ROOT / "docs" / "metrics.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     families = set()
     for name in EXPOSED:
         if name.startswith("streamseq_") or name.startswith("process_"):
             families.add(re.sub(r"_(bucket|sum|count)$", "", name))
     missing = sorted(f for f in families if f"`{f}" not in doc)
-    assert not missing, f"docs/metrics.md does not document {missing}"
+    assert not missing, f"README.md does not document {missing}"
 
 
 # ------------------------------------------------------------------ alert rules
