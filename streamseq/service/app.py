@@ -52,6 +52,7 @@ class Shard:
     kind: str
     engine: Engine
     next_offset: int | None = None
+    first_offset: int | None = None  # where a shard without a snapshot began
     since_checkpoint: int = 0
     reported: dict[str, float] = field(default_factory=dict)
 
@@ -322,6 +323,8 @@ class Service:
                     latency.observe(max(0.0, now - ts / 1000.0))
             m.predictions.labels(kind=shard.kind).inc(len(recs))
             self._report(shard)
+        if shard.next_offset is None:
+            shard.first_offset = records[0].offset
         shard.next_offset = records[-1].offset + 1
         shard.since_checkpoint += len(records)
         self._events_since_checkpoint += len(records)
@@ -412,8 +415,10 @@ class Service:
         assert self.producer is not None and self.consumer is not None
         try:
             self.producer.flush(timeout=60)
-        except KafkaError as exc:
-            log.error("producer flush failed: %s", exc)
+        except KafkaError as exc:  # records still in flight: no snapshot may cover them yet
+            self.metrics.checkpoints.labels(outcome="failed").inc()
+            log.error("producer flush failed (%s): not checkpointing now", exc)
+            return False
         with self._send_lock:
             failures, self._send_failures = self._send_failures, 0
         if failures:
@@ -442,8 +447,14 @@ class Service:
         return True
 
     def _rewind(self) -> None:
-        for tp in list(self.shards):
-            self.shards[tp] = self._restore(tp)
+        for tp, old in list(self.shards.items()):
+            shard = self._restore(tp)
+            if shard.next_offset is None and old.first_offset is not None:
+                # no snapshot yet: the fresh engine replays the shard from where it began
+                assert self.consumer is not None
+                self.consumer.seek(tp, old.first_offset)
+                shard.first_offset = old.first_offset
+            self.shards[tp] = shard
 
 
 class _BrokerMonitor(threading.Thread):
