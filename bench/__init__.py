@@ -1,0 +1,1 @@
+"""Benchmarks: accuracy against published results and peers, speed. Numbers go to a report."""
