@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from streamseq.backtest import Backtest
 from streamseq.cli import main
+from streamseq.config import EngineConfig, LearnerConfig, ModelConfig, StateConfig
+from streamseq.events import Event
 
 torch.set_num_threads(1)
 
@@ -109,3 +112,20 @@ def test_save_checkpoint_then_resume_equals_one_run(data_dir: Path, tmp_path: Pa
                 side, metric)
     assert got["first"]["keys"]["series"]["model"]["mae"] != pytest.approx(
         one["model"]["mae"], rel=1e-3)
+
+
+def test_warmup_epochs_do_not_evict_keys_that_are_never_idle() -> None:
+    """Bug: ``Engine.reset_streams`` (between warm-up epochs) forgets every key's last event
+    time but keeps the shard's ``max_ts``, so in the second epoch every key looks idle for
+    the whole span of the data and ``idle_ttl_s`` evicts them at each update point (their
+    state, scalers and buffers are thrown away mid warm-up)."""
+    events = [Event("sensor", f"k{i % 2}", 60_000 * (i // 2), {"x": float(np.sin(i / 10))})
+              for i in range(800)]
+    config = EngineConfig(model=ModelConfig(hidden=8),
+                          learner=LearnerConfig(k1=2, k2=4, batch_windows=2),
+                          state=StateConfig(idle_ttl_s=600.0))  # events every 2 minutes
+    for epochs in (1, 2):
+        bt = Backtest(config, warmup_rows=200, warmup_epochs=epochs)
+        bt.run(events)
+        (engine,) = bt.engines.values()
+        assert engine.stats.evicted == 0, f"{epochs} warm-up epochs"
