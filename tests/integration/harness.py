@@ -37,7 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ __all__ = [
     "Message", "BackgroundProducer", "ServiceTopics", "ServiceProcess", "ServiceError", "TopicRecord", "TopicReader",
     "Reference", "sensor_stream", "produce", "service_args", "read_topic",
     "wait_for_predictions", "predictions_by_id", "committed_offsets", "reference_run",
-    "reference_config", "load_snapshots", "state_differences", "prediction_differences",
+    "reference_config", "load_snapshots", "state_differences", "comparable_state",
+    "prediction_differences",
     "http_status", "wait_until",
 ]
 
@@ -400,6 +401,9 @@ class ServiceProcess:
         Port of ``/metrics``, ``/healthz`` and ``/readyz``; a free one when ``None``.
     log_level
         ``streamseq --log-level``.
+    python_args
+        Interpreter arguments before ``-m streamseq``, e.g. ``("-m", "cProfile", "-o",
+        "service.prof")`` to profile the service.
 
     Examples
     --------
@@ -412,11 +416,11 @@ class ServiceProcess:
     """
 
     def __init__(self, args: Sequence[str], log_path: str | Path, metrics_port: int | None = None,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", python_args: Sequence[str] = ()) -> None:
         self.port = metrics_port or _free_port()
         self.log_path = Path(log_path)
-        self.cmd = [sys.executable, "-m", "streamseq", "--log-level", log_level, "run", *args,
-                    "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port)]
+        self.cmd = [sys.executable, *python_args, "-m", "streamseq", "--log-level", log_level,
+                    "run", *args, "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle
@@ -714,9 +718,3 @@ def prediction_differences(got: dict[str, Any], want: dict[str, Any], rtol: floa
         if g.shape != w.shape or not np.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
             out.append(f"yhat[{name}]: {gy[name]} != {wy[name]}")
     return out
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``items`` in consecutive slices of ``size``."""
-    for lo in range(0, len(items), size):
-        yield items[lo:lo + size]
