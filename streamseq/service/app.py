@@ -117,6 +117,7 @@ class Service:
         self._broker_ok = False
         self._warm: dict[str, Any] | None = None
         self._fatal: ServiceError | None = None
+        self._failed = False  # an unexpected error escaped the loop: never checkpoint again
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.http: HealthServer | None = None
@@ -169,14 +170,20 @@ class Service:
             monitor.start()
             stack.callback(monitor.stop)
             self._started = True
-            while not self._stop.is_set():
-                self._last_loop = time.monotonic()
-                batch = self.consumer.poll(timeout_ms=cfg.poll_timeout_ms,
-                                           max_records=cfg.max_poll_records)
-                if batch:
-                    self._process(batch)
-                if self._checkpoint_due():
-                    self.checkpoint(list(self.shards.values()))
+            try:
+                while not self._stop.is_set():
+                    self._last_loop = time.monotonic()
+                    batch = self.consumer.poll(timeout_ms=cfg.poll_timeout_ms,
+                                               max_records=cfg.max_poll_records)
+                    if batch:
+                        self._process(batch)
+                    if self._checkpoint_due():
+                        self.checkpoint(list(self.shards.values()))
+            except BaseException:
+                # A shard may be half-applied (engine advanced, offset not): closing the
+                # consumer revokes the partitions, and that must not snapshot them.
+                self._failed = True
+                raise
             if self._fatal is not None:
                 raise self._fatal
             log.info("stopping: final checkpoint of %d shards", len(self.shards))
@@ -297,7 +304,10 @@ class Service:
             try:
                 if r.value is None:
                     raise EventError("not_json", "record has no value (tombstone)")
-                events.append(decoder.decode(r.value))
+                ev = decoder.decode(r.value)
+                if not ev.key.isascii():  # JSON "\ud800" decodes to a key no producer encodes
+                    _check_encodable(ev.key)
+                events.append(ev)
                 kept.append(r)
             except EventError as err:
                 self._dead_letter(r, err)
@@ -410,6 +420,10 @@ class Service:
         offset follows it and serves lag monitoring and tools. Inside a rebalance callback
         the commit is sent without waiting (kafka-python runs callbacks on its IO thread).
         """
+        if self._failed:
+            log.error("not checkpointing %d shards after a failure: the last durable "
+                      "snapshots stay the truth", len(shards))
+            return False
         t0 = time.perf_counter()
         self._last_checkpoint = time.monotonic()
         assert self.producer is not None and self.consumer is not None
@@ -455,6 +469,13 @@ class Service:
                 self.consumer.seek(tp, old.first_offset)
                 shard.first_offset = old.first_offset
             self.shards[tp] = shard
+
+
+def _check_encodable(key: str) -> None:
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise EventError("bad_key", "key is not valid Unicode (lone surrogate)") from None
 
 
 class _BrokerMonitor(threading.Thread):
