@@ -267,6 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         single.append(rate)
         say(f"  single key  {rate.name:<24} {rate.wall:>9,.0f} ev/s wall "
             f"{rate.cpu:>9,.0f} ev/CPU-s   ({rate.note})")
+    rate, _ = run_engine("engine, no learning", engine_config(8, 16, 1, learn=False),
+                         single_events, warm=100, chunk=64)
+    single.append(rate)
+    say(f"  single key  {rate.name:<24} {rate.wall:>9,.0f} ev/s wall "
+        f"{rate.cpu:>9,.0f} ev/CPU-s   (the per-event path alone)")
     base = run_baseline(single_events[:n_base], warm=50, n_inputs=n_inputs)
     say(f"  single key  {base.name:<24} {base.wall:>9,.0f} ev/s wall "
         f"{base.cpu:>9,.0f} ev/CPU-s   ({base.note})")
