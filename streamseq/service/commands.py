@@ -100,6 +100,8 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-cafile")
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
+    p.add_argument("--late-tolerance-ms", type=int, help="apply events up to this much older "
+                   "than their key's newest one (default 0); older ones are dropped as late")
     add_engine_args(p)
 
 
@@ -132,6 +134,10 @@ def config_from_args(a: argparse.Namespace) -> ServiceConfig:
         "security": security or None,
         "engine": _engine_overrides(a) or None,
     }
+    if getattr(a, "late_tolerance_ms", None) is not None:
+        engine = overrides["engine"] or {}
+        engine.setdefault("state", {})["late_tolerance_ms"] = a.late_tolerance_ms
+        overrides["engine"] = engine
     return load_config(a.config, overrides=overrides)
 
 
@@ -184,7 +190,9 @@ def _parse_topic_arg(text: str) -> tuple[str, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the Kafka consumer service",
+    # allow_abbrev=False: "--sasl-password SECRET" must be an error, not an abbreviation of
+    # --sasl-password-file (which would put the secret in the process list and the error)
+    p = sub.add_parser("run", help="run the Kafka consumer service", allow_abbrev=False,
                        description="Consume sensor and price events, forecast, publish, "
                                    "checkpoint. Settings: flags > STREAMSEQ_* env > --config "
                                    "file > defaults.")

@@ -518,6 +518,22 @@ def test_duplicate_by_id() -> None:
     assert out.dropped == [(1, "duplicate")]
 
 
+def test_late_tolerance_is_configurable(tmp_path: Path) -> None:
+    import argparse
+
+    from streamseq.service.commands import add_service_args, config_from_args
+    from streamseq.service.config import load_config
+
+    p = argparse.ArgumentParser()
+    add_service_args(p)
+    cfg = config_from_args(p.parse_args(["--late-tolerance-ms", "90000", "--hidden", "8"]))
+    assert cfg.engine.state.late_tolerance_ms == 90_000 and cfg.engine.model.hidden == 8
+    assert config_from_args(p.parse_args([])).engine.state.late_tolerance_ms == 0
+    conf = tmp_path / "s.toml"
+    conf.write_text("[engine.state]\nlate_tolerance_ms = 5000\n")
+    assert load_config(conf, env={}).engine.state.late_tolerance_ms == 5000
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def _snap(i: int) -> dict[str, Any]:
     return {"offset": i, "w": torch.full((4,), float(i))}
