@@ -606,3 +606,100 @@ def test_random_generation_order_survives_torn_files(tmp_path: Path) -> None:
         kept_good = [j for j, ok in history[-4:] if ok]
         loaded = store.load("s-4")
         assert (loaded and loaded["offset"]) == (max(kept_good) if kept_good else None)
+
+
+# ---------------------------------------------------------------------------- service
+class _Record:
+    def __init__(self, topic: str, offset: int, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.value = topic, 0, offset, value
+        self.key, self.timestamp, self.headers = b"k", 0, []
+
+
+class _Future:
+    def add_errback(self, _fn: Any) -> None:
+        pass
+
+
+class _Producer:
+    def __init__(self, **_kw: Any) -> None:
+        pass
+
+    def send(self, *_a: Any, **_kw: Any) -> _Future:
+        return _Future()
+
+    def flush(self, timeout: float = 0) -> None:
+        pass
+
+    def close(self, timeout: float = 0) -> None:
+        pass
+
+
+def test_unexpected_error_mid_batch_never_snapshots_the_half_applied_shard(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """If processing fails after the engine advanced but before the offset did, closing
+    the consumer revokes the partition: that must not snapshot the shard (its state would
+    cover events its offset does not, and they would be learned twice after a restart)."""
+    from kafka import TopicPartition
+
+    from streamseq.service import app
+    from streamseq.service.config import load_config
+
+    tp = TopicPartition("sensors", 0)
+    rows = [_Record("sensors", i, json.dumps({"key": f"k{i % 2}", "ts": T0 + i * MIN,
+                                              "values": {"x": float(i % 3)}}).encode())
+            for i in range(20)]
+
+    class Consumer:
+        def __init__(self, **_kw: Any) -> None:
+            self.polls = 0
+            self.listener: Any = None
+
+        def subscribe(self, _topics: Any, listener: Any) -> None:
+            self.listener = listener
+
+        def poll(self, timeout_ms: int = 0, max_records: int = 0) -> Any:
+            self.polls += 1
+            if self.polls == 1:
+                self.listener.on_partitions_assigned([tp])
+                return {}
+            return {tp: rows[:10]} if self.polls == 2 else {tp: rows[10:]}
+
+        def seek(self, *_a: Any) -> None:
+            pass
+
+        def commit(self, *_a: Any) -> None:
+            pass
+
+        commit_async = commit
+
+        def topics(self) -> set[str]:
+            return {"sensors"}
+
+        def end_offsets(self, tps: Any) -> dict[Any, int]:
+            return {t: 20 for t in tps}
+
+        def close(self, autocommit: bool = False) -> None:
+            if self.listener is not None:
+                self.listener.on_partitions_revoked([tp])
+
+    calls = {"n": 0}
+    real_encode = app.encode_record
+
+    def failing_encode(rec: dict[str, Any]) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 15:  # in the second batch, after the engine applied it
+            raise RuntimeError("boom")
+        return real_encode(rec)
+
+    monkeypatch.setattr(app, "KafkaConsumer", Consumer)
+    monkeypatch.setattr(app, "KafkaProducer", _Producer)
+    monkeypatch.setattr(app, "encode_record", failing_encode)
+    cfg = load_config(env={}, overrides={
+        "bootstrap": "k:9092", "checkpoint_dir": str(tmp_path), "metrics_port": 0,
+        "checkpoint_every_events": 10, "topics": "sensors:sensor",
+        "engine": {"model": {"hidden": 8}}})
+    with pytest.raises(RuntimeError, match="boom"):
+        app.Service(cfg).run()
+    snap = LocalCheckpointStore(tmp_path).load("sensors-0")
+    assert snap is not None and snap["offset"] == 10
+    assert snap["engine"]["stats"]["accepted"] == 10  # the state its offset covers
