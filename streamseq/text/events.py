@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from streamseq.events.decode import TIME_FIELDS, parse_time
 from streamseq.events.errors import EventError
@@ -100,7 +100,7 @@ class LabelEvent:
                 "label": self.label}
 
 
-TextStreamEvent = Union[TextEvent, LabelEvent]
+TextStreamEvent = TextEvent | LabelEvent
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,312 @@
+"""Online message classification: predict when a message arrives, learn when its label does.
+
+Each message is a complete sequence, so the network may read it in both directions
+(embedding -> bidirectional GRU/LSTM -> pooling -> dropout -> linear head). The prediction
+(class probabilities over the classes seen so far) is made and recorded when the message
+arrives. Its label comes with the message or later in a ``label`` event matched by id; the
+message waits for it a bounded time (``label_wait_messages`` later messages or
+``label_wait_ms`` of event time), then is dropped and counted. When the label arrives the
+recorded prediction is scored (prequential accuracy, macro F1, log-loss) and only then does
+the model learn the message.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from streamseq.events.errors import EventError
+from streamseq.exceptions import CheckpointError
+from streamseq.text.config import ClassifierConfig
+from streamseq.text.metrics import PrequentialClassification
+from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout, seeded_init
+from streamseq.text.stats import TextStats
+from streamseq.text.vocab import Vocabulary
+
+__all__ = ["MessageClassifierNet", "OnlineTextClassifier"]
+
+log = logging.getLogger(__name__)
+
+
+class MessageClassifierNet(nn.Module):
+    """Embedding -> (bi)directional stacked GRU/LSTM -> pooling -> dropout -> linear head.
+
+    Examples
+    --------
+    >>> net = MessageClassifierNet(100, 3, embed_dim=8, hidden=6, pool="meanmax")
+    >>> x = torch.tensor([[4, 5, 6, 0], [7, 8, 0, 0]])
+    >>> tuple(net(x, torch.tensor([4, 2])).shape)
+    (2, 3)
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int, embed_dim: int = 64,
+                 hidden: int = 64, layers: int = 1, cell: str = "gru",
+                 bidirectional: bool = True, pool: str = "meanmax", dropout: float = 0.2
+                 ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.dropout = dropout
+        self.embed = nn.Embedding(vocab_size, embed_dim, sparse=True)
+        self.rnn = RecurrentStack(cell, embed_dim, hidden, layers, bidirectional, dropout)
+        width = self.rnn.output_size * (2 if pool == "meanmax" else 1)
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Class logits ``[batch, classes]`` of ``tokens [batch, time]`` (left-aligned,
+        ``lengths`` per row; ``None`` = all rows full length)."""
+        b, t = tokens.shape
+        x = seeded_dropout(self.embed(tokens), self.dropout, generator, self.training)
+        out, state = self.rnn(x, None, lengths if b > 1 else None, generator)
+        if lengths is None or b == 1:
+            lengths = torch.full((b,), t, dtype=torch.int64)
+        mask = (torch.arange(t)[None, :] < lengths[:, None]).unsqueeze(-1)
+        parts = []
+        if self.pool == "last":
+            d = self.rnn.directions
+            h = state[-d:, :, : self.rnn.hidden]  # final h of each direction, top layer
+            parts.append(h.transpose(0, 1).reshape(b, -1))
+        if self.pool in ("mean", "meanmax"):
+            parts.append((out * mask).sum(1) / lengths[:, None].to(out.dtype))
+        if self.pool in ("max", "meanmax"):
+            parts.append(out.masked_fill(~mask, float("-inf")).amax(1))
+        z = torch.cat(parts, dim=-1)
+        return self.head(seeded_dropout(z, self.dropout, generator, self.training))
+
+
+@dataclass
+class _Pending:
+    key: str
+    ts_ms: int
+    seq: int  # text-message sequence number in the shard
+    ids: list[int]
+    probs: list[float]  # over the classes known when predicted
+
+
+class OnlineTextClassifier:
+    """Message classifier learned online from labels that may arrive late.
+
+    Parameters
+    ----------
+    config
+        Architecture, learning and waiting settings.
+    stats
+        Counters to update (a fresh :class:`TextStats` if omitted).
+
+    Examples
+    --------
+    >>> clf = OnlineTextClassifier(ClassifierConfig(hidden=8, embed_dim=8))
+    >>> out = clf.predict_message("r", 0, "great film", "m1")
+    >>> out["probs"], out["label_pred"]  # no class seen yet
+    ({}, None)
+    >>> clf.learn_label("r", 5, "m1", "pos")["label"]
+    'pos'
+    >>> clf.predict_message("r", 9, "bad film", "m2")["probs"]
+    {'pos': 1.0}
+    >>> clf.learn_label("r", 9, "nope", "pos")
+    Traceback (most recent call last):
+    ...
+    streamseq.events.errors.EventError: bad_label: no message with id 'nope' is waiting for a label
+    """
+
+    def __init__(self, config: ClassifierConfig | None = None,
+                 stats: TextStats | None = None) -> None:
+        self.config = c = config or ClassifierConfig()
+        self.stats = stats if stats is not None else TextStats()
+        self.vocab = Vocabulary(c.tokens, c.max_vocab, c.lowercase)
+        with seeded_init(c.seed):
+            self.model = MessageClassifierNet(c.max_vocab, c.max_classes, c.embed_dim, c.hidden,
+                                              c.layers, c.cell, c.bidirectional, c.pool,
+                                              c.dropout)
+        self.model.eval()
+        self.params = list(self.model.parameters())
+        dense = [p for n, p in self.model.named_parameters() if not n.startswith("embed.")]
+        # AdamW on the dense weights; lazy (sparse) Adam on the embedding rows of the message
+        self.optimizer = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay)
+        self.sparse_optimizer = torch.optim.SparseAdam(list(self.model.embed.parameters()),
+                                                       lr=c.lr)
+        self.generator = torch.Generator().manual_seed(c.seed + 1)
+        self.classes: list[str] = list(c.labels) if c.labels else []
+        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.replay: deque[tuple[list[int], int]] = deque(maxlen=c.replay_buffer)
+        self.metrics = PrequentialClassification(c.window)
+        self.seq = 0
+
+    # -- validation (no state change) -------------------------------------------------
+    def check_message(self, msg_id: str | None, label: str | None) -> None:
+        """Raise :class:`EventError` if a text message cannot be accepted as it is."""
+        if msg_id is not None and msg_id in self.pending:
+            raise EventError("duplicate", f"message id {msg_id!r} is already waiting for a label")
+        if label is not None:
+            self._check_class(label)
+
+    def check_label(self, key: str, msg_id: str, label: str) -> None:
+        """Raise ``bad_label`` unless a message ``msg_id`` of ``key`` waits for a label."""
+        p = self.pending.get(msg_id)
+        if p is None:
+            raise EventError("bad_label", f"no message with id {msg_id!r} is waiting for a label")
+        if p.key != key:
+            raise EventError("bad_label", f"message {msg_id!r} belongs to key {p.key!r}")
+        self._check_class(label)
+
+    def _check_class(self, label: str) -> None:
+        if label in self.classes:
+            return
+        if self.config.labels is not None:
+            raise EventError("bad_label", f"label {label!r} is not one of {self.config.labels}")
+        if len(self.classes) >= self.config.max_classes:
+            raise EventError("bad_label", f"label {label!r} would exceed "
+                             f"{self.config.max_classes} classes")
+
+    # -- the stream -------------------------------------------------------------------
+    def predict_message(self, key: str, ts_ms: int, text: str, msg_id: str | None = None
+                        ) -> dict[str, Any]:
+        """Predict the message's class probabilities and, if it has an id, keep it waiting
+        for its label. Returns ``{"kind": "classification", "key", "id", "ts", "probs",
+        "label_pred"}``."""
+        self.seq += 1
+        ids = self.vocab.encode(text)[: self.config.max_len] or [0]
+        n = len(self.classes)
+        probs: list[float] = []
+        if n:
+            with torch.inference_mode():
+                logits = self.model(torch.tensor([ids]))[0, :n]
+                probs = torch.softmax(logits, -1).tolist()
+        s = self.stats
+        s.clf_predictions += 1
+        s.clf_vocab_size = len(self.vocab)
+        if msg_id is not None:
+            self.pending[msg_id] = _Pending(key, ts_ms, self.seq, ids, probs)
+        self._expire(ts_ms)
+        named = dict(zip(self.classes, probs, strict=True))
+        best = max(range(n), key=probs.__getitem__) if n else None
+        return {"kind": "classification", "key": key, "id": msg_id, "ts": ts_ms,
+                "probs": named, "label_pred": None if best is None else self.classes[best]}
+
+    def learn_message(self, key: str, ts_ms: int, text: str, msg_id: str | None, label: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A message that comes with its label: predict, score, then learn."""
+        self._check_class(label)
+        tmp_id = msg_id if msg_id is not None else f"\x00inline-{self.seq + 1}"
+        pred = self.predict_message(key, ts_ms, text, tmp_id)
+        pred["id"] = msg_id
+        score = self.learn_label(key, ts_ms, tmp_id, label)
+        score["id"] = msg_id
+        return pred, score
+
+    def learn_label(self, key: str, ts_ms: int, msg_id: str, label: str) -> dict[str, Any]:
+        """Score the recorded prediction of message ``msg_id`` against ``label``, then learn
+        the message. Raises ``bad_label`` (nothing changed) for an unknown id."""
+        self.check_label(key, msg_id, label)
+        p = self.pending.pop(msg_id)
+        known = self.classes[: len(p.probs)]
+        pred, loss = self.metrics.update(label, dict(zip(known, p.probs, strict=True)))
+        if label not in self.classes:
+            self.classes.append(label)
+        y = self.classes.index(label)
+        self._train(p.ids, y)
+        s = self.stats
+        s.clf_labels_learned += 1
+        s.clf_pending = len(self.pending)
+        return {"kind": "label", "key": key, "id": msg_id, "ts": ts_ms, "label": label,
+                "label_pred": pred, "correct": pred == label, "log_loss": loss,
+                "delay_messages": self.seq - p.seq, "delay_ms": ts_ms - p.ts_ms}
+
+    def _expire(self, now_ms: int) -> None:
+        c = self.config
+        dropped = 0
+        while self.pending:
+            first = next(iter(self.pending.values()))
+            too_many = self.seq - first.seq > c.label_wait_messages
+            too_old = c.label_wait_ms is not None and now_ms - first.ts_ms > c.label_wait_ms
+            if not (too_many or too_old):
+                break
+            self.pending.popitem(last=False)
+            dropped += 1
+        self.stats.clf_labels_expired += dropped
+        self.stats.clf_pending = len(self.pending)
+
+    def _train(self, ids: list[int], y: int) -> None:
+        """One step on the message (plus ``replay`` earlier labelled ones)."""
+        batch = [(ids, y)]
+        r = self.config.replay
+        if r and self.replay:
+            picks = torch.randint(len(self.replay), (r,), generator=self.generator).tolist()
+            batch.extend(self.replay[i] for i in picks)
+        self.replay.append((ids, y))
+        lengths = torch.tensor([len(x) for x, _ in batch])
+        x = torch.zeros(len(batch), int(lengths.max()), dtype=torch.int64)
+        for i, (seq, _) in enumerate(batch):
+            x[i, : len(seq)] = torch.tensor(seq)
+        target = torch.tensor([t for _, t in batch])
+        n = len(self.classes)
+        self.model.train()
+        try:
+            logits = self.model(x, lengths, self.generator)[:, :n]
+            loss = F.cross_entropy(logits, target)
+            applied, loss_v, norm = guarded_step(
+                self.params, [self.optimizer, self.sparse_optimizer], loss, self.config.clip)
+        finally:
+            self.model.eval()
+        s = self.stats
+        if applied:
+            s.clf_updates += 1
+        else:
+            s.clf_updates_skipped += 1
+            log.warning("classifier step skipped: loss %s, grad norm %s", loss_v, norm)
+        s.clf_last_loss, s.clf_last_grad_norm = loss_v, norm
+
+    # -- persistence ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Config, vocabulary, classes, weights, optimizer, RNG, pending messages, replay
+        buffer and metrics (tensors and plain types; an independent copy)."""
+        return {
+            "config": self.config.to_dict(),
+            "vocab": self.vocab.state_dict(),
+            "classes": list(self.classes),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "sparse_optimizer": copy.deepcopy(self.sparse_optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "seq": self.seq,
+            "pending": [[i, p.key, p.ts_ms, p.seq, list(p.ids), list(p.probs)]
+                        for i, p in self.pending.items()],
+            "replay": [[list(x), y] for x, y in self.replay],
+            "metrics": self.metrics.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; refuses another architecture."""
+        self.config.check_arch(state["config"], "classifier")
+        state = copy.deepcopy(state)
+        self.vocab.load_state_dict(state["vocab"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.sparse_optimizer.load_state_dict(state["sparse_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"classifier weights do not fit: {exc}") from exc
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+            group["weight_decay"] = self.config.weight_decay
+        for group in self.sparse_optimizer.param_groups:
+            group["lr"] = self.config.lr
+        self.generator.set_state(state["generator"])
+        self.classes = [str(x) for x in state["classes"]]
+        self.seq = int(state["seq"])
+        self.pending = OrderedDict(
+            (str(i), _Pending(str(k), int(ts), int(sq), list(ids), [float(p) for p in probs]))
+            for i, k, ts, sq, ids, probs in state["pending"])
+        self.replay = deque(((list(x), int(y)) for x, y in state["replay"]),
+                            maxlen=self.config.replay_buffer)
+        self.metrics = PrequentialClassification(self.config.window)
+        self.metrics.load_state_dict(state["metrics"])
+        self.stats.clf_pending = len(self.pending)
+        self.stats.clf_vocab_size = len(self.vocab)

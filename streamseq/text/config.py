@@ -1,0 +1,245 @@
+"""Frozen configs of the text learners and of the engine that hosts them.
+
+Each config round-trips through plain dicts (:meth:`to_dict` / ``from_dict``) so it can sit
+in a checkpoint. ``ARCH`` names the fields that shape the weights or the vocabulary: a
+checkpoint whose values differ there is refused; the other fields (learning rate, TBPTT
+lengths, waits) may change between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from streamseq.exceptions import CheckpointError, ConfigError
+from streamseq.text.modules import CELLS
+from streamseq.text.vocab import RESERVED, TOKENIZERS
+
+__all__ = ["LMConfig", "ClassifierConfig", "TextEngineConfig", "POOLS"]
+
+POOLS = ("last", "mean", "max", "meanmax")
+
+
+class _PlainConfig:
+    """to_dict / from_dict / arch checks for the frozen dataclasses below."""
+
+    ARCH: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload]
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kw)
+
+    def arch(self) -> dict[str, Any]:
+        d = self.to_dict()
+        return {k: d[k] for k in self.ARCH}
+
+    def check_arch(self, saved: dict[str, Any], what: str) -> None:
+        """Raise :class:`CheckpointError` if ``saved`` (a ``to_dict``) has another arch."""
+        mine = self.arch()
+        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+        if diff:
+            detail = ", ".join(f"{k}={a!r} in the checkpoint but {b!r} here"
+                               for k, (a, b) in sorted(diff.items()))
+            raise CheckpointError(f"{what} architecture mismatch: {detail}")
+
+
+def _check_common(name: str, c: Any) -> None:
+    if c.tokens not in TOKENIZERS:
+        raise ConfigError(f"{name}.tokens must be one of {TOKENIZERS}, not {c.tokens!r}")
+    if c.cell not in CELLS:
+        raise ConfigError(f"{name}.cell must be one of {CELLS}, not {c.cell!r}")
+    if c.max_vocab <= len(RESERVED):
+        raise ConfigError(f"{name}.max_vocab must exceed {len(RESERVED)}")
+    for f in ("embed_dim", "hidden", "layers"):
+        if int(getattr(c, f)) < 1:
+            raise ConfigError(f"{name}.{f} must be >= 1")
+    if not 0.0 <= c.dropout < 1.0:
+        raise ConfigError(f"{name}.dropout must be in [0, 1)")
+    if c.lr <= 0:
+        raise ConfigError(f"{name}.lr must be > 0")
+
+
+@dataclass(frozen=True)
+class LMConfig(_PlainConfig):
+    """Online language model.
+
+    Parameters
+    ----------
+    tokens
+        ``"char"`` or ``"word"``.
+    max_vocab
+        Vocabulary cap (reserved tokens included); the embedding and head have this size.
+    lowercase
+        Lower-case text before tokenizing.
+    cell, embed_dim, hidden, layers, dropout
+        Architecture. LSTM is the default: on CPU its fused kernel trains ~4x faster than GRU.
+    k1, k2
+        Truncated BPTT: one optimizer step every ``k1`` tokens of a stream, backpropagating
+        through the last ``k2`` (``k2 >= k1``).
+    lr, clip
+        Adam learning rate; gradient-norm clip (0 disables).
+    boundary_token
+        Append an end-of-message token to each message (it is predicted and scored too):
+        use for streams whose messages do not end in a newline, such as log lines.
+    max_keys, key_ttl_ms
+        Bound on streams with live state: least recently seen evicted first; a stream idle
+        for longer than ``key_ttl_ms`` of event time is evicted.
+    seed
+        Seeds the initial weights and the dropout masks.
+
+    Examples
+    --------
+    >>> c = LMConfig(hidden=32)
+    >>> LMConfig.from_dict(c.to_dict()) == c
+    True
+    >>> LMConfig(k1=8, k2=4)
+    Traceback (most recent call last):
+    ...
+    streamseq.exceptions.ConfigError: lm: need 1 <= k1 <= k2, got k1=8 k2=4
+    """
+
+    tokens: str = "char"
+    max_vocab: int = 256
+    lowercase: bool = False
+    cell: str = "lstm"
+    embed_dim: int = 64
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    k1: int = 64
+    k2: int = 64
+    lr: float = 2e-3
+    clip: float = 1.0
+    boundary_token: bool = False
+    max_keys: int = 10_000
+    key_ttl_ms: int | None = None
+    seed: int = 0
+
+    ARCH: ClassVar[tuple[str, ...]] = ("tokens", "max_vocab", "lowercase", "cell", "embed_dim",
+                                       "hidden", "layers", "boundary_token")
+
+    def __post_init__(self) -> None:
+        _check_common("lm", self)
+        if not 1 <= self.k1 <= self.k2:
+            raise ConfigError(f"lm: need 1 <= k1 <= k2, got k1={self.k1} k2={self.k2}")
+        if self.max_keys < 1:
+            raise ConfigError("lm.max_keys must be >= 1")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(_PlainConfig):
+    """Online message classifier.
+
+    Parameters
+    ----------
+    tokens, max_vocab, lowercase
+        Tokenizer and vocabulary cap (words by default).
+    labels
+        The classes, if known in advance; otherwise classes are learned online (up to
+        ``max_classes``) and predictions cover the classes seen so far.
+    cell, bidirectional, embed_dim, hidden, layers, pool, dropout
+        Architecture; ``pool`` turns the per-token outputs into one vector (``last``: final
+        states of both directions; ``mean``, ``max``, ``meanmax``).
+    max_len
+        Tokens read per message (the first ``max_len``).
+    lr, clip, weight_decay
+        AdamW settings; gradient-norm clip.
+    replay, replay_buffer
+        Each label's update also replays ``replay`` earlier labelled messages drawn (seeded)
+        from the last ``replay_buffer`` ones: several passes' worth of learning from a single
+        pass, still using only labels already seen.
+    label_wait_messages, label_wait_ms
+        Bounded wait for late labels: a message is dropped (and counted) when this many
+        later text messages arrived, or this much event time passed, without its label.
+    window
+        Recent window of the prequential metrics (scored labels).
+    seed
+        Seeds the initial weights, the dropout masks and the replay draws.
+
+    Examples
+    --------
+    >>> ClassifierConfig(labels=("neg", "pos")).to_dict()["labels"]
+    ['neg', 'pos']
+    """
+
+    tokens: str = "word"
+    max_vocab: int = 30_000
+    lowercase: bool = True
+    labels: tuple[str, ...] | None = None
+    max_classes: int = 16
+    cell: str = "gru"
+    bidirectional: bool = True
+    embed_dim: int = 64
+    hidden: int = 64
+    layers: int = 1
+    pool: str = "meanmax"
+    dropout: float = 0.2
+    max_len: int = 256
+    lr: float = 3e-3
+    clip: float = 1.0
+    weight_decay: float = 0.0
+    replay: int = 4
+    replay_buffer: int = 1000
+    label_wait_messages: int = 10_000
+    label_wait_ms: int | None = None
+    window: int = 500
+    seed: int = 0
+
+    ARCH: ClassVar[tuple[str, ...]] = ("tokens", "max_vocab", "lowercase", "labels",
+                                       "max_classes", "cell", "bidirectional", "embed_dim",
+                                       "hidden", "layers", "pool")
+
+    def __post_init__(self) -> None:
+        _check_common("classifier", self)
+        if self.pool not in POOLS:
+            raise ConfigError(f"classifier.pool must be one of {POOLS}, not {self.pool!r}")
+        if self.labels is not None:
+            if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+                raise ConfigError("classifier.labels must be >= 2 distinct labels")
+            if len(self.labels) > self.max_classes:
+                object.__setattr__(self, "max_classes", len(self.labels))
+        if self.max_classes < 2:
+            raise ConfigError("classifier.max_classes must be >= 2")
+        if self.max_len < 1 or self.window < 1 or self.label_wait_messages < 0:
+            raise ConfigError("classifier: max_len, window >= 1 and label_wait_messages >= 0")
+        if self.replay < 0 or self.replay_buffer < 1:
+            raise ConfigError("classifier: replay >= 0 and replay_buffer >= 1")
+
+
+@dataclass(frozen=True)
+class TextEngineConfig:
+    """What a text shard hosts: a language model, a classifier, or both (``None`` = off).
+
+    Examples
+    --------
+    >>> c = TextEngineConfig(lm=LMConfig(hidden=16), classifier=ClassifierConfig())
+    >>> TextEngineConfig.from_dict(c.to_dict()) == c
+    True
+    """
+
+    lm: LMConfig | None = field(default_factory=LMConfig)
+    classifier: ClassifierConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.lm is None and self.classifier is None:
+            raise ConfigError("a text engine needs a language model, a classifier or both")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lm": None if self.lm is None else self.lm.to_dict(),
+                "classifier": None if self.classifier is None else self.classifier.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TextEngineConfig:
+        lm = d.get("lm")
+        clf = d.get("classifier")
+        return cls(lm=None if lm is None else LMConfig.from_dict(lm),
+                   classifier=None if clf is None else ClassifierConfig.from_dict(clf))
