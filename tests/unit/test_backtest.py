@@ -120,12 +120,12 @@ def test_warmup_epochs_do_not_evict_keys_that_are_never_idle() -> None:
     the whole span of the data and ``idle_ttl_s`` evicts them at each update point (their
     state, scalers and buffers are thrown away mid warm-up)."""
     events = [Event("sensor", f"k{i % 2}", 60_000 * (i // 2), {"x": float(np.sin(i / 10))})
-              for i in range(800)]
+              for i in range(400)]
     config = EngineConfig(model=ModelConfig(hidden=8),
                           learner=LearnerConfig(k1=2, k2=4, batch_windows=2),
                           state=StateConfig(idle_ttl_s=600.0))  # events every 2 minutes
     for epochs in (1, 2):
-        bt = Backtest(config, warmup_rows=200, warmup_epochs=epochs)
+        bt = Backtest(config, warmup_rows=100, warmup_epochs=epochs)
         bt.run(events)
         (engine,) = bt.engines.values()
         assert engine.stats.evicted == 0, f"{epochs} warm-up epochs"
