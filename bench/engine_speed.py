@@ -224,7 +224,16 @@ def machine() -> dict[str, str]:
         nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     except OSError:
         nproc = str(os.cpu_count())
-    return {"nproc": nproc, "cpu": model, "python": platform.python_version(),
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "streamseq"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        head, dirty = "unknown", ""
+    rev = head + (" + uncommitted changes in streamseq/" if dirty else "")
+    return {"nproc": nproc, "cpu": model, "python": platform.python_version(), "rev": rev,
             "torch": torch.__version__, "threads": str(torch.get_num_threads()),
             "load": " / ".join(f"{x:.2f}" for x in os.getloadavg())}
 
@@ -331,12 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Command: `python -m bench.engine_speed{' --quick' if a.quick else ''}`  ",
         f"Date: {started}  ",
+        f"Engine revision: {info_before['rev']}  ",
         f"Machine: `nproc` = {info_before['nproc']}, CPU: {info_before['cpu']}, Python "
         f"{info_before['python']}, torch {info_before['torch']} with "
         f"{info_before['threads']} thread  ",
         f"Load average (1/5/15 min) before: {info_before['load']}, after: "
         f"{info_after['load']} (the 2 cores are shared with other work: wall rates vary "
-        "with it; rates per CPU second of this process do not much)",
+        "with it; rates per CPU second of this process vary less, but "
+        "still by up to ~25% between runs at a load of 7-10 on 2 cores)",
         "",
         "Model: GRU, 1 layer, hidden 64, 7 values per event (model inputs "
         f"{n_inputs}: 7 scaled values, 7 missing flags, dt, 4 calendar), horizon 1, Adam.",
