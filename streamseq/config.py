@@ -62,6 +62,9 @@ class FeatureConfig:
         before it is scaled, as river's ``StandardScaler``). ``fixed``: statistics of the
         first ``fixed_warmup`` events of the key (or set by :meth:`Engine.fit_scaler`), then
         frozen (the published ETT protocol).
+    max_abs_value
+        Readings beyond this magnitude are rejected (``out_of_range``): a finite 1e308
+        would overflow the running variance and poison the key.
     missing
         ``carry``: a missing value repeats the key's last value and sets a missingness
         indicator; ``reject``: the event is rejected (reason ``missing_value``).
@@ -76,10 +79,12 @@ class FeatureConfig:
     calendar: bool = True
     dt: bool = True
     clip: float = 8.0
+    max_abs_value: float = 1e12
     transforms: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.scaling in ("online", "fixed"), "scaling must be online or fixed")
+        _check(self.max_abs_value > 0, "max_abs_value must be > 0")
         _check(self.missing in ("carry", "reject"), "missing must be carry or reject")
         _check(self.clip > 0, "clip must be > 0")
         for name, t in self.transforms.items():

@@ -172,6 +172,7 @@ class Engine:
         self.table = HiddenStateTable(layers, ss, {
             "n": ((), np.int64, 0),
             "last_raw": ((v,), f64, np.nan),
+            "last_in": ((v,), f64, np.nan),
             "sc_count": ((v + 1,), f64, 0.0),
             "sc_mean": ((v + 1,), f64, 0.0),
             "sc_m2": ((v + 1,), f64, 0.0),
@@ -259,6 +260,7 @@ class Engine:
         local: dict[str, list[Any]] = {}  # key -> [n, last_ts, last values or None]
         seg: list[tuple[int, list[float | None]]] = []
         n_names = len(names)
+        bound = cfg.features.max_abs_value
         while pos < len(events):
             if (self.segment_windows >= cfg.learner.batch_windows
                     or self.segment_events >= cfg.learner.max_segment):
@@ -278,6 +280,12 @@ class Engine:
                                       f"shard's {list(names)[:5]}"))
                 continue
             raw = [vals.get(n) for n in names]
+            bad = next((x for x in raw if x is not None and not -bound <= x <= bound), None)
+            if bad is not None:
+                self._reject(out, i, EventError(
+                    "out_of_range" if math.isfinite(bad) else "non_finite",
+                    f"value {bad!r} outside +-{bound:g}"))
+                continue
             if None in raw:
                 if all(x is None for x in raw):
                     self._reject(out, i, EventError("missing_value", "no known value in event"))
@@ -322,7 +330,7 @@ class Engine:
         if isinstance(last, list):
             return last == raw
         known = np.array(raw, dtype=np.float64)
-        return bool(np.array_equal(known, self.table.arrays["last_raw"][last], equal_nan=True))
+        return bool(np.array_equal(known, self.table.arrays["last_in"][last], equal_nan=True))
 
     def _reject(self, out: EngineOutput, i: int, err: EventError) -> None:
         out.rejected.append((i, err))
@@ -437,6 +445,7 @@ class Engine:
         std_t, mean_t = std[:, :t], mean[sl, :t]
         last_t = filled[:, :t]
         yhat = invert_forecast(self.target_codes, yz * std_t[:, None] + mean_t[:, None], last_t)
+        yhat[np.broadcast_to(unknown[:, None, :t], yhat.shape)] = np.nan
         unit = np.where(self.target_codes == CODES["logret"], np.abs(last_t) * std_t,
                         np.where(self.target_codes == CODES["log1p"],
                                  (1.0 + np.abs(last_t)) * std_t, std_t))
@@ -456,6 +465,7 @@ class Engine:
         n1 = n + 1
         A["n"][sl] = n1
         A["last_raw"][sl] = np.where(miss, last_raw, raw)
+        A["last_in"][sl] = raw
         table.last_ts[sl] = np.maximum(table.last_ts[sl], ts)
         table.last_seen[sl] = seqs
 
@@ -464,7 +474,7 @@ class Engine:
             m = n1 - h
             due = (m > 0) & (m % cfg.learner.k1 == 0)
             if due.any():
-                self._capture(sl[due], m[due])
+                self._capture(sl[due], m[due], seqs[due])
 
     def _score_z(self, sl: np.ndarray, ok: np.ndarray, em: np.ndarray, ep: np.ndarray,
                  sc: np.ndarray, rows: np.ndarray) -> None:
@@ -489,7 +499,7 @@ class Engine:
         if reset:
             self.table.reset(reset, state_only=True)
 
-    def _capture(self, sl: np.ndarray, m: np.ndarray) -> None:
+    def _capture(self, sl: np.ndarray, m: np.ndarray, seqs: np.ndarray) -> None:
         cfg = self.config
         k1, k2, h, L = cfg.learner.k1, cfg.learner.k2, cfg.model.horizon, self.ring
         A = self.table.arrays
@@ -506,7 +516,7 @@ class Engine:
         in_loss = (steps[None, :] >= learn_from[:, None]) & (steps[None, :] < length[:, None])
         wm = wm * in_loss[:, :, None, None]
         h0 = A["ring_h"][sl, s % L]
-        self.learner.pending.append(x, y, wm.astype(np.float32), h0.copy(), length)
+        self.learner.pending.append(x, y, wm.astype(np.float32), h0.copy(), length, seqs)
 
     def _update_point(self, out: EngineOutput) -> None:
         res = self.learner.update()
@@ -582,6 +592,7 @@ class Engine:
             for name, arr in saved.items():
                 A[name][:] = arr
         self.drift = DriftMonitor(self.config.drift.delta)
+        self.max_ts = np.iinfo(np.int64).min
 
     # ------------------------------------------------------------------ reporting
     def key_totals(self) -> dict[str, ErrorTotals]:

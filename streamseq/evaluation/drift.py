@@ -51,14 +51,18 @@ class DriftMonitor:
             raw = d._helper.__getstate__()  # ADWIN's own flat binary state
             blobs.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone())
         return {"delta": self.delta, "detections": self.detections, "slots": slots,
-                "clock": [int(self.detectors[s].clock) for s in slots], "blobs": blobs}
+                "clock": [int(self.detectors[s].clock) for s in slots],
+                "detected": [bool(self.detectors[s].drift_detected) for s in slots],
+                "blobs": blobs}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.delta = float(d["delta"])
         self.detections = int(d["detections"])
         self.detectors = {}
-        for slot, clock, blob in zip(d["slots"], d["clock"], d["blobs"], strict=True):
+        for slot, clock, detected, blob in zip(d["slots"], d["clock"], d["detected"], d["blobs"],
+                                               strict=True):
             det = ADWIN(delta=self.delta)
             det._helper.__setstate__(bytes(blob.numpy().tobytes()))
             det.clock = clock
+            det._drift_detected = detected  # ADWIN resets its window on the next update
             self.detectors[int(slot)] = det

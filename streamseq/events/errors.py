@@ -23,6 +23,7 @@ REASONS: dict[str, str] = {
     "no_values": "the event carries no numeric value",
     "non_numeric": "a value is not a number",
     "non_finite": "a value is NaN or infinite",
+    "out_of_range": "a value's magnitude exceeds the configured bound (features.max_abs_value)",
     "unknown_fields": "the value names differ from the schema the key's shard was built with",
     "bad_kind": "event kind is unknown",
     "duplicate": "same key and event time as an event already applied",

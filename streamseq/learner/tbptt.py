@@ -22,6 +22,9 @@ from streamseq.models import RecurrentForecaster
 __all__ = ["OnlineLearner", "UpdateResult", "Windows"]
 
 
+_FIELDS = ("x", "y", "w", "h0", "lengths", "order")
+
+
 @dataclass
 class Windows:
     """Captured TBPTT windows, left-aligned: inputs ``x [n, k2, F]``, targets
@@ -33,34 +36,37 @@ class Windows:
     w: list[np.ndarray] = field(default_factory=list)
     h0: list[np.ndarray] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)
+    order: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(sum(len(a) for a in self.lengths))
 
     def append(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, h0: np.ndarray,
-               lengths: np.ndarray) -> None:
-        self.x.append(x)
-        self.y.append(y)
-        self.w.append(w)
-        self.h0.append(h0)
-        self.lengths.append(lengths)
+               lengths: np.ndarray, order: np.ndarray) -> None:
+        """Add windows; ``order`` is the stream sequence number of the event that made each
+        window fall due (the batch is sorted by it, so it never depends on polls)."""
+        for name, a in zip(_FIELDS, (x, y, w, h0, lengths, order), strict=True):
+            getattr(self, name).append(a)
 
     def take(self) -> tuple[np.ndarray, ...]:
-        out = tuple(np.concatenate(getattr(self, n)) for n in ("x", "y", "w", "h0", "lengths"))
-        self.x, self.y, self.w, self.h0, self.lengths = [], [], [], [], []
-        return out
+        arrays = [np.concatenate(getattr(self, n)) for n in _FIELDS]
+        for n in _FIELDS:
+            setattr(self, n, [])
+        idx = np.argsort(arrays[-1], kind="stable")
+        return tuple(a[idx] for a in arrays[:-1])
 
     def state_dict(self) -> dict[str, Any]:
         if not len(self):
             return {"n": 0}
-        arrays = [np.concatenate(getattr(self, n)) for n in ("x", "y", "w", "h0", "lengths")]
+        arrays = [np.concatenate(getattr(self, n)) for n in _FIELDS]
         return {"n": len(self), **{n: torch.from_numpy(a.copy()) for n, a in
-                                   zip(("x", "y", "w", "h0", "lengths"), arrays, strict=True)}}
+                                   zip(_FIELDS, arrays, strict=True)}}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.x, self.y, self.w, self.h0, self.lengths = [], [], [], [], []
+        for n in _FIELDS:
+            setattr(self, n, [])
         if d["n"]:
-            self.append(*(d[n].numpy().copy() for n in ("x", "y", "w", "h0", "lengths")))
+            self.append(*(d[n].numpy().copy() for n in _FIELDS))
 
 
 @dataclass(frozen=True)
