@@ -404,6 +404,9 @@ class ServiceProcess:
     python_args
         Interpreter arguments before ``-m streamseq``, e.g. ``("-m", "cProfile", "-o",
         "service.prof")`` to profile the service.
+    wrapper
+        A command the interpreter runs under, e.g. ``("py-spy", "record", "-o", "p.txt",
+        "--")``; signals then go to the wrapper's child (the service) itself.
 
     Examples
     --------
@@ -416,11 +419,14 @@ class ServiceProcess:
     """
 
     def __init__(self, args: Sequence[str], log_path: str | Path, metrics_port: int | None = None,
-                 log_level: str = "INFO", python_args: Sequence[str] = ()) -> None:
+                 log_level: str = "INFO", python_args: Sequence[str] = (),
+                 wrapper: Sequence[str] = ()) -> None:
         self.port = metrics_port or _free_port()
         self.log_path = Path(log_path)
-        self.cmd = [sys.executable, *python_args, "-m", "streamseq", "--log-level", log_level,
-                    "run", *args, "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port)]
+        self.wrapped = bool(wrapper)
+        self.cmd = [*wrapper, sys.executable, *python_args, "-m", "streamseq", "--log-level",
+                    log_level, "run", *args, "--metrics-host", "127.0.0.1", "--metrics-port",
+                    str(self.port)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle
@@ -438,11 +444,24 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def service_pid(self) -> int:
+        """Pid of the service itself (the wrapper's child when there is a wrapper)."""
+        assert self.proc is not None
+        if not self.wrapped:
+            return self.proc.pid
+        task = Path(f"/proc/{self.proc.pid}/task")
+        for tid in task.iterdir():
+            kids = (tid / "children").read_text().split()
+            if kids:
+                return int(kids[0])
+        raise ServiceError("the wrapper has no child process")
+
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM (finish the batch, checkpoint, commit, exit); returns the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self.service_pid, signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
