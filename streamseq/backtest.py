@@ -294,6 +294,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-keys", type=int, default=d.state.max_keys)
     g.add_argument("--idle-ttl", type=float, default=None, help="evict keys idle this many "
                    "seconds of event time")
+    g.add_argument("--late-tolerance-ms", type=int, default=d.state.late_tolerance_ms,
+                   help="apply events up to this much older than their key's last one; "
+                   "drop older ones as late")
 
 
 def engine_config_from_args(a: argparse.Namespace, kind: str = "sensor",
@@ -310,7 +313,8 @@ def engine_config_from_args(a: argparse.Namespace, kind: str = "sensor",
                               batch_windows=a.batch_windows, lr=a.lr, optimizer=a.optimizer,
                               seed=a.seed),
         drift=DriftConfig(action=a.drift_action),
-        state=StateConfig(max_keys=a.max_keys, idle_ttl_s=a.idle_ttl),
+        state=StateConfig(max_keys=a.max_keys, idle_ttl_s=a.idle_ttl,
+                          late_tolerance_ms=a.late_tolerance_ms),
     )
 
 

@@ -141,8 +141,9 @@ class StateConfig:
 
     ``idle_ttl_s`` and ``max_keys`` evict keys (checked at update points, on event time);
     an event older than its key's last one by more than ``late_tolerance_ms`` is dropped as
-    ``late``; an event with the same time and values as its key's last one (or the same id)
-    is dropped as ``duplicate``. Events inside the tolerance are applied with dt = 0.
+    ``late``; an event with the same time and values as its key's last one, or with the same
+    ``id`` as its key's last event that had one, is dropped as ``duplicate``. Events older
+    than the key's last one but inside the tolerance are applied (not reordered) with dt = 0.
     """
 
     max_keys: int = 100_000

@@ -142,6 +142,7 @@ class Engine:
         self.segment_windows = 0
         self.learning = self.config.learner.learn
         self.scoring = True
+        self.last_ids: dict[str, str] = {}  # key -> id of its last applied event (if any)
         if self.config.values is not None:
             self._build(self.config.values)
 
@@ -302,6 +303,9 @@ class Engine:
                 else:
                     st = [int(table.arrays["n"][slot]), int(table.last_ts[slot]), slot]
                 local[ev.key] = st
+            if ev.id is not None and self.last_ids.get(ev.key) == ev.id:
+                self._drop(out, i, "duplicate")
+                continue
             last_ts = st[1]
             if last_ts is not None:
                 if ev.ts_ms < last_ts - tol:
@@ -316,6 +320,8 @@ class Engine:
                 st[1] = ev.ts_ms
             st[0] += 1
             st[2] = raw
+            if ev.id is not None:
+                self.last_ids[ev.key] = ev.id
             seg.append((i, raw))
             self.segment_events += 1
             m = st[0] - h
@@ -543,7 +549,10 @@ class Engine:
         self.evicted_totals.add(ErrorTotals.from_arrays(
             {n: A[n][slots].sum(axis=0) for n in METRIC_ARRAYS}))
         self.drift.forget(slots.tolist())
-        self.stats.evicted += len(self.table.evict(slots))
+        gone = self.table.evict(slots)
+        for key in gone:
+            self.last_ids.pop(key, None)
+        self.stats.evicted += len(gone)
 
     def flush(self) -> list[UpdateResult]:
         """Nothing to flush: windows wait for their stream-defined update point. Kept for
@@ -631,6 +640,7 @@ class Engine:
             "segment_windows": self.segment_windows,
             "learning": self.learning,
             "scoring": self.scoring,
+            "last_ids": dict(self.last_ids),
         }
         if self.value_names is not None:
             assert self.evicted_totals is not None
@@ -678,3 +688,4 @@ class Engine:
         self.segment_windows = int(d["segment_windows"])
         self.learning = bool(d["learning"])
         self.scoring = bool(d["scoring"])
+        self.last_ids = dict(d.get("last_ids", {}))

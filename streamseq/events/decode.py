@@ -236,6 +236,11 @@ class EventDecoder:
             raise EventError("bad_key", "key is empty")
         if len(key) > self.max_key_len:
             raise EventError("bad_key", f"key is {len(key)} characters > {self.max_key_len}")
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EventError("bad_key", "key is not valid Unicode (lone surrogate)") from None
         return key
 
     def _values(self, raw: Mapping[str, object]) -> dict[str, float | None]:

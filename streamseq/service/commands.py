@@ -100,8 +100,6 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-cafile")
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")
-    p.add_argument("--late-tolerance-ms", type=int, help="apply events up to this much older "
-                   "than their key's newest one (default 0); older ones are dropped as late")
     add_engine_args(p)
 
 
@@ -134,10 +132,6 @@ def config_from_args(a: argparse.Namespace) -> ServiceConfig:
         "security": security or None,
         "engine": _engine_overrides(a) or None,
     }
-    if getattr(a, "late_tolerance_ms", None) is not None:
-        engine = overrides["engine"] or {}
-        engine.setdefault("state", {})["late_tolerance_ms"] = a.late_tolerance_ms
-        overrides["engine"] = engine
     return load_config(a.config, overrides=overrides)
 
 

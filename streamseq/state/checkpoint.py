@@ -2,13 +2,15 @@
 
 A snapshot is a ``state_dict``-style dict of tensors and plain types, written with
 ``torch.save`` and read back with ``torch.load(weights_only=True)`` (never a pickle of live
-objects). A write goes to a temporary file that is fsynced and then renamed, so a crash
-leaves either the old snapshot or the new one; a torn file (truncated, corrupt) fails the
-zip CRC check on load and the previous good snapshot is used instead.
+objects), behind a header holding the SHA-256 of the payload. A write goes to a temporary
+file that is fsynced and then renamed, so a crash leaves either the old snapshot or the new
+one; a torn or corrupted file fails its digest on load and the previous good snapshot is
+used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -27,15 +29,27 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
+MAGIC = b"STREAMSEQ-SNAPSHOT-1\n"
+
+
 def dumps(state: dict[str, Any]) -> bytes:
+    """Header (magic, SHA-256 of the payload) + ``torch.save`` payload."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    return buf.getvalue()
+    payload = buf.getvalue()
+    return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
 def loads(data: bytes) -> dict[str, Any]:
+    """Verify the digest, then ``torch.load(weights_only=True)``."""
+    if not data.startswith(MAGIC):
+        raise CheckpointError("not a streamseq snapshot (bad header)")
+    head = len(MAGIC)
+    digest, payload = data[head:head + 64].decode("ascii", "replace"), data[head + 65:]
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError("snapshot digest mismatch (torn or corrupted file)")
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        state = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means a bad snapshot
         raise CheckpointError(f"snapshot cannot be read: {exc}") from exc
     if not isinstance(state, dict):

@@ -204,7 +204,7 @@ def test_snapshot_is_plain_tensors_and_types(tmp_path: Path) -> None:
     eng = Engine(_config("gru", 2))
     eng.process(_stream(120))
     save_file(tmp_path / "s.ckpt", eng.state_dict())
-    raw = torch.load(tmp_path / "s.ckpt", weights_only=True)  # no pickled objects
+    raw = load_file(tmp_path / "s.ckpt")  # digest-checked torch.load(weights_only=True)
     assert raw["format_version"] == eng.state_dict()["format_version"]
     again = Engine(_config("gru", 2))
     again.load_state_dict(raw)
