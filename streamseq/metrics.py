@@ -108,6 +108,22 @@ class ServiceMetrics:
             "streamseq_mae", "Mean absolute one-step error since start (z-scored), by forecaster.",
             ["kind", "forecaster"], registry=r)
         self.shards = Gauge("streamseq_shards_assigned", "Partitions (shards) owned.", registry=r)
+        self.text_bits_per_char = Gauge(
+            "streamseq_text_bits_per_char",
+            "Language model: prequential bits per character of text shards (since start).",
+            registry=r)
+        self.text_accuracy = Gauge(
+            "streamseq_text_accuracy", "Classifier: prequential accuracy, since start (all) and "
+            "over the recent window.", ["window"], registry=r)
+        self.text_macro_f1 = Gauge(
+            "streamseq_text_macro_f1", "Classifier: prequential macro F1.", ["window"],
+            registry=r)
+        self.text_log_loss = Gauge(
+            "streamseq_text_log_loss", "Classifier: prequential log-loss (nats).", ["window"],
+            registry=r)
+        self.text_pending_labels = Gauge(
+            "streamseq_text_pending_labels", "Classifier: messages waiting for their label.",
+            registry=r)
         self.checkpoint_seconds = Histogram(
             "streamseq_checkpoint_duration_seconds", "Wall time of flush + snapshot + commit.",
             buckets=CHECKPOINT_BUCKETS, registry=r)
@@ -123,6 +139,20 @@ class ServiceMetrics:
             "streamseq_checkpoint_age_seconds", "Seconds since the last durable checkpoint.",
             registry=r)
         self.checkpoint_age.set_function(lambda: time.time() - self._last_checkpoint)
+
+    def report_text(self, summary: dict[str, object], stats: object) -> None:
+        """Text shards: language-model surprise and prequential classifier metrics."""
+        lm = summary.get("lm")
+        if isinstance(lm, dict) and lm.get("bits_per_char") is not None:
+            self.text_bits_per_char.set(float(lm["bits_per_char"]))
+        clf = summary.get("classifier")
+        if isinstance(clf, dict) and clf.get("n"):
+            for window, m in (("all", clf), ("recent", clf.get("window", {}))):
+                if isinstance(m, dict) and m.get("n"):
+                    self.text_accuracy.labels(window=window).set(float(m["accuracy"]))
+                    self.text_macro_f1.labels(window=window).set(float(m["macro_f1"]))
+                    self.text_log_loss.labels(window=window).set(float(m["log_loss"]))
+            self.text_pending_labels.set(float(getattr(stats, "clf_pending", 0)))
 
     def declare(self, topics: list[tuple[str, str]], reasons: list[str]) -> None:
         """Create every labelled series at 0 up front (``(topic, kind)`` pairs), so that

@@ -29,7 +29,7 @@ from streamseq.events.decode import EventDecoder
 from streamseq.events.errors import REASONS, EventError
 from streamseq.exceptions import CheckpointError, StreamseqError
 from streamseq.metrics import ServiceMetrics
-from streamseq.predictions import encode_record, prediction_records
+from streamseq.predictions import encode_record, prediction_id, prediction_records
 from streamseq.service.config import ServiceConfig
 from streamseq.service.http import HealthServer
 from streamseq.state.checkpoint import CheckpointStore, LocalCheckpointStore, load_file
@@ -103,9 +103,16 @@ class Service:
                                               **dict(config.security))
         else:
             self.store = LocalCheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
-        self.decoders = {t.name: EventDecoder(kind=t.kind, naive_tz=config.naive_tz,
-                                              max_bytes=config.max_message_bytes)
-                         for t in config.topics}
+        self.decoders: dict[str, Any] = {}
+        for t in config.topics:
+            if t.kind == "text":
+                from streamseq.text.events import TextDecoder
+
+                self.decoders[t.name] = TextDecoder(naive_tz=config.naive_tz,
+                                                    max_bytes=config.max_message_bytes)
+            else:
+                self.decoders[t.name] = EventDecoder(kind=t.kind, naive_tz=config.naive_tz,
+                                                     max_bytes=config.max_message_bytes)
         self.shards: dict[TopicPartition, Shard] = {}
         self._stop = threading.Event()
         self._send_failures = 0
@@ -247,9 +254,15 @@ class Service:
                 return
         self.metrics.shards.set(len(self.shards))
 
-    def _new_engine(self, kind: str) -> Engine:
+    def _new_engine(self, kind: str, warm: bool = True) -> Any:
+        if kind == "text":
+            from streamseq.text.config import TextEngineConfig
+            from streamseq.text.engine import TextEngine
+
+            text = self.config.text
+            return TextEngine(TextEngineConfig.from_dict(dict(text)) if text else None)
         engine = Engine(self.config.engine.replace(kind=kind))
-        if self._warm is not None:
+        if warm and self._warm is not None:
             for state in self._warm.get("engines", []):
                 if state.get("config", {}).get("kind") == kind:
                     engine.load_state_dict(state)
@@ -266,7 +279,7 @@ class Service:
             if snap.get("format") != SHARD_FORMAT:
                 raise ServiceError(f"snapshot {shard.name} has format {snap.get('format')}")
             try:
-                shard.engine = Engine(self.config.engine.replace(kind=kind))
+                shard.engine = self._new_engine(kind, warm=False)
                 shard.engine.load_state_dict(snap["engine"])
             except CheckpointError as exc:
                 raise ServiceError(f"snapshot {shard.name} does not fit this configuration: "
@@ -275,8 +288,7 @@ class Service:
         if shard.next_offset is not None:
             assert self.consumer is not None
             self.consumer.seek(tp, shard.next_offset)
-            log.info("restored %s at offset %d (%d keys)", shard.name, shard.next_offset,
-                     shard.engine.keys_held)
+            log.info("restored %s at offset %d", shard.name, shard.next_offset)
         self._baseline(shard)
         return shard
 
@@ -312,7 +324,9 @@ class Service:
             except EventError as err:
                 self._dead_letter(r, err)
         m.events_consumed.labels(topic=topic, kind=shard.kind).inc(len(records))
-        if events:
+        if events and shard.kind == "text":
+            self._apply_text(shard, events, kept)
+        elif events:
             out = shard.engine.process(events)
             for i, err in out.rejected:
                 self._dead_letter(kept[i], err)
@@ -338,6 +352,34 @@ class Service:
         shard.next_offset = records[-1].offset + 1
         shard.since_checkpoint += len(records)
         self._events_since_checkpoint += len(records)
+
+    def _apply_text(self, shard: Shard, events: list[Any], kept: list[Any]) -> None:
+        """Text shards: per message, a surprise score (language model) and/or class
+        probabilities; a label (inline or late, matched by id) is learned and scored."""
+        assert self.producer is not None
+        engine, tp = shard.engine, shard.tp
+        published = 0
+        for ev, r in zip(events, kept, strict=True):
+            try:
+                outs = engine.process_one(ev)
+            except EventError as err:
+                self._dead_letter(r, err)
+                continue
+            version = engine.stats.lm_updates + engine.stats.clf_updates
+            for j, out in enumerate(outs):
+                rec = dict(out)
+                rec["message_id"] = rec.pop("id", None)
+                rec["id"] = prediction_id(tp.topic, tp.partition, r.offset) + (
+                    f"#{j}" if j else "")
+                rec["model_version"] = version
+                rec["source"] = {"topic": tp.topic, "partition": tp.partition,
+                                 "offset": r.offset}
+                fut = self.producer.send(self.config.prediction_topic, key=ev.key.encode(),
+                                         value=encode_record(rec))
+                fut.add_errback(self._on_send_error)
+                published += 1
+        self.metrics.predictions.labels(kind="text").inc(published)
+        self.metrics.report_text(engine.summary(), engine.stats)
 
     def _dead_letter(self, record: Any, err: EventError) -> None:
         cap = self.config.dead_letter_max_bytes
@@ -367,6 +409,8 @@ class Service:
 
     # ------------------------------------------------------------------ metrics
     def _baseline(self, shard: Shard) -> None:
+        if shard.kind == "text":
+            return
         s = shard.engine.stats
         shard.reported = {"applied": s.updates_applied, "skipped": s.updates_skipped,
                           "drift": s.drift_events, "evicted": s.evicted,
@@ -396,7 +440,7 @@ class Service:
                 m.train_loss.labels(kind=kind).set(s.last_loss)
             if s.last_grad_norm == s.last_grad_norm:
                 m.grad_norm.labels(kind=kind).set(s.last_grad_norm)
-        same = [x for x in self.shards.values() if x.kind == kind]
+        same = [x for x in self.shards.values() if x.kind == kind and x.kind != "text"]
         m.keys.labels(kind=kind).set(sum(x.engine.keys_held for x in same))
         zn = sum(x.engine.stats.z_scored for x in same)
         if zn:

@@ -75,6 +75,10 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
                    "(repeatable)")
     p.add_argument("--price-topic", action="append", help="input topic of price events "
                    "(repeatable)")
+    p.add_argument("--text-topic", action="append", help="input topic of text and label "
+                   "events (repeatable)")
+    p.add_argument("--text-classifier", action="store_true",
+                   help="text shards host the online classifier too (labels inline or late)")
     p.add_argument("--prediction-topic")
     p.add_argument("--dead-letter-topic")
     p.add_argument("--group", help="consumer group")
@@ -105,7 +109,8 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> ServiceConfig:
     topics = [TopicSpec(t, "sensor") for t in a.sensor_topic or []] + [
-        TopicSpec(t, "price") for t in a.price_topic or []]
+        TopicSpec(t, "price") for t in a.price_topic or []] + [
+        TopicSpec(t, "text") for t in a.text_topic or []]
     security = {k: v for k, v in {
         "security_protocol": a.security_protocol, "sasl_mechanism": a.sasl_mechanism,
         "sasl_plain_username": a.sasl_username, "sasl_plain_password_file": a.sasl_password_file,
@@ -131,6 +136,7 @@ def config_from_args(a: argparse.Namespace) -> ServiceConfig:
         "heartbeat_interval_ms": a.heartbeat_interval_ms,
         "security": security or None,
         "engine": _engine_overrides(a) or None,
+        "text": {"lm": {}, "classifier": {}} if a.text_classifier else None,
     }
     return load_config(a.config, overrides=overrides)
 

@@ -66,8 +66,8 @@ class TopicSpec:
     kind: str = "sensor"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("sensor", "price"):
-            raise ConfigError(f"topic {self.name!r}: kind must be sensor or price")
+        if self.kind not in ("sensor", "price", "text"):
+            raise ConfigError(f"topic {self.name!r}: kind must be sensor, price or text")
         if not self.name:
             raise ConfigError("topic name is empty")
 
@@ -103,6 +103,7 @@ class ServiceConfig:
     naive_tz: str | None = "UTC"
     threads: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
+    text: Mapping[str, Any] = field(default_factory=dict)  # TextEngineConfig as a dict
 
     def __post_init__(self) -> None:
         if self.auto_offset_reset not in ("earliest", "latest"):
@@ -119,6 +120,11 @@ class ServiceConfig:
         if unknown:
             raise ConfigError(f"unknown security settings {sorted(unknown)}; known: "
                               f"{SECURITY_KEYS}")
+        if any(t.kind == "text" for t in self.topics):
+            from streamseq.text.config import TextEngineConfig
+
+            if self.text:
+                TextEngineConfig.from_dict(dict(self.text))  # validates, raises ConfigError
         if self.checkpoint_store not in ("local", "kafka"):
             raise ConfigError("checkpoint_store must be local or kafka")
         if self.checkpoint_every_events < 1 or self.checkpoint_every_seconds <= 0:
@@ -194,7 +200,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             security[name[len("security_"):]] = raw
         elif name == "topics":
             out["topics"] = _parse_topics(raw)
-        elif name in ("sensor_topic", "price_topic"):  # same as the repeatable flags
+        elif name in ("sensor_topic", "price_topic", "text_topic"):  # same as the repeatable flags
             kind = name.split("_")[0]
             out.setdefault("_kind_topics", []).extend(
                 TopicSpec(t.strip(), kind) for t in raw.split(",") if t.strip())
