@@ -6,15 +6,17 @@ an object, wrong types everywhere, ``NaN``/``Infinity``/``1e999``/10**400/5000-d
 literals, negative, far-future and unparseable times, empty, blank, very long and
 unencodable keys, unknown value names, events of the wrong kind, tombstones, oversized
 messages, exact and re-encoded duplicates, late and out-of-order events, and valid events
-with extreme values (``1e308``, ``5e-324``, numbers as strings).
+with extreme values (``5e-324``, ``1e12``, numbers as strings; ``1e308`` is finite but
+``out_of_range``), and repeated producer ids.
 
 Each message comes with the outcome the service must give it (:data:`PREDICT`,
 ``dead_letter:<reason>`` with the reason of :mod:`streamseq.events.errors`, or
 ``drop:duplicate`` / ``drop:late``), computed by replaying the service's documented rules
-in stream order: the decoder's checks, then the engine's (kind, value names, all values
-null), then the ordering policy per key (an event older than the key's newest applied event
-by more than ``late_tolerance_ms`` is late; one with the same time and values as the key's
-last applied event is a duplicate). The rules assume no key is evicted during the stream
+in stream order: the decoder's checks, then the engine's (kind, value names, readings beyond
+``max_abs_value``, all values null), then the ordering policy per key (an event carrying the
+``id`` of the key's last applied event that had one is a duplicate; an event older than the
+key's newest applied event by more than ``late_tolerance_ms`` is late; one with the same
+time and values as the key's last applied event is a duplicate). The rules assume no key is evicted during the stream
 (``max_keys`` above the number of keys, no ``idle_ttl``).
 
 The first ``warmup_keys`` messages are ordinary events with every value name, one per key:
@@ -87,6 +89,7 @@ def _iso(ts_ms: int) -> str:
 class _KeyState:
     last_ts: int | None = None
     last_vals: tuple[float | None, ...] | None = None  # of the last applied event
+    last_id: str | None = None  # id of the last applied event that had one
     payload: bytes | None = None  # payload of the last applied event
     payload_ts: int | None = None  # and its time (below last_ts if it came out of order)
 
@@ -111,6 +114,8 @@ class HostileGenerator:
         The service's ``max_message_bytes``: larger payloads are ``too_large``.
     max_key_len
         The decoder's key length limit.
+    max_abs_value
+        The engine's ``features.max_abs_value``: larger readings are ``out_of_range``.
     oversize
         Include payloads above ``max_bytes`` (the producer then needs a
         ``max_request_size`` above ``max_bytes``).
@@ -129,6 +134,7 @@ class HostileGenerator:
     late_tolerance_ms: int = 0
     max_bytes: int = 1_000_000
     max_key_len: int = 256
+    max_abs_value: float = 1e12
     oversize: bool = True
     tombstones: bool = True
     warmup_keys: int = 64
@@ -184,10 +190,16 @@ class HostileGenerator:
         return {n: round(self._rng.gauss(20.0, 5.0), 3) for n in self.values}
 
     def _apply(self, key: str, ts: int, vals: dict[str, Any], payload: bytes,
-               kafka_key: str | None = None, case: str = "") -> HostileMessage:
-        """Outcome of a valid event by the ordering policy, updating the key's state."""
+               kafka_key: str | None = None, case: str = "",
+               msg_id: str | None = None) -> HostileMessage:
+        """Outcome of a decodable event: the engine's value bound, then the ordering
+        policy; updates the key's state when the event is applied."""
         st = self._state(key)
         raw = tuple(None if vals.get(n) is None else float(vals[n]) for n in self.values)
+        if any(x is not None and abs(x) > self.max_abs_value for x in raw):
+            return HostileMessage(kafka_key or key, payload, dead_letter("out_of_range"), case)
+        if msg_id is not None and st.last_id == msg_id:
+            return HostileMessage(kafka_key or key, payload, DUPLICATE, case)
         if st.last_ts is not None:
             if ts < st.last_ts - self.late_tolerance_ms:
                 return HostileMessage(kafka_key or key, payload, LATE, case)
@@ -197,6 +209,8 @@ class HostileGenerator:
         st.last_vals = raw
         st.payload = payload
         st.payload_ts = ts
+        if msg_id is not None:
+            st.last_id = msg_id
         return HostileMessage(kafka_key or key, payload, PREDICT, case)
 
     def _regular(self, key: str, case: str) -> HostileMessage:
@@ -205,17 +219,12 @@ class HostileGenerator:
         doc = {"key": key, "ts": ts, "values": vals}
         return self._apply(key, ts, vals, _dumps(doc), case=case)
 
-    def _has_null_last(self, key: str) -> bool:
-        """Whether a same-time event after the key's last one would be ambiguous.
-
-        After an event with a null value, whether a same-time event counts as a duplicate
-        depends on where the engine's segments fall (see the hardening report); a repeat of
-        an event that came out of order is not compared with it at all. Such keys only get
-        events with later times here.
-        """
+    def _out_of_order_last(self, key: str) -> bool:
+        """Whether the key's last applied event came out of order (older than its newest):
+        a repeat of it is not compared with it (only the newest time counts), so it would
+        be applied again; such keys only get events with later times here."""
         st = self._state(key)
-        return (st.last_vals is not None and None in st.last_vals) or (
-            st.payload_ts != st.last_ts)
+        return st.payload_ts != st.last_ts
 
     # ------------------------------------------------------------------ cases
     def _case_table(self) -> dict[str, tuple[float, Callable[[], HostileMessage]]]:
@@ -316,6 +325,8 @@ class HostileGenerator:
             "epoch_zero_new_key": (1, self._epoch_zero),
             "far_future": (1, self._far_future),
             "same_time_new_values": (2, self._same_time_new_values),
+            "with_id": (2, self._with_id),
+            "repeated_id": (2, self._repeated_id),
             # ---- ordering policy
             "exact_duplicate": (4, self._exact_duplicate),
             "reencoded_duplicate": (2, self._reencoded_duplicate),
@@ -426,16 +437,36 @@ class HostileGenerator:
     def _same_time_new_values(self) -> HostileMessage:
         key = self._main_key()
         st = self._state(key)
-        if st.last_ts is None or self._has_null_last(key):
+        if st.last_ts is None or self._out_of_order_last(key):
             return self._regular(key, "same_time_new_values")
         vals = self._vals()
         return self._apply(key, st.last_ts, vals,
                            _dumps({"key": key, "ts": st.last_ts, "values": vals}))
 
+    def _with_id(self) -> HostileMessage:
+        key = f"i-{self._rng.randrange(3)}"
+        ts = self._next_ts(key)
+        vals = self._vals()
+        msg_id = f"m-{self._serial}"
+        return self._apply(key, ts, vals, _dumps({"key": key, "ts": ts, "values": vals,
+                                                  "id": msg_id}), msg_id=msg_id)
+
+    def _repeated_id(self) -> HostileMessage:
+        """A new time and new values under the id of the key's last identified event
+        (a producer retry that re-stamped the reading): a duplicate by id."""
+        key = f"i-{self._rng.randrange(3)}"
+        st = self._state(key)
+        if st.last_id is None:
+            return self._with_id()._replace(case="repeated_id")
+        ts = self._next_ts(key)
+        vals = self._vals()
+        return self._apply(key, ts, vals, _dumps({"key": key, "ts": ts, "values": vals,
+                                                  "id": st.last_id}), msg_id=st.last_id)
+
     def _exact_duplicate(self) -> HostileMessage:
         key = self._main_key()
         st = self._state(key)
-        if st.payload is None or self._has_null_last(key):
+        if st.payload is None or self._out_of_order_last(key):
             return self._regular(key, "exact_duplicate")
         assert st.last_ts is not None and st.last_vals is not None
         vals = dict(zip(self.values, st.last_vals, strict=True))
@@ -445,7 +476,7 @@ class HostileGenerator:
         """Same key, time and values, other bytes: duplicates are found by content."""
         key = self._main_key()
         st = self._state(key)
-        if st.payload is None or self._has_null_last(key):
+        if st.payload is None or self._out_of_order_last(key):
             return self._regular(key, "reencoded_duplicate")
         assert st.last_ts is not None and st.last_vals is not None
         vals = dict(zip(self.values, st.last_vals, strict=True))
@@ -467,7 +498,7 @@ class HostileGenerator:
     def _within_tolerance(self) -> HostileMessage:
         key = self._main_key()
         st = self._state(key)
-        if st.last_ts is None or self._has_null_last(key):
+        if st.last_ts is None or self._out_of_order_last(key):
             return self._regular(key, "out_of_order_in_tolerance")
         ts = st.last_ts - self._rng.randrange(1, self.late_tolerance_ms + 1)
         vals = self._vals()

@@ -214,16 +214,16 @@ def test_each_hostile_case_gets_its_expected_reason() -> None:
         except EventError as err:
             assert err.reason == reason, m.case
         else:  # rejected by the engine, after decoding
-            assert reason in ("unknown_fields", "bad_kind"), (m.case, ev)
+            assert reason in ("unknown_fields", "bad_kind", "out_of_range"), (m.case, ev)
     assert len(seen) >= 45, sorted(seen)
 
 
-@pytest.mark.xfail(strict=True, reason="decoder accepts keys with lone surrogates (JSON "
-                   "'\\ud800'); the service now dead-letters them itself. Fix: "
-                   "EventDecoder._check_key rejects keys that do not encode as UTF-8.")
 def test_decoder_rejects_unencodable_key() -> None:
-    with pytest.raises(EventError):
+    """JSON "\\ud800" decodes to a str no producer can encode: it used to crash the
+    service's loop on every restart (a poison pill)."""
+    with pytest.raises(EventError) as info:
         EventDecoder().decode(b'{"key": "\\ud800", "ts": 1, "values": {"x": 1}}')
+    assert info.value.reason == "bad_key"
 
 
 # ---------------------------------------------------------------------------- generator
@@ -303,11 +303,17 @@ def test_engine_survives_extreme_valid_events(events: list[Event], sizes: list[i
         k += 1
         out = engine.process(chunk)
         _check_accounting(out, len(chunk))
-        assert not out.rejected  # all valid and of the shard's schema
+        bound = engine.config.features.max_abs_value
+        for i, err in out.rejected:  # of the shard's schema: only the value bound refuses
+            assert err.reason == "out_of_range"
+            assert any(v is not None and abs(v) > bound for v in chunk[i].values.values())
         assert _finite_weights(engine)
+        assert np.isfinite(engine.table.state.numpy()).all()
     s = engine.stats
-    assert s.events == len(events) == s.accepted + sum(s.dropped.values())
+    assert s.events == len(events)
+    assert s.events == s.accepted + sum(s.rejected.values()) + sum(s.dropped.values())
     assert set(s.dropped) <= {"duplicate", "late"}
+    assert math.isfinite(s.z_abs_model) and math.isfinite(s.z_abs_persistence)
     # the state survives a checkpoint round trip
     clone = Engine(engine.config)
     clone.load_state_dict(engine.state_dict())
@@ -343,8 +349,11 @@ def test_ordering_outcomes_do_not_depend_on_chunking(events: list[Event], a: lis
 def test_huge_readings_do_not_reach_the_weights() -> None:
     engine = _engine(values=("u", "v"), batch_windows=1, k1=1, k2=2)
     evs = [Event("sensor", "a", T0 + i * MIN, {"u": x, "v": 1.0})
-           for i, x in enumerate([1.0, 2.0, 1e308, -1e308, 1e308, 3.0] * 5)]
-    engine.process(evs)
+           for i, x in enumerate([1.0, 2.0, 1e308, -1e308, 1e13, 3.0] * 5)]
+    out = engine.process(evs)
+    assert [i for i, _ in out.rejected] == [i for i, e in enumerate(evs)
+                                            if abs(e.values["u"]) > 1e12]
+    assert {e.reason for _, e in out.rejected} == {"out_of_range"}
     assert engine.stats.updates_applied > 0
     assert _finite_weights(engine)
     # another key of the shard still forecasts finite values
@@ -353,16 +362,15 @@ def test_huge_readings_do_not_reach_the_weights() -> None:
     assert np.isfinite(out.yhat[-5:]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="a reading above ~1e154 overflows the key's Welford "
-                   "statistics (m2 = inf): the key forecasts inf (published as null) until it "
-                   "is evicted, and the shard's z-scored error sums (streamseq_mae) become inf "
-                   "for good. Fix: EventDecoder rejects |value| > a configurable bound "
-                   "(e.g. 1e12) as non_finite, or the scaler skips non-finite updates.")
-def test_huge_reading_does_not_poison_metrics() -> None:
+def test_huge_reading_does_not_poison_the_key_or_the_metrics() -> None:
+    """A finite 1e308 used to overflow the key's running variance: the key forecast inf
+    until evicted and the shard's error sums (streamseq_mae) stayed inf for good."""
     engine = _engine(values=("u",), batch_windows=1, k1=1, k2=2)
-    engine.process([Event("sensor", "a", T0 + i * MIN, {"u": x})
-                    for i, x in enumerate([1.0, 2.0, 1e308, 3.0, 2.0, 1.0])])
+    out = engine.process([Event("sensor", "a", T0 + i * MIN, {"u": x})
+                          for i, x in enumerate([1.0, 2.0, 1e308, 3.0, 2.0, 1.0])])
+    assert out.rejected[0][0] == 2 and out.rejected[0][1].reason == "out_of_range"
     assert math.isfinite(engine.stats.z_abs_model)
+    assert np.isfinite(out.yhat).all()
 
 
 # ---------------------------------------------------------------------------- policy
@@ -484,18 +492,16 @@ def test_far_future_event_makes_its_key_late() -> None:
     assert out.dropped == [(2, "late")] and out.index.tolist() == [0, 1, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="after an event with a null reading, its exact repeat "
-                   "is dropped inside one engine segment but applied again across a segment "
-                   "boundary: the table keeps the carried-forward value (last_raw), the "
-                   "segment the raw one. Fix: keep the raw last input per key (NaN for null) "
-                   "and compare with equal_nan in Engine._same_values.")
-def test_duplicate_with_null_reading_is_dropped_across_segments() -> None:
+@pytest.mark.parametrize("split", [6, 7])
+def test_duplicate_with_null_reading_is_dropped_across_segments(split: int) -> None:
+    """The repeat of an event with a null reading was applied again across a segment
+    boundary (the table compared the carried-forward value)."""
     evs = [_ev("k", m, float(m), 1.0) for m in range(1, 6)]
-    evs += [_ev("k", 6, 6.0, None)] * 2
+    evs += [_ev("k", 6, 6.0, None)] * 2 + [_ev("k", 7, 7.0, 1.0), _ev("k", 7, 7.0, None)]
     eng = _engine(batch_windows=1, k1=1, k2=2)
-    eng.process(evs[:-1])
-    out = eng.process(evs[-1:])
-    assert out.dropped == [(0, "duplicate")]
+    eng.process(evs[:split])
+    eng.process(evs[split:])
+    assert eng.stats.dropped == {"duplicate": 1}  # [7, null] after [7, 1.0] is new
 
 
 @pytest.mark.xfail(strict=True, reason="with late_tolerance_ms > 0 a repeat of an earlier "
@@ -508,14 +514,24 @@ def test_repeat_inside_tolerance_is_not_learned_twice() -> None:
     assert out.dropped == [(2, "duplicate")]
 
 
-@pytest.mark.xfail(strict=True, reason="Event.id is parsed but never used for duplicate "
-                   "detection, although StateConfig's docstring says it is. Fix: keep the last "
-                   "id per key and drop a repeat.")
-def test_duplicate_by_id() -> None:
+@pytest.mark.parametrize("split", [None, 1, 2])
+def test_duplicate_by_id(split: int | None) -> None:
+    """A producer id repeated by the key's next identified event is a duplicate, whatever
+    its time and values; an id-less event in between does not reset it."""
+    evs = [Event("sensor", "k", T0, {"u": 1.0, "v": 1.0}, id="m-1"),
+           Event("sensor", "k", T0 + MIN, {"u": 2.0, "v": 1.0}),
+           Event("sensor", "k", T0 + 2 * MIN, {"u": 3.0, "v": 1.0}, id="m-1"),
+           Event("sensor", "k", T0 + 3 * MIN, {"u": 3.0, "v": 1.0}, id="m-2"),
+           Event("sensor", "j", T0 + 3 * MIN, {"u": 3.0, "v": 1.0}, id="m-1")]
     eng = _engine()
-    out = eng.process([Event("sensor", "k", T0, {"u": 1.0, "v": 1.0}, id="m-1"),
-                       Event("sensor", "k", T0 + MIN, {"u": 1.0, "v": 1.0}, id="m-1")])
-    assert out.dropped == [(1, "duplicate")]
+    if split is None:
+        eng.process(evs)
+    else:
+        first = _engine()
+        first.process(evs[:split])
+        eng.load_state_dict(first.state_dict())  # across a checkpoint too
+        eng.process(evs[split:])
+    assert eng.stats.dropped == {"duplicate": 1} and eng.stats.accepted == 4
 
 
 def test_late_tolerance_is_configurable(tmp_path: Path) -> None:
@@ -539,12 +555,7 @@ def _snap(i: int) -> dict[str, Any]:
     return {"offset": i, "w": torch.full((4,), float(i))}
 
 
-@pytest.mark.parametrize("damage", ["truncate", "zero", "garbage", pytest.param(
-    "flip", marks=pytest.mark.xfail(strict=True, reason="torch.load does not check the zip "
-                                    "CRCs: most single-byte flips inside a snapshot load as "
-                                    "silently wrong tensors. Fix: LocalCheckpointStore writes a "
-                                    "SHA-256 of the payload (header or sidecar) and load() "
-                                    "verifies it, as the Kafka store already does."))])
+@pytest.mark.parametrize("damage", ["truncate", "zero", "garbage", "flip"])
 def test_torn_newest_snapshot_falls_back_to_previous(tmp_path: Path, damage: str) -> None:
     store = LocalCheckpointStore(tmp_path, keep=3)
     for i in range(3):
