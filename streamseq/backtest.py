@@ -61,6 +61,7 @@ class Backtest:
     online_events: int = 0
     predictions_out: TextIO | None = None
     on_output: Any = None  # callable(engine, events, EngineOutput) for benches/tests
+    _seen: int = 0
 
     def _engine_for(self, ev: Event) -> Engine:
         sig = (ev.kind, tuple(sorted(ev.values)))
@@ -93,7 +94,9 @@ class Backtest:
 
     def _write_predictions(self, eng: Engine, evs: list[Event], out: EngineOutput) -> None:
         assert self.predictions_out is not None
-        sources = [("file", 0, int(ev.meta.get("row", i))) for i, ev in enumerate(evs)]
+        first = self._seen
+        self._seen += len(evs)
+        sources = [("file", 0, first + i) for i in range(len(evs))]  # position in the replay
         for rec in prediction_records(evs, out, eng.target_names, eng.model_version, sources):
             self.predictions_out.write(encode_record(rec).decode() + "\n")
 
@@ -415,4 +418,11 @@ def _text_dispatch(a: argparse.Namespace) -> int | None:
         return None
     if not text_backtest.is_text_input(a.inputs):
         return None
-    return int(text_backtest.main_from_backtest_args(a))
+    options = text_backtest.TextBacktestOptions(
+        limit_messages=a.limit, seed=a.seed,
+        save_checkpoint=str(a.save_checkpoint) if a.save_checkpoint else None,
+        load_checkpoint=str(a.checkpoint) if a.checkpoint else None)
+    report = text_backtest.run_and_print(a.inputs, options)
+    if a.report_json:
+        a.report_json.write_text(json.dumps(report, indent=2, default=_json_default))
+    return 0

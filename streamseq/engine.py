@@ -234,8 +234,9 @@ class Engine:
         return out
 
     def _empty_output(self, events: Sequence[Event]) -> EngineOutput:
-        out = EngineOutput(np.zeros(0, np.int64), *(np.zeros((0, 1, 1)) for _ in range(4)),
-                           np.zeros((0, 1), np.int64))
+        empty = np.zeros((0, 1, 1))
+        out = EngineOutput(np.zeros(0, np.int64), empty, empty.copy(), empty.copy(),
+                           empty.copy(), np.zeros((0, 1), np.int64))
         for i, e in enumerate(events):
             err = EventError("bad_kind", f"event kind {e.kind!r} sent to a {self.config.kind} "
                                          "shard")
@@ -672,7 +673,7 @@ class Engine:
         if self.value_names is None:
             self._build(names if self.config.values is None else self.config.values)
         if list(self.value_names or ()) != list(names):
-            raise CheckpointError(f"checkpoint value names {names} != {list(self.value_names)}")
+            raise CheckpointError(f"checkpoint value names {names} != {list(self.value_names or ())}")
         self.model.load_state_dict(d["model"])
         if weights_only:
             return

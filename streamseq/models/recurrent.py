@@ -53,6 +53,7 @@ class RecurrentForecaster(nn.Module):
         mask = [True] * n_targets if residual_mask is None else list(residual_mask)
         if not config.residual:
             mask = [False] * n_targets
+        self.residual_mask: torch.Tensor
         self.register_buffer("residual_mask", torch.tensor(mask, dtype=torch.float32))
 
     @property

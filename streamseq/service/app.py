@@ -50,7 +50,7 @@ class Shard:
 
     tp: TopicPartition
     kind: str
-    engine: Engine
+    engine: Any  # Engine, or TextEngine for text topics
     next_offset: int | None = None
     first_offset: int | None = None  # where a shard without a snapshot began
     since_checkpoint: int = 0
@@ -328,8 +328,8 @@ class Service:
             self._apply_text(shard, events, kept)
         elif events:
             out = shard.engine.process(events)
-            for i, err in out.rejected:
-                self._dead_letter(kept[i], err)
+            for i, rejected in out.rejected:
+                self._dead_letter(kept[i], rejected)
             for _i, reason in out.dropped:
                 m.events_dropped.labels(topic=topic, reason=reason).inc()
             sources = [(r.topic, r.partition, r.offset) for r in kept]
