@@ -303,6 +303,7 @@ def latency_phase(svc: ServiceProcess, reader: TopicReader, bootstrap: str, topi
     hist0 = histogram(svc, "streamseq_event_to_prediction_seconds")
     batch0 = histogram(svc, "streamseq_batch_processing_seconds")
     start_ms = int(time.time() * 1000)
+    cpu0 = cpu_seconds(svc.service_pid)["main"]
     t0 = time.perf_counter()
     produce(bootstrap, topic, messages, rate=rate, linger_ms=5)
     produce_s = time.perf_counter() - t0
@@ -310,6 +311,7 @@ def latency_phase(svc: ServiceProcess, reader: TopicReader, bootstrap: str, topi
     svc.wait_until(lambda: svc.metric("streamseq_predictions_published_total") >= want, 600,
                    f"{want} predictions")
     reader.read_until(lambda recs: len(recs) >= want, 120, "latency predictions")
+    busy = (cpu_seconds(svc.service_pid)["main"] - cpu0) / (time.perf_counter() - t0)
     hist1 = histogram(svc, "streamseq_event_to_prediction_seconds")
     batch1 = histogram(svc, "streamseq_batch_processing_seconds")
     batches = batch1[float("inf")] - batch0.get(float("inf"), 0.0)
@@ -336,7 +338,7 @@ def latency_phase(svc: ServiceProcess, reader: TopicReader, bootstrap: str, topi
             "max_ms": float(lat[-1]), "mean_ms": statistics.fmean(lat),
             "hist_p50_ms": 1000 * histogram_quantile(0.50, hist0, hist1),
             "hist_p99_ms": 1000 * histogram_quantile(0.99, hist0, hist1),
-            "batches": batches, "events_per_batch": len(messages) / max(batches, 1.0),
+            "main_thread_busy": busy, "batches": batches, "events_per_batch": len(messages) / max(batches, 1.0),
             "batch_p50_ms": 1000 * histogram_quantile(0.50, batch0, batch1),
             "batch_p99_ms": 1000 * histogram_quantile(0.99, batch0, batch1)}
 
@@ -566,7 +568,8 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             f"Meanwhile the service processed {lat['batches']:,.0f} polled batches "
             f"(~{lat['events_per_batch']:,.0f} events each); processing one batch "
             f"(`streamseq_batch_processing_seconds`) took p50 {lat['batch_p50_ms']:.0f} ms, "
-            f"p99 {lat['batch_p99_ms']:.0f} ms.",
+            f"p99 {lat['batch_p99_ms']:.0f} ms; the service's main thread was busy "
+            f"{100 * lat['main_thread_busy']:.0f}% of the time.",
             "",
         ]
     for title, tool, prof in ctx.get("profiles", []):
