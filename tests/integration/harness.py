@@ -46,12 +46,11 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Message", "BackgroundProducer", "ServiceTopics", "ServiceProcess", "ServiceError", "TopicRecord", "TopicReader",
-    "Reference", "sensor_stream", "produce", "service_args", "read_topic",
-    "wait_for_predictions", "predictions_by_id", "committed_offsets", "reference_run",
-    "reference_config", "load_snapshots", "state_differences", "comparable_state",
-    "prediction_differences",
-    "http_status", "wait_until",
+    "Message", "BackgroundProducer", "ServiceTopics", "ServiceProcess", "ServiceError",
+    "TopicRecord", "TopicReader", "Reference", "sensor_stream", "produce", "service_args",
+    "read_topic", "wait_for_predictions", "predictions_by_id", "committed_offsets",
+    "reference_run", "reference_config", "load_snapshots", "state_differences",
+    "comparable_state", "prediction_differences", "http_status", "wait_until",
 ]
 
 Message = tuple[str, bytes, int]
