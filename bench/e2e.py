@@ -667,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=1000)
     p.add_argument("--partitions", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--rate", type=float, default=2000.0, help="offered rate of the latency "
+    p.add_argument("--rate", type=float, default=1000.0, help="offered rate of the latency "
                    "phase (events/s)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
     p.add_argument("--profile", action="store_true", help="profile the service (py-spy or "
