@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamseq.events.errors import EventError
+from streamseq.io.files import SUFFIXES as NUMERIC_SUFFIXES
 from streamseq.text.baselines import BigramCharModel
 from streamseq.text.config import ClassifierConfig, LMConfig, TextEngineConfig
 from streamseq.text.engine import TextEngine
@@ -148,7 +149,7 @@ def _head_lines(path: Path, n: int = SNIFF_LINES) -> list[str]:
     with open(path, "rb") as f:
         raw = f.read(64_000)
     text = raw.decode("utf-8", errors="replace")
-    return [ln for ln in text.splitlines() if ln.strip()][:n]
+    return [ln for ln in _lines(text) if ln.strip()][:n]
 
 
 def text_layout(path: str | Path) -> str | None:
@@ -187,6 +188,10 @@ def is_text_input(paths: Sequence[str | Path]) -> bool:
     (False, False)
     """
     files = expand_text_paths(paths)
+    for p in map(Path, paths):  # a folder that also holds numeric recordings is not text
+        if p.is_dir() and any(f.is_file() and f.name.lower().endswith(NUMERIC_SUFFIXES)
+                              and text_layout(f) is None for f in p.rglob("*")):
+            return False
     return bool(files) and all(text_layout(f) is not None for f in files)
 
 
@@ -219,7 +224,7 @@ def read_text_sources(paths: Sequence[str | Path], options: TextBacktestOptions 
     for src in out:
         if src.layout == "polarity":
             per_file = [[(ln.strip(), p.suffix[1:].lower())
-                         for ln in _read_text(p, "latin-1").splitlines() if ln.strip()]
+                         for ln in _lines(_read_text(p, "latin-1")) if ln.strip()]
                         for p in sorted(src.paths)]
             src.items = [per_file[i][j] for i, j in _merge_order([len(f) for f in per_file],
                                                                  opt.seed)]
@@ -230,9 +235,18 @@ def read_text_sources(paths: Sequence[str | Path], options: TextBacktestOptions 
     return out
 
 
+def _lines(text: str, keepends: bool = False) -> list[str]:
+    """Split on ``\n`` only (``str.splitlines`` also splits on U+0085, U+2028, ...)."""
+    parts = text.split("\n")
+    if keepends:
+        out = [p + "\n" for p in parts[:-1]]
+        return out + [parts[-1]] if parts[-1] else out
+    return [p.rstrip("\r") for p in parts]
+
+
 def _chunk(text: str, chunk: str | int) -> list[str]:
     if chunk == "line":
-        return text.splitlines(keepends=True)
+        return _lines(text, keepends=True)
     n = int(chunk)
     if n < 1:
         raise ValueError("chunk must be 'line' or a positive number of characters")
@@ -242,7 +256,7 @@ def _chunk(text: str, chunk: str | int) -> list[str]:
 def _read_labelled(path: Path) -> list[tuple[str, str | None]]:
     items: list[tuple[str, str | None]] = []
     bad = 0
-    for ln in _read_text(path).splitlines():
+    for ln in _lines(_read_text(path)):
         m = _LABELLED.match(ln)
         if m is None:
             bad += ln.strip() != ""
@@ -256,7 +270,7 @@ def _read_labelled(path: Path) -> list[tuple[str, str | None]]:
 def _read_jsonl(path: Path) -> list[TextEvent | LabelEvent]:
     decoder = TextDecoder()
     events: list[TextEvent | LabelEvent] = []
-    for n, ln in enumerate(_read_text(path).splitlines(), 1):
+    for n, ln in enumerate(_lines(_read_text(path)), 1):
         if not ln.strip():
             continue
         try:

@@ -131,7 +131,7 @@ class OnlineTextClassifier:
         # AdamW on the dense weights; lazy (sparse) Adam on the embedding rows of the message
         self.optimizer = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay)
         self.sparse_optimizer = torch.optim.SparseAdam(list(self.model.embed.parameters()),
-                                                       lr=c.lr)
+                                                       lr=c.embed_lr)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.classes: list[str] = list(c.labels) if c.labels else []
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -297,7 +297,7 @@ class OnlineTextClassifier:
             group["lr"] = self.config.lr
             group["weight_decay"] = self.config.weight_decay
         for group in self.sparse_optimizer.param_groups:
-            group["lr"] = self.config.lr
+            group["lr"] = self.config.embed_lr
         self.generator.set_state(state["generator"])
         self.classes = [str(x) for x in state["classes"]]
         self.seq = int(state["seq"])

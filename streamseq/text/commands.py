@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
     c = b.add_argument_group("classifier")
     dc = ClassifierConfig()
     c.add_argument("--clf-tokens", choices=["word", "char"], default=dc.tokens)
-    c.add_argument("--clf-cell", choices=["gru", "lstm"], default=dc.cell)
+    c.add_argument("--clf-cell", choices=["lstm", "gru"], default=dc.cell)
     c.add_argument("--clf-hidden", type=int, default=dc.hidden)
     c.add_argument("--clf-embed-dim", type=int, default=dc.embed_dim)
     c.add_argument("--clf-layers", type=int, default=dc.layers)
@@ -87,6 +87,8 @@ def register(subparsers: Any) -> None:
     c.add_argument("--pool", choices=["last", "mean", "max", "meanmax"], default=dc.pool)
     c.add_argument("--clf-dropout", type=float, default=dc.dropout)
     c.add_argument("--clf-lr", type=float, default=dc.lr)
+    c.add_argument("--clf-embed-lr", type=float, default=dc.embed_lr,
+                   help="learning rate of the word embeddings (sparse Adam)")
     c.add_argument("--replay", type=int, default=dc.replay,
                    help="earlier labelled messages replayed with each label's update")
     c.add_argument("--label-wait-messages", type=int, default=dc.label_wait_messages)
@@ -124,7 +126,8 @@ def options_from_args(args: argparse.Namespace) -> TextBacktestOptions:
     clf = ClassifierConfig(tokens=args.clf_tokens, cell=args.clf_cell, hidden=args.clf_hidden,
                            embed_dim=args.clf_embed_dim, layers=args.clf_layers,
                            bidirectional=not args.unidirectional, pool=args.pool,
-                           dropout=args.clf_dropout, lr=args.clf_lr, replay=args.replay,
+                           dropout=args.clf_dropout, lr=args.clf_lr,
+                           embed_lr=args.clf_embed_lr, replay=args.replay,
                            label_wait_messages=args.label_wait_messages,
                            label_wait_ms=args.label_wait_ms)
     tasks = None

@@ -152,7 +152,10 @@ class ClassifierConfig(_PlainConfig):
     max_len
         Tokens read per message (the first ``max_len``).
     lr, clip, weight_decay
-        AdamW settings; gradient-norm clip.
+        AdamW settings of the dense weights; gradient-norm clip.
+    embed_lr
+        Learning rate of the (lazy, sparse) Adam on the word embeddings. Higher than ``lr``:
+        most words are seen only a few times in a stream, and each sighting must count.
     replay, replay_buffer
         Each label's update also replays ``replay`` earlier labelled messages drawn (seeded)
         from the last ``replay_buffer`` ones: several passes' worth of learning from a single
@@ -176,7 +179,7 @@ class ClassifierConfig(_PlainConfig):
     lowercase: bool = True
     labels: tuple[str, ...] | None = None
     max_classes: int = 16
-    cell: str = "gru"
+    cell: str = "lstm"
     bidirectional: bool = True
     embed_dim: int = 64
     hidden: int = 64
@@ -185,6 +188,7 @@ class ClassifierConfig(_PlainConfig):
     dropout: float = 0.2
     max_len: int = 256
     lr: float = 3e-3
+    embed_lr: float = 3e-2
     clip: float = 1.0
     weight_decay: float = 0.0
     replay: int = 4

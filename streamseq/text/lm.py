@@ -160,8 +160,11 @@ class OnlineLanguageModel:
             st = _Stream(zero, BOS, [BOS], zero, 0, 0, ts_ms)
             self.streams[key] = st
         ttl = self.config.key_ttl_ms
-        if ttl is not None:
-            for old in [k for k, v in self.streams.items() if v.last_ts < ts_ms - ttl]:
+        if ttl is not None:  # least recently seen first: idle streams drift to the front
+            while self.streams:
+                old, first = next(iter(self.streams.items()))
+                if first is st or first.last_ts >= ts_ms - ttl:
+                    break
                 self._evict(old)
         self.stats.lm_keys = len(self.streams)
         return st

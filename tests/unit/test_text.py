@@ -1,0 +1,439 @@
+"""Text streams: online LM and classifier, engine checkpoints, readers (issue 8).
+
+Quick versions on slices of the real data in ``shared/data/text``; the figures on whole
+sets are in ``bench/results/text.md`` (``python -m bench.text_bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from streamseq.cli import main as cli_main
+from streamseq.events import EventError
+from streamseq.exceptions import CheckpointError
+from streamseq.text import (
+    ClassifierConfig,
+    LabelEvent,
+    LMConfig,
+    TextEngine,
+    TextEngineConfig,
+    TextEvent,
+    decode_text_json,
+)
+from streamseq.text.backtest import (
+    TextBacktestOptions,
+    format_report,
+    is_text_input,
+    read_text_events,
+    run_text_backtest,
+)
+from streamseq.text.baselines import BigramCharModel
+from streamseq.text.vocab import Vocabulary
+
+SHAKESPEARE_CHARS = 40_000
+SMALL_LM = LMConfig(hidden=128, embed_dim=32, k1=32, k2=32, lr=3e-3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Batch-1 RNN steps are fastest (and steadiest on a busy machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_engine(lm: bool = True, clf: bool = True, dropout: float = 0.0, **clf_kw: Any
+                ) -> TextEngine:
+    return TextEngine(TextEngineConfig(
+        lm=LMConfig(hidden=16, embed_dim=8, k1=16, k2=24, dropout=dropout) if lm else None,
+        classifier=ClassifierConfig(hidden=8, embed_dim=8, dropout=dropout, replay=2,
+                                    **clf_kw) if clf else None))
+
+
+def mixed_stream(n: int = 120, seed: int = 0) -> list[TextEvent | LabelEvent]:
+    """Two keys, texts with ids, labels inline or 1..30 messages late, some never."""
+    rng = random.Random(seed)
+    words = ["good", "bad", "great", "awful", "fine", "boring", "film", "plot", "the", "a"]
+    events: list[TextEvent | LabelEvent] = []
+    due: list[tuple[int, LabelEvent]] = []
+    for i in range(n):
+        key = f"k{i % 2}"
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
+        label = "pos" if ("good" in text or "great" in text) else "neg"
+        mode = rng.random()
+        if mode < 0.3:
+            events.append(TextEvent(key, 1000 * i, text, f"m{i}", label))
+        else:
+            events.append(TextEvent(key, 1000 * i, text, f"m{i}"))
+            if mode < 0.9:
+                due.append((i + rng.randint(1, 30), LabelEvent(key, 1000 * i + 1, f"m{i}", label)))
+        for d in [d for d in due if d[0] <= i]:
+            events.append(d[1])
+            due.remove(d)
+    events.extend(e for _, e in due)
+    return events
+
+
+def assert_same_state(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), path
+    else:
+        assert a == b, path
+
+
+# -- events ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b'{"kind": "text", "key": "s", "ts": 1}', "bad_text"),
+    (b'{"kind": "text", "key": "s", "ts": 1, "text": 5}', "bad_text"),
+    (b'{"kind": "text", "key": "s", "ts": 1, "text": "\\ud800"}', "bad_text"),
+    (b'{"kind": "text", "key": "s", "ts": 1, "text": "x", "label": ""}', "bad_label"),
+    (b'{"kind": "text", "key": "s", "ts": 1, "text": "x", "label": [1]}', "bad_label"),
+    (b'{"kind": "label", "key": "s", "ts": 1, "id": "m1"}', "bad_label"),
+    (b'{"kind": "label", "key": "s", "ts": 1, "label": "pos"}', "bad_label"),
+    (b'{"kind": "text", "ts": 1, "text": "x"}', "missing_key"),
+    (b'{"kind": "text", "key": "s", "text": "x"}', "missing_time"),
+    (b'{"kind": "text", "key": "s", "ts": "soon", "text": "x"}', "bad_time"),
+    (b'{"kind": "poem", "key": "s", "ts": 1, "text": "x"}', "bad_kind"),
+    (b'[1]', "not_object"),
+    (b'\xff', "not_utf8"),
+])
+def test_decoder_rejects_with_typed_reasons(payload: bytes, reason: str) -> None:
+    with pytest.raises(EventError) as info:
+        decode_text_json(payload)
+    assert info.value.reason == reason
+
+
+def test_decoder_round_trips_wire_form() -> None:
+    for ev in (TextEvent("s-1", 1_704_067_200_000, "héllo\nwörld", "m1", "pos"),
+               TextEvent("s-1", 5, "x"), LabelEvent("s-1", 9, "m1", "neg")):
+        assert decode_text_json(json.dumps(ev.to_json_dict())) == ev
+
+
+def test_vocabulary_caps_and_round_trips() -> None:
+    v = Vocabulary("word", max_size=6, lowercase=True)
+    assert v.encode("The cat, the DOG") == [3, 4, 5, 3, 0]  # cap 6: 'dog' is unknown
+    w = Vocabulary("word", max_size=6, lowercase=True)
+    w.load_state_dict(v.state_dict())
+    assert w.encode("dog cat") == [0, 4] and w.itos == v.itos
+    with pytest.raises(CheckpointError):
+        Vocabulary("char", max_size=6).load_state_dict(v.state_dict())
+
+
+# -- predict, then learn ---------------------------------------------------------------
+def test_lm_scores_every_token_before_learning_it() -> None:
+    """Instrumented: each target reaching the learner was scored (and its score recorded)
+    earlier, at the same stream position; every scored token is learned exactly once."""
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=16, k2=24)))
+    lm = eng.lm
+    assert lm is not None
+    scored: dict[str, list[int]] = defaultdict(list)
+    learned: dict[str, list[int]] = defaultdict(list)
+    predict, train = lm._predict, lm._train_window
+
+    def spy_predict(key: str, st: Any, ids: list[int]) -> float:
+        nll = predict(key, st, ids)
+        scored[key].extend(ids)  # the score of these tokens is recorded
+        return nll
+
+    def spy_train(key: str, learn_pos: int, inputs: list[int], targets: list[int],
+                  n_context: int, state0: torch.Tensor, split: int) -> torch.Tensor:
+        new = targets[n_context:]
+        assert learn_pos + len(new) <= len(scored[key]), "learning a token not yet scored"
+        assert scored[key][learn_pos:learn_pos + len(new)] == new
+        assert inputs[1:] == targets[:-1]  # inputs are the targets shifted: no peeking
+        learned[key].extend(range(learn_pos, learn_pos + len(new)))
+        return train(key, learn_pos, inputs, targets, n_context, state0, split)
+
+    lm._predict = spy_predict  # type: ignore[method-assign]
+    lm._train_window = spy_train  # type: ignore[method-assign]
+    rng = random.Random(1)
+    for i in range(200):
+        key = f"s{i % 3}"
+        eng.process([TextEvent(key, i, "".join(rng.choice("abc \n") for _ in
+                                               range(rng.randint(1, 40))))])
+    for key, toks in scored.items():
+        assert learned[key] == list(range(len(learned[key])))  # each once, in order
+        assert len(toks) - len(learned[key]) < 16  # all but the last partial window
+    assert eng.stats.lm_updates == sum(len(v) for v in learned.values()) // 16
+
+
+def test_classifier_scores_prediction_before_learning_late_label() -> None:
+    eng = tiny_engine(lm=False)
+    clf = eng.classifier
+    assert clf is not None
+    published: dict[str, dict[str, float]] = {}
+    current: dict[str, Any] = {}
+    predict, learn_label, train = clf.predict_message, clf.learn_label, clf._train
+
+    def spy_predict(key: str, ts: int, text: str, msg_id: str | None = None) -> dict:
+        out = predict(key, ts, text, msg_id)
+        if msg_id is not None:
+            published[msg_id] = out["probs"]  # the prediction is recorded
+        return out
+
+    def spy_learn_label(key: str, ts: int, msg_id: str, label: str) -> dict[str, Any]:
+        assert msg_id in published, "label reached the learner before its prediction"
+        assert dict(zip(clf.classes, clf.pending[msg_id].probs, strict=False)) == \
+            published[msg_id]  # the prediction scored is the one published
+        current.update(id=msg_id, n=clf.metrics.n, ids=clf.pending[msg_id].ids)
+        return learn_label(key, ts, msg_id, label)
+
+    def spy_train(ids: list[int], y: int) -> None:
+        assert clf.metrics.n == current["n"] + 1, "learning before scoring"
+        assert ids == current["ids"]
+        current["trained"] = current.get("trained", 0) + 1
+        train(ids, y)
+
+    clf.predict_message = spy_predict  # type: ignore[method-assign]
+    clf.learn_label = spy_learn_label  # type: ignore[method-assign]
+    clf._train = spy_train  # type: ignore[method-assign]
+    late = 0
+    for ev in mixed_stream(150):
+        late += isinstance(ev, LabelEvent)
+        eng.process([ev])
+    assert late > 50
+    assert current["trained"] == eng.stats.clf_labels_learned > 100
+
+
+# -- language model on tiny Shakespeare ------------------------------------------------
+@pytest.fixture(scope="module")
+def shakespeare(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One online pass over a slice of tiny Shakespeare (one message per line)."""
+    path = data_dir / "text" / "tinyshakespeare" / "input.txt"
+    ckpt = tmp_path_factory.mktemp("text") / "shakespeare.ckpt"
+    report = run_text_backtest([path], TextBacktestOptions(
+        limit_chars=SHAKESPEARE_CHARS, lm=SMALL_LM, save_checkpoint=str(ckpt)))
+    return {"report": report, "checkpoint": ckpt}
+
+
+def test_lm_beats_online_bigram_on_last_tenth(shakespeare: dict[str, Any]) -> None:
+    lm = shakespeare["report"]["lm"]
+    ours, bigram = lm["bits_per_char_last_tenth"], lm["bigram_bits_per_char_last_tenth"]
+    print(f"\nlast tenth of {lm['chars']} chars: LSTM {ours:.3f} bits/char, "
+          f"online KN bigram {bigram:.3f} bits/char ({lm['chars_per_s']:.0f} chars/s)")
+    assert lm["chars"] == SHAKESPEARE_CHARS
+    assert ours < bigram - 0.3
+    assert lm["bits_per_char"] < 4.0 and lm["updates_skipped"] == 0
+
+
+def test_generation_from_checkpoint_is_seeded_and_sized(shakespeare: dict[str, Any],
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    ckpt = shakespeare["checkpoint"]
+    lm = TextEngine.from_checkpoint(ckpt).lm
+    assert lm is not None
+    a = lm.generate("ROMEO:", length=120, temperature=0.8, top_k=10, seed=7)
+    b = TextEngine.from_checkpoint(ckpt).lm.generate(  # type: ignore[union-attr]
+        "ROMEO:", length=120, temperature=0.8, top_k=10, seed=7)
+    c = lm.generate("ROMEO:", length=120, temperature=0.8, top_k=10, seed=8)
+    assert a == b and a != c and len(a) == 120
+    assert len(lm.generate("", length=0)) == 0
+    assert cli_main(["generate", "--checkpoint", str(ckpt), "--prompt", "ROMEO:",
+                     "--length", "120", "--temperature", "0.8", "--top-k", "10",
+                     "--seed", "7"]) == 0
+    assert capsys.readouterr().out == "ROMEO:" + a + "\n"
+
+
+# -- sentiment -------------------------------------------------------------------------
+def test_sentiment_accuracy_well_above_majority(data_dir: Path) -> None:
+    report = run_text_backtest(
+        [data_dir / "text" / "sentiment_labelled_sentences"],
+        TextBacktestOptions(limit_messages=400, label_delay=5,
+                            classifier=ClassifierConfig(hidden=32, embed_dim=32, replay=4)))
+    c = report["classifier"]
+    print("\n" + format_report(report))
+    assert c["n"] == 1200 and c["labels_expired"] == 0
+    assert c["accuracy"] > c["majority_accuracy"] + 0.1
+    assert c["accuracy"] > 0.6 and c["macro_f1"] > 0.6
+
+
+def test_label_fifty_messages_late_is_learned() -> None:
+    eng = tiny_engine(lm=False, label_wait_messages=60)
+    clf = eng.classifier
+    assert clf is not None
+    eng.process([TextEvent("r", 0, "warm up", "w", "neg")])
+    eng.process([TextEvent("r", 1, "an excellent film", "m0")])
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    eng.process([TextEvent("r", 2 + i, f"filler {i}") for i in range(50)])
+    assert "m0" in clf.pending
+    updates = eng.stats.clf_updates
+    (score,) = eng.process([LabelEvent("r", 100, "m0", "pos")])
+    assert score["kind"] == "label" and score["delay_messages"] == 50
+    assert eng.stats.clf_updates == updates + 1 and eng.stats.clf_labels_learned == 2
+    assert any(not torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    assert "pos" in clf.classes and clf.metrics.n == 2
+
+
+def test_bounded_wait_drops_and_counts_then_rejects_the_late_label() -> None:
+    eng = tiny_engine(lm=False, label_wait_messages=10, label_wait_ms=60_000)
+    eng.process([TextEvent("r", 0, "first", "m0")])
+    eng.process([TextEvent("r", 1 + i, f"filler {i}") for i in range(11)])
+    assert eng.stats.clf_labels_expired == 1 and eng.stats.clf_pending == 0
+    eng.process([TextEvent("r", 100, "second", "m1")])
+    eng.process([TextEvent("r", 200_000, "much later")])  # 60 s of event time passed
+    assert eng.stats.clf_labels_expired == 2
+    with pytest.raises(EventError) as info:
+        eng.process([LabelEvent("r", 200_001, "m1", "pos")])
+    assert info.value.reason == "bad_label"
+
+
+def test_label_for_unknown_id_is_rejected_without_side_effects() -> None:
+    eng = tiny_engine()
+    eng.process([TextEvent("r", 0, "hello there", "m1")])
+    before = eng.state_dict()
+    batch = [TextEvent("r", 1, "more text", "m2"), LabelEvent("r", 2, "nope", "pos"),
+             TextEvent("r", 3, "after", "m3")]
+    with pytest.raises(EventError) as info:
+        eng.process(batch)
+    assert info.value.reason == "bad_label"
+    assert info.value.index == 1 and len(info.value.outputs) == 1  # type: ignore[attr-defined]
+    assert eng.stats.rejected["bad_label"] == 1
+    rejected: list[tuple[str, object]] = []
+    outs = eng.process(batch[2:], on_error=lambda e, ev: rejected.append((e.reason, ev)))
+    assert [o["id"] for o in outs] == ["m3"] and not rejected
+    for bad in (LabelEvent("other-key", 4, "m1", "pos"), TextEvent("r", 5, "dup", "m1")):
+        with pytest.raises(EventError):
+            eng.process([bad])
+    assert eng.stats.rejected == {"bad_label": 2, "duplicate": 1}
+    assert before["lm"]["streams"]["keys"] == ["r"]
+    lm_only = tiny_engine(clf=False)
+    with pytest.raises(EventError, match="bad_label"):
+        lm_only.process([LabelEvent("r", 0, "m1", "pos")])
+
+
+def test_lm_evicts_excess_and_idle_streams() -> None:
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=8, embed_dim=4, max_keys=2,
+                                                  key_ttl_ms=10_000)))
+    eng.process([TextEvent("a", 0, "x"), TextEvent("b", 1, "y"), TextEvent("c", 2, "z")])
+    assert eng.lm is not None and list(eng.lm.streams) == ["b", "c"]
+    eng.process([TextEvent("c", 20_000, "w")])
+    assert list(eng.lm.streams) == ["c"] and eng.stats.lm_keys_evicted == 2
+    assert eng.stats.lm_keys == 1
+
+
+def test_word_language_model_with_boundary_token() -> None:
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(tokens="word", max_vocab=40, hidden=32,
+                                                  embed_dim=16, k1=5, k2=10, lr=1e-2,
+                                                  boundary_token=True)))
+    outs = eng.process([TextEvent("log", i, "user alice logged in") for i in range(60)])
+    assert outs[0]["tokens"] == 5  # four words and the end of the message
+    assert outs[-1]["nll_per_token"] < outs[0]["nll_per_token"] / 3
+    assert eng.lm is not None
+    assert len(eng.lm.generate("user", length=3, seed=0).split()) == 3
+
+
+# -- determinism: restart and chunking -------------------------------------------------
+def run_chunked(engine: TextEngine, events: list[Any], sizes: list[int]) -> list[dict]:
+    outs: list[dict] = []
+    i = 0
+    while i < len(events):
+        n = sizes[len(outs) % len(sizes)] if sizes else 1
+        outs.extend(engine.process(events[i:i + n]))
+        i += n
+    return outs
+
+
+def test_restart_from_checkpoint_gives_the_same_outputs(tmp_path: Path) -> None:
+    events = mixed_stream(160, seed=3)
+    whole = tiny_engine(dropout=0.2)
+    expected = whole.process(events)  # uninterrupted
+    half = len(events) // 2
+    first = tiny_engine(dropout=0.2)
+    before = first.process(events[:half])
+    first.save(tmp_path / "mid.ckpt")
+    first.process(events[half:half + 7])  # the process goes on a bit, then dies unsaved
+    restored = tiny_engine(dropout=0.2)
+    restored.load(tmp_path / "mid.ckpt")
+    after = restored.process(events[half:])
+    assert before + after == expected
+    assert_same_state(restored.state_dict(), whole.state_dict())
+    assert restored.stats == whole.stats
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left no temporary file
+
+
+def test_outputs_do_not_depend_on_batching() -> None:
+    events = mixed_stream(140, seed=5)
+    one = tiny_engine(dropout=0.1)
+    by_one = [o for ev in events for o in one.process([ev])]
+    many = tiny_engine(dropout=0.1)
+    by_many = run_chunked(many, events, [1, 17, 5, 64, 2])
+    assert by_one == by_many
+    assert_same_state(one.state_dict(), many.state_dict())
+
+
+def test_checkpoint_refuses_another_architecture(tmp_path: Path) -> None:
+    eng = tiny_engine()
+    eng.process(mixed_stream(10))
+    path = eng.save(tmp_path / "a.ckpt")
+    other = TextEngine(TextEngineConfig(lm=LMConfig(hidden=32, embed_dim=8),
+                                        classifier=ClassifierConfig(hidden=8, embed_dim=8)))
+    with pytest.raises(CheckpointError, match="hidden=16 in the checkpoint but 32 here"):
+        other.load(path)
+    with pytest.raises(CheckpointError, match="has no lm"):
+        tiny_engine(lm=False).load(path)
+    state = torch.load(path, weights_only=True)
+    state["version"] = 99
+    with pytest.raises(CheckpointError, match="version 99"):
+        tiny_engine().load_state_dict(state)
+    (tmp_path / "torn.ckpt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        tiny_engine().load(tmp_path / "torn.ckpt")
+
+
+# -- readers and commands --------------------------------------------------------------
+def test_readers_recognise_the_shared_text_layouts(data_dir: Path) -> None:
+    text = data_dir / "text"
+    assert is_text_input([text / "tinyshakespeare"])
+    assert is_text_input([text / "rt_polarity", text / "sentiment_labelled_sentences"])
+    assert not is_text_input([data_dir / "sensor" / "ett"])
+    events = read_text_events([text / "rt_polarity"], TextBacktestOptions(seed=1))
+    assert len(events) == 10_662 and all(isinstance(e, TextEvent) for e in events)
+    labels = [e.label for e in events]  # type: ignore[union-attr]
+    assert labels.count("pos") == labels.count("neg") == 5331
+    assert labels[:40] != ["pos", "neg"] * 20 and len(set(labels[:20])) == 2
+    assert any("é" in e.text for e in events)  # Latin-1 decoded
+    again = read_text_events([text / "rt_polarity"], TextBacktestOptions(seed=1))
+    assert again == events
+    lines = read_text_events([text / "tinyshakespeare"], TextBacktestOptions(limit_chars=5000))
+    assert "".join(e.text for e in lines) == (text / "tinyshakespeare" / "input.txt"
+                                              ).read_text()[:5000]
+
+
+def test_backtest_text_command(data_dir: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, js = tmp_path / "rt.ckpt", tmp_path / "rt.json"
+    assert cli_main(["backtest-text", str(data_dir / "text" / "rt_polarity"),
+                     "--limit-messages", "300", "--label-delay", "3", "--clf-hidden", "16",
+                     "--save-checkpoint", str(ckpt), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "majority" in out and ckpt.exists()
+    report = json.loads(js.read_text())
+    assert report["classifier"]["n"] == 300 and report["label_events"] == 300
+    assert TextEngine.from_checkpoint(ckpt).classifier is not None
+
+
+def test_online_bigram_learns() -> None:
+    text = "to be or not to be, that is the question. " * 30
+    m = BigramCharModel()
+    nll = [m.learn_text("k", text[i:i + 42]) for i in range(0, len(text), 42)]
+    assert nll[-1] < nll[0] / 2
