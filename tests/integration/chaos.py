@@ -190,6 +190,7 @@ class CrashReport:
     caught_in_rebalance: int = 0
     torn: list[str] = field(default_factory=list)
     torn_detected: bool = False
+    leftover_tmp: int = 0  # temp files of writes the kill really cut (never cleaned up)
     processes: int = 0
     inputs: int = 0
     missing_ids: list[str] = field(default_factory=list)
@@ -300,6 +301,7 @@ def crash_scenario(broker: Any, unique: str, workdir: Path, *, kills: int = 4,
     report.duplicate_ids = sum(n - 1 for n in counts.values())
     report.state_differences = engine_state_differences(load_snapshots(ckpt), ref,
                                                         topics.sensor)
+    report.leftover_tmp = sum(n.endswith(".tmp") for n in os.listdir(ckpt))
     report.seconds = time.monotonic() - t_start
     return report
 
@@ -342,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ok": report.ok, "kills": report.kills, "caught_in_checkpoint_write":
         report.caught_in_write, "caught_in_rebalance": report.caught_in_rebalance,
         "torn_snapshots": len(report.torn), "torn_detected": report.torn_detected,
+        "leftover_temp_files": report.leftover_tmp,
         "processes": report.processes, "inputs": report.inputs,
         "missing_prediction_ids": len(report.missing_ids),
         "duplicate_prediction_records": report.duplicate_ids,
