@@ -97,7 +97,7 @@ class Backtest:
         first = self._seen
         self._seen += len(evs)
         sources = [("file", 0, first + i) for i in range(len(evs))]  # position in the replay
-        for rec in prediction_records(evs, out, eng.target_names, eng.model_version, sources):
+        for rec in prediction_records(evs, out, eng.target_names, sources):
             self.predictions_out.write(encode_record(rec).decode() + "\n")
 
     def warm_up(self, events: Sequence[Event]) -> None:

@@ -93,6 +93,9 @@ class EngineOutput:
         The forecast's unit scale (key's std at forecast time), to express errors z-scored.
     target_ts
         ``[len(index), horizon]`` estimated event time of each forecast's target.
+    version
+        ``[len(index)]`` optimizer steps applied when each forecast was made (the weights'
+        version: a function of the stream, not of how it was cut into calls).
     rejected, dropped
         ``(position, reason)`` of events refused (dead-letter) or dropped by the ordering
         policy (duplicate, late).
@@ -106,6 +109,7 @@ class EngineOutput:
     err_persistence: np.ndarray
     scale: np.ndarray
     target_ts: np.ndarray
+    version: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     rejected: list[tuple[int, EventError]] = field(default_factory=list)
     dropped: list[tuple[int, str]] = field(default_factory=list)
     updates: list[UpdateResult] = field(default_factory=list)
@@ -216,8 +220,9 @@ class Engine:
         err_p = np.full((n_in, h, t), np.nan)
         scale = np.ones((n_in, h, t))
         tts = np.zeros((n_in, h), dtype=np.int64)
+        version = np.zeros(n_in, dtype=np.int64)
         applied = np.zeros(n_in, dtype=bool)
-        out = EngineOutput(np.zeros(0, np.int64), yhat, err_m, err_p, scale, tts)
+        out = EngineOutput(np.zeros(0, np.int64), yhat, err_m, err_p, scale, tts, version)
         pos = 0
         while pos < n_in:
             pos, seg = self._scan(events, pos, out)
@@ -230,7 +235,7 @@ class Engine:
         idx = np.flatnonzero(applied)
         out.index = idx
         out.yhat, out.err_model, out.err_persistence = yhat[idx], err_m[idx], err_p[idx]
-        out.scale, out.target_ts = scale[idx], tts[idx]
+        out.scale, out.target_ts, out.version = scale[idx], tts[idx], version[idx]
         return out
 
     def _empty_output(self, events: Sequence[Event]) -> EngineOutput:
@@ -462,6 +467,7 @@ class Engine:
         A["pend_scale"][sl, slot_h] = unit
         A["last_vals"][sl, slot_h] = last_t
         out.yhat[pos] = yhat
+        out.version[pos] = self.learner.applied
         dt_prev = A["dt_ema"][sl]
         dt_ema = np.where(n >= 2, 0.9 * dt_prev + 0.1 * dt_ms, np.where(n == 1, dt_ms, 0.0))
         A["dt_ema"][sl] = dt_ema

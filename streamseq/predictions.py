@@ -40,10 +40,10 @@ def _clean(x: float) -> float | None:
 
 
 def prediction_records(events: Sequence[Event], out: EngineOutput, targets: Sequence[str],
-                       model_version: int, sources: Sequence[tuple[str, int, int]]
-                       ) -> list[dict[str, Any]]:
+                       sources: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
     """One record per forecast in ``out``; ``sources[i]`` is event i's (topic, partition,
-    offset)."""
+    offset). ``model_version`` is the number of optimizer steps applied before the
+    forecast was made."""
     recs = []
     yhat = np.round(out.yhat, 10)
     for row, i in enumerate(out.index.tolist()):
@@ -58,7 +58,7 @@ def prediction_records(events: Sequence[Event], out: EngineOutput, targets: Sequ
             "horizon": int(yhat.shape[1]),
             "yhat": {name: [_clean(v) for v in yhat[row, :, j].tolist()]
                      for j, name in enumerate(targets)},
-            "model_version": model_version,
+            "model_version": int(out.version[row]),
             "source": {"topic": topic, "partition": partition, "offset": offset},
         })
     return recs

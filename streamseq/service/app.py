@@ -157,20 +157,24 @@ class Service:
             self.http = HealthServer(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
                                      self.health, self.readiness).start()
             stack.callback(self.http.stop)
-            self.producer = KafkaProducer(
+            self.producer = self._connect(lambda: KafkaProducer(
                 **self._kafka_common(), client_id=f"{cfg.client_id}-producer", acks="all",
                 enable_idempotence=True, linger_ms=5, batch_size=256 * 1024,
                 max_request_size=max(2 * cfg.max_message_bytes, 1_048_576),
-                request_timeout_ms=30_000, delivery_timeout_ms=120_000)
+                request_timeout_ms=30_000, delivery_timeout_ms=120_000))
+            if self.producer is None:
+                return 0  # stopped while waiting for the broker
             stack.callback(self._close_producer)
-            self.consumer = KafkaConsumer(
+            self.consumer = self._connect(lambda: KafkaConsumer(
                 **self._kafka_common(), group_id=cfg.group, client_id=cfg.client_id,
                 enable_auto_commit=False, auto_offset_reset=cfg.auto_offset_reset,
                 max_poll_records=cfg.max_poll_records,
                 session_timeout_ms=cfg.session_timeout_ms,
                 heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=cfg.max_poll_interval_ms,
-                request_timeout_ms=max(30_000, cfg.session_timeout_ms + 5_000))
+                request_timeout_ms=max(30_000, cfg.session_timeout_ms + 5_000)))
+            if self.consumer is None:
+                return 0
             stack.callback(self._close_consumer)
             self.consumer.subscribe([t.name for t in cfg.topics], listener=_Listener(self))
             monitor = _BrokerMonitor(self)
@@ -196,6 +200,24 @@ class Service:
             log.info("stopping: final checkpoint of %d shards", len(self.shards))
             self.checkpoint(list(self.shards.values()))
         return 0
+
+    def _connect(self, make: Any) -> Any:
+        """``make()`` a Kafka client, waiting out an unreachable broker with backoff (1 s
+        doubling to 30 s); ``None`` if the service is stopped meanwhile."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                client = make()
+                self._broker_ok = True
+                return client
+            except KafkaError as exc:
+                self._broker_ok = False
+                self.metrics.up.set(0)
+                log.warning("broker %s unreachable (%s); retrying in %.0fs",
+                            self.config.bootstrap, type(exc).__name__, delay)
+                self._stop.wait(delay)
+                delay = min(30.0, delay * 2)
+        return None
 
     def _close_producer(self) -> None:
         if self.producer is not None:
@@ -307,6 +329,7 @@ class Service:
         m = self.metrics
         topic = shard.tp.topic
         decoder = self.decoders[topic]
+        max_future = self.config.max_future_ms
         if shard.next_offset is not None:
             records = [r for r in records if r.offset >= shard.next_offset]
         if not records:
@@ -317,8 +340,9 @@ class Service:
                 if r.value is None:
                     raise EventError("not_json", "record has no value (tombstone)")
                 ev = decoder.decode(r.value)
-                if not ev.key.isascii():  # JSON "\ud800" decodes to a key no producer encodes
-                    _check_encodable(ev.key)
+                if r.timestamp and r.timestamp > 0 and ev.ts_ms > r.timestamp + max_future:
+                    raise EventError("bad_time", f"event time {ev.ts_ms} is more than "
+                                                 f"{max_future} ms after its record's timestamp")
                 events.append(ev)
                 kept.append(r)
             except EventError as err:
@@ -333,8 +357,7 @@ class Service:
             for _i, reason in out.dropped:
                 m.events_dropped.labels(topic=topic, reason=reason).inc()
             sources = [(r.topic, r.partition, r.offset) for r in kept]
-            recs = prediction_records(events, out, shard.engine.target_names,
-                                      shard.engine.model_version, sources)
+            recs = prediction_records(events, out, shard.engine.target_names, sources)
             now = time.time()
             assert self.producer is not None
             latency = m.latency.labels(kind=shard.kind)
@@ -514,12 +537,6 @@ class Service:
                 shard.first_offset = old.first_offset
             self.shards[tp] = shard
 
-
-def _check_encodable(key: str) -> None:
-    try:
-        key.encode()
-    except UnicodeEncodeError:
-        raise EventError("bad_key", "key is not valid Unicode (lone surrogate)") from None
 
 
 class _BrokerMonitor(threading.Thread):

@@ -101,6 +101,7 @@ class ServiceConfig:
     max_message_bytes: int = 1_000_000
     dead_letter_max_bytes: int = 64_000
     naive_tz: str | None = "UTC"
+    max_future_ms: int = 86_400_000  # event times this far after the record's own: bad_time
     threads: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
     text: Mapping[str, Any] = field(default_factory=dict)  # TextEngineConfig as a dict
@@ -198,6 +199,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX):].lower()
         if name.startswith("security_"):
             security[name[len("security_"):]] = raw
+        elif name.startswith("engine_"):  # STREAMSEQ_ENGINE_LEARNER_LR=0.003
+            _engine_env(out.setdefault("engine", {}), name[len("engine_"):], raw, key)
         elif name == "topics":
             out["topics"] = _parse_topics(raw)
         elif name in ("sensor_topic", "price_topic", "text_topic"):  # same as the repeatable flags
@@ -211,6 +214,19 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     if "_kind_topics" in out:
         out["topics"] = tuple(out.pop("_kind_topics"))
     return out
+
+
+def _engine_env(engine: dict[str, Any], name: str, raw: str, var: str) -> None:
+    defaults = EngineConfig().to_dict()
+    section, _, field_name = name.partition("_")
+    if section not in defaults or not isinstance(defaults[section], dict) or (
+            field_name not in defaults[section]):
+        raise ConfigError(f"{var}: no engine setting {section}.{field_name}")
+    default = defaults[section][field_name]
+    value: Any = raw if default is None else _coerce(field_name, raw, default)
+    if default is None and field_name == "idle_ttl_s":
+        value = float(raw)
+    engine.setdefault(section, {})[field_name] = value
 
 
 def _parse_topics(raw: str | list[Any]) -> tuple[TopicSpec, ...]:
@@ -250,7 +266,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         data = _read_file(Path(path))
         engine = data.pop("engine", {}) or {}
         merged.update(data)
-    merged.update(_from_env(env))
+    from_env = _from_env(env)
+    engine = _deep_merge(engine, from_env.pop("engine", {}))
+    merged.update(from_env)
     for k, v in (overrides or {}).items():
         if v is None:
             continue

@@ -83,6 +83,8 @@ class LocalCheckpointStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
+        for stale in self.directory.glob(".*.ckpt.tmp"):  # a write cut short by a crash
+            stale.unlink(missing_ok=True)
 
     def _files(self, name: str) -> list[Path]:
         pattern = re.compile(re.escape(name) + r"\.(\d{20})\.ckpt$")
