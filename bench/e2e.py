@@ -150,8 +150,7 @@ def service_work(records: Sequence[TopicRecord], args: Sequence[str], chunk: int
             evs = [decoder.decode(r.value) for r in batch]
             out = engine.process(evs)
             sources = [(r.topic, p, r.offset) for r in batch]
-            for rec in prediction_records(evs, out, engine.target_names, engine.model_version,
-                                          sources):
+            for rec in prediction_records(evs, out, engine.target_names, sources):
                 encode_record(rec)
     return time.perf_counter() - t0
 

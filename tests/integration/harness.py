@@ -619,8 +619,7 @@ def reference_run(records: Iterable[TopicRecord], args: Sequence[str],
             out = engine.process(evs)
             ref.dead_letters.extend((rs[i], err.reason) for i, err in out.rejected)
             sources = [(r.topic, r.partition, r.offset) for r in rs]
-            for rec in prediction_records(evs, out, engine.target_names,
-                                          sources):
+            for rec in prediction_records(evs, out, engine.target_names, sources):
                 ref.predictions[rec["id"]] = rec
         ref.engines[partition] = engine
     ref.dead_letters.sort(key=lambda x: (x[0].partition, x[0].offset))
