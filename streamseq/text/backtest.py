@@ -29,7 +29,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -89,6 +89,10 @@ class TextBacktestOptions:
     baselines
         Also score the online bigram character model (LM) and the prequential majority
         class (classifier) on the same stream.
+    known_labels
+        Give the classifier the set of labels found in the data up front (the task's
+        classes, as a user would configure them; not their order), so its first
+        predictions cover every class. Off: classes are learned as labels arrive.
     load_checkpoint, save_checkpoint
         Start from / write a checkpoint (the config then comes from the checkpoint).
     """
@@ -103,6 +107,7 @@ class TextBacktestOptions:
     classifier: ClassifierConfig | None = None
     batch: int = 256
     baselines: bool = True
+    known_labels: bool = True
     load_checkpoint: str | None = None
     save_checkpoint: str | None = None
 
@@ -380,10 +385,13 @@ def run_text_backtest(paths: Sequence[str | Path], options: TextBacktestOptions 
         engine = TextEngine.from_checkpoint(opt.load_checkpoint)
     else:
         tasks = _tasks(sources, opt)
-        engine = TextEngine(TextEngineConfig(
-            lm=(opt.lm or LMConfig()) if "lm" in tasks else None,
-            classifier=(opt.classifier or ClassifierConfig()) if "classifier" in tasks
-            else None))
+        clf = (opt.classifier or ClassifierConfig()) if "classifier" in tasks else None
+        if clf is not None and clf.labels is None and opt.known_labels:
+            labels = sorted({e.label for e in events if e.label is not None})
+            if 2 <= len(labels) <= clf.max_classes:
+                clf = replace(clf, labels=tuple(labels))
+        engine = TextEngine(TextEngineConfig(lm=(opt.lm or LMConfig()) if "lm" in tasks
+                                             else None, classifier=clf))
     bigram = BigramCharModel() if opt.baselines and engine.lm is not None else None
     lm_rows: list[tuple[float, int, float]] = []  # (nll, chars, bigram nll) per message
     label_rows: list[tuple[str, bool]] = []

@@ -61,6 +61,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("--tasks", help="lm, classifier or lm,classifier (default: from the input)")
     g.add_argument("--batch", type=int, default=256, help="events per engine call")
     g.add_argument("--no-baselines", action="store_true", help="skip the bigram / majority")
+    g.add_argument("--learn-classes", action="store_true",
+                   help="do not tell the classifier the data's label set; learn it online")
     m = b.add_argument_group("language model")
     d = LMConfig()
     m.add_argument("--tokens", choices=["char", "word"], default=d.tokens)
@@ -140,6 +142,7 @@ def options_from_args(args: argparse.Namespace) -> TextBacktestOptions:
         chunk=args.chunk, limit_chars=args.limit_chars, limit_messages=args.limit_messages,
         label_delay=args.label_delay, seed=args.seed, tasks=tasks, lm=lm, classifier=clf,
         batch=args.batch, baselines=not args.no_baselines,
+        known_labels=not args.learn_classes,
         load_checkpoint=args.load_checkpoint, save_checkpoint=args.save_checkpoint)
 
 

@@ -300,22 +300,27 @@ def test_bounded_wait_drops_and_counts_then_rejects_the_late_label() -> None:
 def test_label_for_unknown_id_is_rejected_without_side_effects() -> None:
     eng = tiny_engine()
     eng.process([TextEvent("r", 0, "hello there", "m1")])
-    before = eng.state_dict()
+    snap = eng.state_dict()
+    with pytest.raises(EventError, match="bad_label"):
+        eng.process([LabelEvent("r", 1, "nope", "pos")])
+    after = eng.state_dict()
+    assert after["stats"]["rejected"] == {"bad_label": 1}
+    snap["stats"]["rejected"] = after["stats"]["rejected"]
+    assert_same_state(after, snap)  # only the rejection counter moved
     batch = [TextEvent("r", 1, "more text", "m2"), LabelEvent("r", 2, "nope", "pos"),
              TextEvent("r", 3, "after", "m3")]
     with pytest.raises(EventError) as info:
         eng.process(batch)
     assert info.value.reason == "bad_label"
     assert info.value.index == 1 and len(info.value.outputs) == 1  # type: ignore[attr-defined]
-    assert eng.stats.rejected["bad_label"] == 1
+    assert eng.stats.rejected["bad_label"] == 2
     rejected: list[tuple[str, object]] = []
     outs = eng.process(batch[2:], on_error=lambda e, ev: rejected.append((e.reason, ev)))
     assert [o["id"] for o in outs] == ["m3"] and not rejected
     for bad in (LabelEvent("other-key", 4, "m1", "pos"), TextEvent("r", 5, "dup", "m1")):
         with pytest.raises(EventError):
             eng.process([bad])
-    assert eng.stats.rejected == {"bad_label": 2, "duplicate": 1}
-    assert before["lm"]["streams"]["keys"] == ["r"]
+    assert eng.stats.rejected == {"bad_label": 3, "duplicate": 1}
     lm_only = tiny_engine(clf=False)
     with pytest.raises(EventError, match="bad_label"):
         lm_only.process([LabelEvent("r", 0, "m1", "pos")])
