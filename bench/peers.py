@@ -60,8 +60,8 @@ from streamseq.events.decode import parse_time
 from streamseq.events.schema import Event
 from streamseq.features.calendar import calendar_features
 
-__all__ = ["DatasetSpec", "Dataset", "DATASETS", "load_dataset", "evaluate", "METHODS",
-           "run_peers", "main"]
+__all__ = ["DatasetSpec", "Dataset", "DATASETS", "TUNING", "load_dataset", "evaluate",
+           "METHODS", "engine_config", "run_engine", "run_peers", "main"]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WINDOW = 32
@@ -126,6 +126,37 @@ DATASETS: dict[str, DatasetSpec] = {
                        "price/lean_fx_hourly/oanda_XAUUSD.csv.gz"),
                       ("bid_close",), time_col="timestamp_utc", start="2016-01-01 00:00:00",
                       note="EURUSD and XAUUSD hourly bid close from 2016"),
+}
+
+
+# Held-out keys for bench.tune (``--suite heldout``): the same kinds of stream, none of the
+# files above, so defaults chosen on them are not chosen on the peers' test streams.
+TUNING: dict[str, DatasetSpec] = {
+    "nab_heldout": DatasetSpec(
+        "nab_heldout", "sensor",
+        ("sensor/nab/data/realKnownCause/ambient_temperature_system_failure.csv",
+         "sensor/nab/data/realTraffic/occupancy_6005.csv",
+         "sensor/nab/data/realAWSCloudwatch/rds_cpu_utilization_cc0c53.csv"),
+        ("value",), periods=(24, 288, 288), time_col="timestamp",
+        note="NAB: ambient temperature (1 h), traffic occupancy (5 min), RDS CPU (5 min)"),
+    "beijing_heldout": DatasetSpec(
+        "beijing_heldout", "sensor",
+        ("sensor/beijing_air/PRSA_Data_Changping_20130301-20170228.csv.gz",),
+        DATASETS["beijing"].columns, period=24, tz="Asia/Shanghai",
+        note="Beijing air, Changping station"),
+    "etth1": DatasetSpec("etth1", "sensor", ("sensor/ett/ETTh1.csv",),
+                         DATASETS["etth2"].columns, period=24, time_col="date", note="ETTh1"),
+    "ticks_heldout": DatasetSpec(
+        "ticks_heldout", "price", ("price/lean_equity_ticks/BAC_trades_20131007-11.csv.gz",),
+        ("price",), time_col="timestamp_ny", tz="America/New_York",
+        start="2013-10-07 09:30:00", drop_col="suspicious", note="BAC trade ticks"),
+    "hourly_heldout": DatasetSpec(
+        "hourly_heldout", "price", ("price/lean_equity_hourly/IBM.csv.gz",), ("close",),
+        time_col="timestamp_ny", tz="America/New_York", start="2019-01-01 00:00:00",
+        adjust="split", note="IBM hourly bars"),
+    "fx_heldout": DatasetSpec(
+        "fx_heldout", "price", ("price/lean_fx_hourly/oanda_NZDUSD.csv.gz",), ("bid_close",),
+        time_col="timestamp_utc", start="2016-01-01 00:00:00", note="NZDUSD hourly"),
 }
 
 
@@ -413,29 +444,37 @@ def holtwinters(ds: Dataset, a: argparse.Namespace, notes: dict[str, Any]) -> np
     return _river(ds, make, False, notes)
 
 
-def _engine_config(ds: Dataset, a: argparse.Namespace, cell: str) -> EngineConfig:
-    cfg = engine_config_from_args(a, kind=ds.spec.kind)
-    return cfg.replace(values=list(ds.spec.columns), targets=None,
-                       **{"model.cell": cell, "model.horizon": 1})
+def engine_config(ds: Dataset, base: EngineConfig, cell: str | None = None) -> EngineConfig:
+    """``base`` set up for ``ds``: its kind, its compared columns in and out, horizon 1."""
+    ch: dict[str, Any] = {"model.horizon": 1}
+    if cell is not None:
+        ch["model.cell"] = cell
+    return base.replace(kind=ds.spec.kind, values=list(ds.spec.columns), targets=None, **ch)
+
+
+def run_engine(ds: Dataset, config: EngineConfig) -> np.ndarray:
+    """The engine's one-step forecasts (returns for prices), in stream order."""
+    eng = Engine(config)
+    yhat = np.full_like(ds.values, np.nan)
+    chunk = 2048
+    for lo in range(0, len(ds), chunk):
+        out = eng.process(ds.events[lo:lo + chunk])
+        if out.rejected or out.dropped:
+            raise RuntimeError(f"{ds.spec.name}: engine refused events: "
+                               f"{out.rejected[:3]} {out.dropped[:3]}")
+        yhat[lo + out.index] = out.yhat[:, 0, :]
+    if not ds.is_price:
+        return yhat
+    last = carried(ds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(yhat / last)
+    return np.where(np.isfinite(r), r, 0.0)
 
 
 def engine_method(cell: str) -> Method:
     def run(ds: Dataset, a: argparse.Namespace, notes: dict[str, Any]) -> np.ndarray:
-        eng = Engine(_engine_config(ds, a, cell))
-        yhat = np.full_like(ds.values, np.nan)
-        chunk = 2048
-        for lo in range(0, len(ds), chunk):
-            out = eng.process(ds.events[lo:lo + chunk])
-            if out.rejected or out.dropped:
-                raise RuntimeError(f"{ds.spec.name}: engine refused events: "
-                                   f"{out.rejected[:3]} {out.dropped[:3]}")
-            yhat[lo + out.index] = out.yhat[:, 0, :]
-        if not ds.is_price:
-            return yhat
-        last = carried(ds)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log(yhat / last)
-        return np.where(np.isfinite(r), r, 0.0)
+        cfg = engine_config(ds, engine_config_from_args(a), cell)
+        return run_engine(ds, cfg)
     return run
 
 

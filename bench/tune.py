@@ -3,7 +3,7 @@
 ``python -m bench.tune --data FILE [--data FILE ...] [--lr 3e-4,1e-3,3e-3]
 [--hidden 32,64,128] [--k 1x16,4x16] [--batch-windows 1,16] [--search coord|grid]``
 
-Two modes, both look only at the first part of each stream:
+Three modes; each looks only at the first part of a stream, or at other streams:
 
 * **protocol** (``--train-rows A --val-rows B``, one CSV whose first column is a date): the
   objective is the best online validation MSE of :mod:`bench.online_protocol` (warm-up
@@ -14,7 +14,12 @@ Two modes, both look only at the first part of each stream:
   its first half (``--epochs`` passes) and runs its second half online, predict then learn,
   exactly as the service would. The objective is the engine's scaled MAE (errors in units of
   each key's running std) divided by persistence's on the same events; with several
-  ``--data`` the geometric mean over them (defaults that work across datasets).
+  ``--data`` the geometric mean over them.
+* **suite** (``--suite heldout``): the defaults question. The held-out streams of
+  :data:`bench.peers.TUNING` (other NAB files, another Beijing station, ETTh1, BAC ticks,
+  IBM bars, NZDUSD; none of them in the peers' comparison), the first ``--tune-rows``
+  events per key, online from a cold start as in :mod:`bench.peers`; the objective is the
+  geometric mean over them of the engine's MASE.
 
 The search is coordinate-wise by default: start from the first value of every axis (or the
 engine's defaults), sweep one axis at a time keeping the best value, ``--rounds`` times.
@@ -42,7 +47,7 @@ from streamseq.events.schema import Event
 from streamseq.io.files import FileLayout, read_events
 
 __all__ = ["Trial", "coordinate_search", "grid_search", "stream_objective",
-           "protocol_objective", "main"]
+           "suite_objective", "protocol_objective", "main"]
 
 Trial = dict[str, Any]
 AXES = ("lr", "hidden", "k", "batch_windows", "cell")
@@ -80,7 +85,7 @@ def apply(base: EngineConfig, point: dict[str, Any]) -> EngineConfig:
     return base.replace(**ch)
 
 
-def coordinate_search(space: dict[str, list[Any]], objective: Callable[[dict[str, Any]], float],
+def coordinate_search(space: dict[str, list[Any]], objective: Callable[[dict[str, Any]], Any],
                       start: dict[str, Any] | None = None, rounds: int = 1,
                       log: Any = None) -> tuple[dict[str, Any], list[Trial]]:
     """One axis at a time from ``start`` (default: each axis' first value)."""
@@ -92,8 +97,10 @@ def coordinate_search(space: dict[str, list[Any]], objective: Callable[[dict[str
         key = json.dumps(p, sort_keys=True, default=str)
         if key not in cache:
             t0 = time.perf_counter()
-            cache[key] = objective(p)
-            trials.append({**p, "objective": cache[key], "seconds": time.perf_counter() - t0})
+            val, extra = _split(objective(p))
+            cache[key] = val
+            trials.append({**p, "objective": val, **extra,
+                           "seconds": time.perf_counter() - t0})
             if log is not None:
                 print(f"  {_fmt_point(p)} -> {cache[key]:.5f}", file=log, flush=True)
         return cache[key]
@@ -112,20 +119,52 @@ def coordinate_search(space: dict[str, list[Any]], objective: Callable[[dict[str
     return point, trials
 
 
-def grid_search(space: dict[str, list[Any]], objective: Callable[[dict[str, Any]], float],
+def grid_search(space: dict[str, list[Any]], objective: Callable[[dict[str, Any]], Any],
                 log: Any = None) -> tuple[dict[str, Any], list[Trial]]:
     trials: list[Trial] = []
     best: tuple[float, dict[str, Any]] = (math.inf, {})
     for combo in itertools.product(*space.values()):
         p = dict(zip(space.keys(), combo, strict=True))
         t0 = time.perf_counter()
-        s = objective(p)
-        trials.append({**p, "objective": s, "seconds": time.perf_counter() - t0})
+        s, extra = _split(objective(p))
+        trials.append({**p, "objective": s, **extra, "seconds": time.perf_counter() - t0})
         if log is not None:
             print(f"  {_fmt_point(p)} -> {s:.5f}", file=log, flush=True)
         if s < best[0]:
             best = (s, p)
     return best[1], trials
+
+
+def parse_candidates(text: str) -> list[dict[str, Any]]:
+    """``"lr=1e-3 k=4x16; lr=3e-3 k=1x16 batch_windows=1"`` -> search points."""
+    conv: dict[str, Callable[[str], Any]] = {
+        "lr": float, "hidden": int, "batch_windows": int, "cell": str,
+        "k": lambda v: _ks(v)[0]}
+    out = []
+    for part in text.split(";"):
+        if part.strip():
+            out.append({k: conv[k](v) for k, v in (kv.split("=") for kv in part.split())})
+    return out
+
+
+def list_search(points: Sequence[dict[str, Any]], objective: Callable[[dict[str, Any]], Any],
+                log: Any = None) -> tuple[dict[str, Any], list[Trial]]:
+    trials: list[Trial] = []
+    best: tuple[float, dict[str, Any]] = (math.inf, {})
+    for p in points:
+        t0 = time.perf_counter()
+        s, extra = _split(objective(p))
+        trials.append({**p, "objective": s, **extra, "seconds": time.perf_counter() - t0})
+        if log is not None:
+            print(f"  {_fmt_point(p)} -> {s:.5f}", file=log, flush=True)
+        if s < best[0]:
+            best = (s, p)
+    return best[1], trials
+
+
+def _split(r: float | tuple[float, dict[str, Any]]) -> tuple[float, dict[str, Any]]:
+    """An objective returns its value, or its value and details for the trial record."""
+    return (r[0], r[1]) if isinstance(r, tuple) else (r, {})
 
 
 def _fmt_point(p: dict[str, Any]) -> str:
@@ -171,6 +210,24 @@ def stream_objective(base: EngineConfig, datasets: Sequence[Sequence[Event]],
     return f
 
 
+def suite_objective(base: EngineConfig, suite: Sequence[Any]
+                    ) -> Callable[[dict[str, Any]], tuple[float, dict[str, Any]]]:
+    """Geometric mean over ``bench.peers`` datasets of the engine's MASE, cold start; the
+    trial also records each dataset's MASE."""
+    from bench import peers
+
+    def f(point: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        cfg = apply(base, point)
+        per: dict[str, float] = {}
+        for ds in suite:
+            fc = peers.run_engine(ds, peers.engine_config(ds, cfg))
+            per[ds.spec.name] = peers.evaluate(ds, {"engine": fc})["engine"]["mase"]
+        if not all(math.isfinite(v) and v > 0 for v in per.values()):
+            return math.inf, {"mase": per}
+        return math.exp(sum(math.log(v) for v in per.values()) / len(per)), {"mase": per}
+    return f
+
+
 def protocol_objective(base: EngineConfig, run_for: Callable[[EngineConfig], ProtocolRun],
                        seed: int = 0) -> Callable[[dict[str, Any]], float]:
     """Best online validation MSE over warm-up epochs (bench.online_protocol)."""
@@ -185,8 +242,12 @@ def protocol_objective(base: EngineConfig, run_for: Callable[[EngineConfig], Pro
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", action="append", required=True,
+    p.add_argument("--data", action="append", default=[],
                    help="CSV/CSV.gz file or folder (repeatable in stream mode)")
+    p.add_argument("--suite", choices=["heldout"], help="instead of --data: the held-out "
+                   "streams of bench.peers (TUNING: other files than the peers' test sets), "
+                   "cold start, objective = geometric mean of the engine's MASE")
+    p.add_argument("--data-dir", default=None, help="shared/data (suite mode)")
     p.add_argument("--train-rows", type=int, help="protocol mode: training rows")
     p.add_argument("--val-rows", type=int, help="protocol mode: validation rows")
     p.add_argument("--horizon", type=int, default=1)
@@ -200,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="k1xk2 pairs, e.g. 1x16,4x16")
     p.add_argument("--batch-windows", type=_ints, default=[16, 1, 4])
     p.add_argument("--cell", default="gru", help="gru, lstm or gru,lstm")
-    p.add_argument("--search", choices=["coord", "grid"], default="coord")
+    p.add_argument("--search", choices=["coord", "grid", "list"], default="coord",
+                   help="list: only the --candidates")
+    p.add_argument("--candidates", default="", help="list search: configs separated by ';', "
+                   "each 'lr=1e-3 hidden=64 k=4x16 batch_windows=16 cell=gru'")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--kind", choices=["sensor", "price"], help="stream mode: event kind")
     p.add_argument("--report-json", type=Path)
@@ -217,7 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "cell": a.cell.split(",")}
     space = {k: v for k, v in space.items() if len(v) > 0}
     base = EngineConfig()
-    if a.train_rows is not None:
+    if a.suite:
+        from bench import peers
+
+        data_dir = Path(a.data_dir) if a.data_dir else peers.DEFAULT_DATA
+        suite = [peers.load_dataset(spec, data_dir, a.tune_rows)
+                 for spec in peers.TUNING.values()]
+        objective = suite_objective(base, suite)
+        mode = (f"suite {a.suite}: {', '.join(d.spec.name for d in suite)}, first "
+                f"{a.tune_rows} events per key, cold start online; objective = geometric "
+                "mean over datasets of the engine's MASE (bench.peers metric)")
+    elif not a.data:
+        raise SystemExit("give --data or --suite")
+    elif a.train_rows is not None:
         if len(a.data) != 1 or a.val_rows is None:
             raise SystemExit("protocol mode takes one --data and --val-rows")
         table = load_table(a.data[0])
@@ -239,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "objective = scaled MAE model / persistence (geometric mean over --data)")
     print(f"tuning ({mode}); search {a.search} over "
           + ", ".join(f"{k}={v}" for k, v in space.items()), file=sys.stderr)
-    if a.search == "grid":
+    if a.search == "list":
+        best, trials = list_search(parse_candidates(a.candidates), objective, log=sys.stderr)
+    elif a.search == "grid":
         best, trials = grid_search(space, objective, log=sys.stderr)
     else:
         best, trials = coordinate_search(space, objective, rounds=a.rounds, log=sys.stderr)
@@ -247,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'objective':>10}  config")
     for t in trials:
         print(f"{t['objective']:>10.5f}  " + _fmt_point(
-            {k: v for k, v in t.items() if k not in ("objective", "seconds")}))
+            {k: v for k, v in t.items() if k not in ("objective", "seconds", "mase")}))
     cfg = apply(base, best)
     flags = (f"--cell {cfg.model.cell} --hidden {cfg.model.hidden} --k1 {cfg.learner.k1} "
              f"--k2 {cfg.learner.k2} --batch-windows {cfg.learner.batch_windows} "
