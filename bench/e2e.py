@@ -649,15 +649,17 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
             "quiet machine the end-to-end figures would be up to about 1 / that share higher; "
             "the per-event costs below are what limits them even then.")
     learn = runs.get("learning")
-    if learn and learn.rate:
+    nolearn = runs.get("no-learn")
+    if learn and learn.rate and nolearn and nolearn.in_process_rate:
         work = 1e6 / learn.in_process_rate
+        learning = work - 1e6 / nolearn.in_process_rate
         out.append(
             f"- **Learning is the first bottleneck.** With the default learner the service's "
-            f"own work is ~{work:.0f} µs per event (the engine alone ~{1e6 * s['engine'] / n:.0f}"
-            " µs, most of it optimizer steps: with 1,000 keys a TBPTT window falls due every "
-            "~4 events of a key, so an Adam step over 16 windows x 16 steps comes every ~64 "
-            f"events). End to end it reaches {learn.rate:,.0f} events/s against "
-            f"{learn.in_process_rate:,.0f}/s in process.")
+            f"own work is ~{work:.0f} µs per event, ~{learning:.0f} µs of which is learning "
+            "(what `--no-learn` saves: TBPTT window capture and the optimizer steps; with "
+            "1,000 keys a window falls due every ~4 events of a key, so an Adam step over 16 "
+            "windows x 16 steps comes every ~64 events). End to end it reaches "
+            f"{learn.rate:,.0f} events/s against {learn.in_process_rate:,.0f}/s in process.")
     fewer = runs.get("learning, fewer steps")
     if fewer and fewer.rate:
         out.append(
@@ -665,7 +667,6 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
             f"{fewer.rate:,.0f} events/s end to end ({fewer.in_process_rate:,.0f}/s in "
             "process); that is a modelling choice (16x fewer weight updates), not a free "
             "speed-up.")
-    nolearn = runs.get("no-learn")
     if nolearn and nolearn.rate:
         work = 1e6 / nolearn.in_process_rate
         e2e = 1e6 / nolearn.rate
