@@ -35,34 +35,39 @@ def prediction_id(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}:{offset}"
 
 
-def _clean(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 def prediction_records(events: Sequence[Event], out: EngineOutput, targets: Sequence[str],
                        sources: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
     """One record per forecast in ``out``; ``sources[i]`` is event i's (topic, partition,
     offset). ``model_version`` is the number of optimizer steps applied before the
     forecast was made."""
     recs = []
-    yhat = np.round(out.yhat, 10)
+    horizon = int(out.yhat.shape[1])
+    # one conversion per batch, not per record: [row][target][step] as Python floats
+    yhat = np.round(out.yhat, 10).transpose(0, 2, 1).tolist()
+    target_ts = out.target_ts.tolist()
+    versions = out.version.tolist()
+    names = list(enumerate(targets))
     for row, i in enumerate(out.index.tolist()):
         ev = events[i]
         topic, partition, offset = sources[i]
+        values = yhat[row]
         recs.append({
             "id": prediction_id(topic, partition, offset),
             "key": ev.key,
             "kind": ev.kind,
             "event_ts": ev.ts_ms,
-            "target_ts": out.target_ts[row].tolist(),
-            "horizon": int(yhat.shape[1]),
-            "yhat": {name: [_clean(v) for v in yhat[row, :, j].tolist()]
-                     for j, name in enumerate(targets)},
-            "model_version": int(out.version[row]),
+            "target_ts": target_ts[row],
+            "horizon": horizon,
+            "yhat": {name: [v if math.isfinite(v) else None for v in values[j]]
+                     for j, name in names},
+            "model_version": versions[row],
             "source": {"topic": topic, "partition": partition, "offset": offset},
         })
     return recs
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_record(rec: dict[str, Any]) -> bytes:
-    return json.dumps(rec, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(rec).encode()

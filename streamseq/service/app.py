@@ -172,6 +172,7 @@ class Service:
                 session_timeout_ms=cfg.session_timeout_ms,
                 heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=cfg.max_poll_interval_ms,
+                fetch_max_wait_ms=cfg.fetch_max_wait_ms,
                 request_timeout_ms=max(30_000, cfg.session_timeout_ms + 5_000)))
             if self.consumer is None:
                 return 0

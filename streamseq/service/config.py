@@ -92,6 +92,7 @@ class ServiceConfig:
     checkpoint_every_seconds: float = 30.0
     warm_start: str | None = None
     poll_timeout_ms: int = 200
+    fetch_max_wait_ms: int = 50  # kafka-python's 500 ms default dominates latency at low rates
     max_poll_records: int = 2000
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
