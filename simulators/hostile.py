@@ -123,6 +123,10 @@ class HostileGenerator:
         Include records without a value.
     warmup_keys
         Ordinary events (one per key ``w-000`` ...) sent first.
+    service_clock
+        Outcomes as the Kafka service gives them: an event time more than the service's
+        ``max_future_ms`` after its record's timestamp (the send time) is ``bad_time``
+        there, while the engine alone applies it.
     step_ms
         Typical spacing of a key's event times.
     """
@@ -138,6 +142,7 @@ class HostileGenerator:
     oversize: bool = True
     tombstones: bool = True
     warmup_keys: int = 64
+    service_clock: bool = False
     step_ms: int = 60_000
     counts: Counter[str] = field(default_factory=Counter, init=False)
     cases: Counter[str] = field(default_factory=Counter, init=False)
@@ -432,7 +437,10 @@ class HostileGenerator:
             return self._regular(key, "far_future")
         ts = FAR_FUTURE_MS if st.last_ts < FAR_FUTURE_MS else _START_MS + self._serial * 1000
         vals = self._vals()
-        return self._apply(key, ts, vals, _dumps({"key": key, "ts": ts, "values": vals}))
+        payload = _dumps({"key": key, "ts": ts, "values": vals})
+        if self.service_clock and ts == FAR_FUTURE_MS:
+            return HostileMessage(key, payload, dead_letter("bad_time"), "far_future")
+        return self._apply(key, ts, vals, payload)
 
     def _same_time_new_values(self) -> HostileMessage:
         key = self._main_key()

@@ -63,7 +63,7 @@ def _metric_by(svc: ServiceProcess, name: str, label: str) -> Counter[str]:
 
 # ---------------------------------------------------------------------------- hostile
 def test_hostile_mix_is_accounted_for(broker: Any, unique: str, tmp_path: Path) -> None:
-    gen = HostileGenerator(seed=7, n_keys=10, warmup_keys=32)
+    gen = HostileGenerator(seed=7, n_keys=10, warmup_keys=32, service_clock=True)
     msgs = gen.messages(1500)
     topics = ServiceTopics.create(broker, unique, partitions=2)
     sent = produce_hostile(broker.bootstrap, topics.sensor, msgs)
