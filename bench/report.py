@@ -46,6 +46,47 @@ def _pm(m: float, s: float) -> str:
     return f"{m:.4f} ± {s:.4f}"
 
 
+# ---------------------------------------------------------------------- summary
+def summary_section(protocol: list[dict[str, Any]], peer_reps: list[dict[str, Any]]
+                    ) -> list[str]:
+    L = ["## Summary", ""]
+    for r in sorted(protocol, key=lambda r: (r["data"], r["horizon"])):
+        m, p = r["model"], r["persistence"]
+        line = (f"- {r['data']} H={r['horizon']} (published protocol, leak-free, "
+                f"{len(r['seeds'])} seeds): MSE {m['mse']:.4f} ± {m['mse_std']:.4f}, MAE "
+                f"{m['mae']:.4f} vs persistence {p['mse']:.4f} / {p['mae']:.4f}")
+        pub = PUBLISHED_H1.get(r["data"])
+        if r["horizon"] == 1 and pub:
+            line += "; published MSE " + ", ".join(f"{k} {v}" for k, v in pub.items()
+                                                   if k != "persistence")
+        elif pub:
+            line += "; published H>1 numbers are not comparable (they leak labels)"
+        L.append(line + ".")
+    for rep in sorted(peer_reps, key=lambda r: r["_file"] != "peers.json"):
+        wins, rw = [], []
+        for name, d in rep["datasets"].items():
+            ms = d["metrics"]
+            eng = min((m for m in ("gru", "lstm") if m in ms), key=lambda m: ms[m]["mase"],
+                      default=None)
+            if eng is None:
+                continue
+            others = [m for m in ms if m not in ("gru", "lstm")]
+            best_other = min(others, key=lambda m: ms[m]["mase"]) if others else None
+            tag = f"{name} {ms[eng]['mase']:.3f}"
+            if best_other and ms[best_other]["mase"] < ms[eng]["mase"]:
+                tag += f" (best: {best_other} {ms[best_other]['mase']:.3f})"
+            wins.append(tag)
+            if d["kind"] == "price" and not d.get("beats_random_walk_mae"):
+                rw.append(name)
+        L.append(f"- Peers ({rep['_file']}, engine {_engine_label(rep).split(', ', 1)[1]}): "
+                 "best engine MASE (gru or lstm) "
+                 + "; ".join(wins) + ".")
+        if rw:
+            L.append(f"  Nothing beats the random walk on MAE on: {', '.join(rw)}.")
+    L.append("")
+    return L
+
+
 # ---------------------------------------------------------------------- protocol
 def protocol_section(runs: list[dict[str, Any]], figs: list[str]) -> list[str]:
     if not runs:
@@ -240,7 +281,7 @@ def peers_plots(rep: dict[str, Any], out: Path) -> list[str]:
 
 def _engine_label(rep: dict[str, Any]) -> str:
     e = rep["engine_config"]
-    return (f"{e['model']['cell']} hidden {e['model']['hidden']}, k1={e['learner']['k1']}, "
+    return (f"{e['model']['cell']}, hidden {e['model']['hidden']}, k1={e['learner']['k1']}, "
             f"k2={e['learner']['k2']}, batch_windows={e['learner']['batch_windows']}, "
             f"lr={e['learner']['lr']:g}")
 
@@ -255,9 +296,11 @@ def settings_section(reps: list[dict[str, Any]]) -> list[str]:
          "Same events, same metric; only the engine's settings differ. The learning cadence "
          "per key is what matters on these few-key streams: with k1=4 and batch_windows=16 a "
          "single key's weights move once every 64 of its events.", "",
-         "| dataset | " + " | ".join(f"{c} ({r['_file']}: {_engine_label(r)})"
-                                    for r in reps for c in ("gru", "lstm")) +
-         " | best non-engine peer (peers.json) |",
+         *[f"- ({chr(65 + i)}) {r['_file']}: {_engine_label(r).split(', ', 1)[1]}"
+           for i, r in enumerate(reps)], "",
+         "| dataset | " + " | ".join(f"{c} ({chr(65 + i)})" for i, _ in enumerate(reps)
+                                    for c in ("gru", "lstm")) +
+         " | best other learner (A) |",
          "|---|" + "---:|" * (2 * len(reps) + 1)]
     for n in names:
         cells = []
@@ -274,7 +317,12 @@ def settings_section(reps: list[dict[str, Any]]) -> list[str]:
 
 
 def ablation_section(runs: list[dict[str, Any]]) -> list[str]:
-    L = ["## Protocol ablations", "", "| file | data | H | change | model MSE | model MAE | "
+    L = ["## Protocol ablations", "",
+         "Single-seed runs, no warm-up, that change one setting. `clip_z` is the engine's "
+         "input clip in z units (`FeatureConfig.clip`, 8 by default): with training-split "
+         "scaling, ETTh2's LULL reaches z = 51 in the test span, and the clipped value is "
+         "also the residual base of the forecast and the training target.", "",
+         "| file | data | H | change | model MSE | model MAE | "
          "persistence MSE | command |", "|---|---|---:|---|---:|---:|---:|---|"]
     for r in runs:
         L.append(f"| {r['_file']} | {r['data']} | {r['horizon']} | clip_z "
@@ -328,6 +376,7 @@ def build(results: Path, out: Path) -> str:
          "`bench/results/`; do not edit by hand. "
          f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {mach['nproc']} cores, "
          f"{mach['cpu']}, Python {mach['python']}; torch with one thread.", ""]
+    L += summary_section(protocol, peer_reps)
     figs = protocol_plots(protocol, results) if protocol else []
     L += protocol_section(protocol, figs)
     main_rep = next((r for r in peer_reps if r["_file"] == "peers.json"), None)
