@@ -77,13 +77,14 @@ class BigramCharModel:
         for ch in text:
             v = len(cont)
             if self.smoothing == "laplace":
-                n_a = ctx[prev] if prev is not None else 0
-                n_ac = pair[prev].get(ch, 0) if prev is not None else 0
+                n_a = n_ac = 0
+                if prev is not None:
+                    n_a, n_ac = ctx[prev], pair[prev].get(ch, 0)
                 p = (n_ac + 1) / (n_a + v + 1)
             else:
                 p_cont = (cont.get(ch, 0) + 1) / (self.types + v + 1)
                 n_a = ctx[prev] if prev is not None else 0
-                if n_a:
+                if prev is not None and n_a:
                     succ = pair[prev]
                     p = (max(succ.get(ch, 0) - d, 0.0) + d * len(succ) * p_cont) / n_a
                 else:

@@ -163,8 +163,10 @@ class TextDecoder:
             doc = json.loads(payload)
         except RecursionError:
             raise EventError("not_json", "JSON nesting too deep") from None
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+        except ValueError:
+            raise EventError("not_json") from None
         if not isinstance(doc, dict):
             raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
         return self.from_mapping(doc)

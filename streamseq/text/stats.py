@@ -66,6 +66,8 @@ class TextStats:
         for f in fields(self):
             if f.name in state:
                 value = state[f.name]
-                setattr(self, f.name, Counter(value) if f.name == "rejected" else value)
+                if f.name == "rejected":
+                    value = Counter(dict(value))  # type: ignore[call-overload]
+                setattr(self, f.name, value)
 
     as_dict = state_dict
