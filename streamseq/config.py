@@ -62,6 +62,11 @@ class FeatureConfig:
         before it is scaled, as river's ``StandardScaler``). ``fixed``: statistics of the
         first ``fixed_warmup`` events of the key (or set by :meth:`Engine.fit_scaler`), then
         frozen (the published ETT protocol).
+    clip, target_clip
+        Scaled values are clipped to +-``clip`` as recurrent inputs, and to the much wider
+        +-``target_clip`` as training targets and as the base of the residual head (a
+        non-stationary series may leave its warm-up range far behind: clipping its
+        persistence base would make forecasts wrong by the excess).
     max_abs_value
         Readings beyond this magnitude are rejected (``out_of_range``): a finite 1e308
         would overflow the running variance and poison the key.
@@ -79,6 +84,7 @@ class FeatureConfig:
     calendar: bool = True
     dt: bool = True
     clip: float = 8.0
+    target_clip: float = 1e4
     max_abs_value: float = 1e12
     transforms: dict[str, str] = field(default_factory=dict)
 
@@ -86,7 +92,7 @@ class FeatureConfig:
         _check(self.scaling in ("online", "fixed"), "scaling must be online or fixed")
         _check(self.max_abs_value > 0, "max_abs_value must be > 0")
         _check(self.missing in ("carry", "reject"), "missing must be carry or reject")
-        _check(self.clip > 0, "clip must be > 0")
+        _check(self.clip > 0 and self.target_clip >= self.clip, "need 0 < clip <= target_clip")
         for name, t in self.transforms.items():
             _check(t in TRANSFORMS, f"transform of {name!r} must be one of {TRANSFORMS}")
 

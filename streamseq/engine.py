@@ -144,6 +144,8 @@ class Engine:
         self.max_ts = np.iinfo(np.int64).min
         self.segment_events = 0
         self.segment_windows = 0
+        self.segment_due_keys: set[str] = set()  # keys with a window waiting in the segment
+        self.segment_closed = False
         self.learning = self.config.learner.learn
         self.scoring = True
         self.last_ids: dict[str, str] = {}  # key -> id of its last applied event (if any)
@@ -228,8 +230,7 @@ class Engine:
             pos, seg = self._scan(events, pos, out)
             if seg:
                 self._run_segment(events, seg, out, applied)
-            if self.segment_windows >= cfg.learner.batch_windows or (
-                    self.segment_events >= cfg.learner.max_segment):
+            if self._segment_full():
                 self._update_point(out)
         self.stats.events += n_in
         idx = np.flatnonzero(applied)
@@ -269,8 +270,7 @@ class Engine:
         n_names = len(names)
         bound = cfg.features.max_abs_value
         while pos < len(events):
-            if (self.segment_windows >= cfg.learner.batch_windows
-                    or self.segment_events >= cfg.learner.max_segment):
+            if self._segment_full():
                 break
             ev = events[pos]
             i = pos
@@ -320,20 +320,30 @@ class Engine:
                 if ev.ts_ms == last_ts and self._same_values(st[2], raw):
                     self._drop(out, i, "duplicate")
                     continue
-                if ev.ts_ms > last_ts:
-                    st[1] = ev.ts_ms
-            else:
-                st[1] = ev.ts_ms
+            m = st[0] + 1 - h
+            due = learn and m > 0 and m % k1 == 0
+            if due and ev.key in self.segment_due_keys:
+                # the key's previous window has not been learned yet: an update point comes
+                # first, so a key with few companions still learns every k1 of its events
+                self.segment_closed = True
+                pos = i
+                break
+            st[1] = ev.ts_ms if last_ts is None else max(last_ts, ev.ts_ms)
             st[0] += 1
             st[2] = raw
             if ev.id is not None:
                 self.last_ids[ev.key] = ev.id
             seg.append((i, raw))
             self.segment_events += 1
-            m = st[0] - h
-            if learn and m > 0 and m % k1 == 0:
+            if due:
                 self.segment_windows += 1
+                self.segment_due_keys.add(ev.key)
         return pos, seg
+
+    def _segment_full(self) -> bool:
+        lc = self.config.learner
+        return (self.segment_closed or self.segment_windows >= lc.batch_windows
+                or self.segment_events >= lc.max_segment)
 
     def _same_values(self, last: Any, raw: list[float | None]) -> bool:
         """Whether ``raw`` repeats the key's last event (a list, or a table slot)."""
@@ -406,11 +416,13 @@ class Engine:
         welford_update(cnt, mean, m2, sl, u_all, obs)
         if fc.scaling == "fixed" and fc.fixed_warmup > 0:
             A["frozen"][sl] |= cnt[sl, 0] >= fc.fixed_warmup
-        z, std = zscore(u_all, cnt[sl], mean[sl], m2[sl], fc.clip)
+        z, std = zscore(u_all, cnt[sl], mean[sl], m2[sl], fc.target_clip)
         z[:, :v][unknown] = 0.0
-        parts = [z[:, :v], miss.astype(np.float64)]
+        z_in = np.clip(z, -fc.clip, fc.clip)  # the recurrent inputs stay bounded
+        base = z[:, :t].astype(np.float32)  # persistence base: the (wider-clipped) scaled value
+        parts = [z_in[:, :v], miss.astype(np.float64)]
         if fc.dt:
-            parts.append(z[:, v:])
+            parts.append(z_in[:, v:])
         if fc.calendar:
             parts.append(calendar_features(ts))
         x = np.concatenate(parts, axis=1).astype(np.float32)
@@ -448,10 +460,10 @@ class Engine:
         p = n % self.ring
         A["ring_h"][sl, p] = h0.permute(1, 0, 2).numpy()
         A["ring_x"][sl, p] = x
-        A["ring_y"][sl, p] = z[:, :t]
+        A["ring_y"][sl, p] = base
         A["ring_m"][sl, p] = ~(miss[:, :t] | unknown[:, :t])
         with torch.no_grad():
-            y, h1 = self.model.step(torch.from_numpy(x), h0)
+            y, h1 = self.model.step(torch.from_numpy(x), h0, torch.from_numpy(base))
         table.state[:, sl_t] = h1
         yz = y.double().numpy()
         std_t, mean_t = std[:, :t], mean[sl, :t]
@@ -522,6 +534,7 @@ class Engine:
         steps = np.arange(k2)
         idx = (s[:, None] + steps[None, :]) % L
         x = A["ring_x"][sl[:, None], idx]
+        b = A["ring_y"][sl[:, None], idx]  # each position's own scaled value: the base
         tidx = (s[:, None, None] + steps[None, :, None] + np.arange(1, h + 1)[None, None, :]) % L
         y = A["ring_y"][sl[:, None, None], tidx]
         wm = A["ring_m"][sl[:, None, None], tidx]
@@ -529,7 +542,7 @@ class Engine:
         in_loss = (steps[None, :] >= learn_from[:, None]) & (steps[None, :] < length[:, None])
         wm = wm * in_loss[:, :, None, None]
         h0 = A["ring_h"][sl, s % L]
-        self.learner.pending.append(x, y, wm.astype(np.float32), h0.copy(), length, seqs)
+        self.learner.pending.append(x, y, wm.astype(np.float32), h0.copy(), length, b, seqs)
 
     def _update_point(self, out: EngineOutput) -> None:
         res = self.learner.update()
@@ -543,6 +556,8 @@ class Engine:
                 self.stats.updates_skipped += 1
         self.segment_events = 0
         self.segment_windows = 0
+        self.segment_due_keys.clear()
+        self.segment_closed = False
         self._evict()
 
     def _evict(self) -> None:
@@ -645,6 +660,8 @@ class Engine:
             "max_ts": int(self.max_ts),
             "segment_events": self.segment_events,
             "segment_windows": self.segment_windows,
+            "segment_due_keys": sorted(self.segment_due_keys),
+            "segment_closed": self.segment_closed,
             "learning": self.learning,
             "scoring": self.scoring,
             "last_ids": dict(self.last_ids),
@@ -693,6 +710,8 @@ class Engine:
         self.max_ts = int(d["max_ts"])
         self.segment_events = int(d["segment_events"])
         self.segment_windows = int(d["segment_windows"])
+        self.segment_due_keys = set(d["segment_due_keys"])
+        self.segment_closed = bool(d["segment_closed"])
         self.learning = bool(d["learning"])
         self.scoring = bool(d["scoring"])
         self.last_ids = dict(d.get("last_ids", {}))

@@ -22,7 +22,7 @@ from streamseq.models import RecurrentForecaster
 __all__ = ["OnlineLearner", "UpdateResult", "Windows"]
 
 
-_FIELDS = ("x", "y", "w", "h0", "lengths", "order")
+_FIELDS = ("x", "y", "w", "h0", "lengths", "base", "order")
 
 
 @dataclass
@@ -36,16 +36,17 @@ class Windows:
     w: list[np.ndarray] = field(default_factory=list)
     h0: list[np.ndarray] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)
+    base: list[np.ndarray] = field(default_factory=list)
     order: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(sum(len(a) for a in self.lengths))
 
     def append(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, h0: np.ndarray,
-               lengths: np.ndarray, order: np.ndarray) -> None:
+               lengths: np.ndarray, base: np.ndarray, order: np.ndarray) -> None:
         """Add windows; ``order`` is the stream sequence number of the event that made each
         window fall due (the batch is sorted by it, so it never depends on polls)."""
-        for name, a in zip(_FIELDS, (x, y, w, h0, lengths, order), strict=True):
+        for name, a in zip(_FIELDS, (x, y, w, h0, lengths, base, order), strict=True):
             getattr(self, name).append(a)
 
     def take(self) -> tuple[np.ndarray, ...]:
@@ -120,7 +121,7 @@ class OnlineLearner:
         n = len(self.pending)
         if n == 0:
             return UpdateResult(False, 0, math.nan, math.nan)
-        x, y, w, h0, lengths = self.pending.take()
+        x, y, w, h0, lengths, base = self.pending.take()
         self.steps += 1
         model = self.model
         for group in self.optimizer.param_groups:
@@ -138,7 +139,7 @@ class OnlineLearner:
             if model.config.dropout > 0:
                 torch.manual_seed(self.config.seed * 1_000_003 + self.steps)
             self.optimizer.zero_grad(set_to_none=True)
-            pred, _ = model(xt, state, packed)
+            pred, _ = model(xt, state, packed, base=torch.from_numpy(base))
         model.eval()
         sq = (pred - yt).pow(2) * wt
         per_window = sq.flatten(1).sum(1) / wt.flatten(1).sum(1).clamp_min(1e-12)

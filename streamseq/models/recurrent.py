@@ -78,7 +78,8 @@ class RecurrentForecaster(nn.Module):
     def _join(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return torch.cat(state, dim=-1) if isinstance(state, tuple) else state
 
-    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: torch.Tensor, state: torch.Tensor,
+             base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step for a batch of keys, ``x [batch, inputs]`` -> forecasts
         ``[batch, horizon, targets]`` and the new state. Inference only (no dropout): the
         per-event path, with the cell kernels called directly (no module overhead).
@@ -100,16 +101,19 @@ class RecurrentForecaster(nn.Module):
                 layers.append(h)
             inp = h
         delta = self.head(inp).view(x.shape[0], self.config.horizon, self.n_targets)
-        base = (x[:, : self.n_targets] * self.residual_mask).unsqueeze(1)
-        return base + delta, torch.stack(layers)
+        level = x[:, : self.n_targets] if base is None else base
+        return (level * self.residual_mask).unsqueeze(1) + delta, torch.stack(layers)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                lengths: torch.Tensor | None = None,
+                base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``x [batch, time, inputs]`` from ``state``; returns the forecasts
         ``[batch, time, horizon, targets]`` after every step and the final state.
 
         ``lengths`` (CPU int64) marks left-aligned sequences shorter than ``time``: their
-        padded steps do not touch the state and their outputs are meaningless.
+        padded steps do not touch the state and their outputs are meaningless. ``base``
+        ``[batch, time, targets]`` is the value the residual head starts from (default: the
+        first ``targets`` inputs; the engine passes the unclipped scaled values).
         """
         if lengths is not None:
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -119,5 +123,5 @@ class RecurrentForecaster(nn.Module):
             out, new_state = self.rnn(x, self._split(state))
         b, t, _ = out.shape
         delta = self.head(self.drop(out)).view(b, t, self.config.horizon, self.n_targets)
-        base = (x[..., : self.n_targets] * self.residual_mask).unsqueeze(2)
-        return base + delta, self._join(new_state)
+        level = x[..., : self.n_targets] if base is None else base
+        return (level * self.residual_mask).unsqueeze(2) + delta, self._join(new_state)
