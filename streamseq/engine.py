@@ -165,6 +165,7 @@ class Engine:
                       for n in ordered]
         self.codes = np.array([CODES[x] for x in transforms], dtype=np.int64)
         self.target_codes = self.codes[:t]
+        self.level_targets = self.target_codes == CODES["level"]
         self.n_inputs = 2 * v + (1 if cfg.features.dt else 0) + (
             N_CALENDAR if cfg.features.calendar else 0)
         torch.manual_seed(cfg.learner.seed)
@@ -460,7 +461,9 @@ class Engine:
         p = n % self.ring
         A["ring_h"][sl, p] = h0.permute(1, 0, 2).numpy()
         A["ring_x"][sl, p] = x
-        A["ring_y"][sl, p] = base
+        # training targets: levels as wide as the base; returns and sizes winsorized at clip
+        A["ring_y"][sl, p] = np.where(self.level_targets, base,
+                                      np.clip(base, -fc.clip, fc.clip))
         A["ring_m"][sl, p] = ~(miss[:, :t] | unknown[:, :t])
         with torch.no_grad():
             y, h1 = self.model.step(torch.from_numpy(x), h0, torch.from_numpy(base))

@@ -415,7 +415,7 @@ def test_predict_before_any_learn_is_persistence(cell: str, horizon: int) -> Non
     """The head starts at zero: before the first update every forecast is the last value
     (carried forward where missing), for every horizon."""
     events = multi_key_stream(60, keys=3, seed=2, p_missing=0.2)
-    eng = Engine(make_config(cell, horizon, batch_windows=10_000))
+    eng = Engine(make_config(cell, horizon, k1=100, k2=100))  # no window falls due
     out = eng.process(events)
     assert eng.model_version == 0 and eng.stats.updates_applied == 0
     last: dict[str, dict[str, float]] = {}
