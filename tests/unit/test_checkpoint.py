@@ -118,11 +118,12 @@ def _snapshot(tmp: Path, cell: str, horizon: int, layers: int, dropout: float,
     events = _stream(330)
     engine = Engine(config)
     n = 0
-    while True:  # N: a chunk boundary, between update points (or exactly at one)
-        engine.process(events[n:n + CHUNK])
-        n += CHUNK
-        waiting = len(engine.learner.pending) > 0 and engine.segment_events > 0
-        at_update = engine.segment_events == 0 and len(engine.learner.pending) == 0
+    while True:  # N: between update points (windows waiting), or right after one
+        step = CHUNK if n < len(events) // 3 else 1
+        engine.process(events[n:n + step])
+        n += step
+        waiting = len(engine.learner.pending) > 1 and engine.segment_events > 1
+        at_update = engine.segment_events <= 1  # an update point was just reached
         if n >= len(events) // 3 and (waiting if mid_segment else at_update):
             break
         assert n < 2 * len(events) // 3, "no suitable split point"
