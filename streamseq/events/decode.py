@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from streamseq.events.errors import EventError
 from streamseq.events.schema import KINDS, PRICE_FIELDS, Event
 
-__all__ = ["EventDecoder", "decode_json", "parse_time", "MIN_TS_MS", "MAX_TS_MS"]
+__all__ = ["EventDecoder", "decode_json", "load_json_object", "parse_time", "MIN_TS_MS", "MAX_TS_MS"]
 
 KEY_FIELDS = ("key", "sensor_id", "symbol")
 TIME_FIELDS = ("ts", "timestamp", "time", "event_time")
@@ -35,6 +35,29 @@ def _zone(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def load_json_object(payload: bytes | str, max_bytes: int) -> dict[str, object]:
+    """The JSON object of one message, or an :class:`EventError` (``too_large``,
+    ``not_utf8``, ``not_json``, ``not_object``). Shared by every decoder."""
+    if len(payload) > max_bytes:
+        raise EventError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        try:
+            payload = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventError("not_utf8") from None
+    try:
+        doc = json.loads(payload)
+    except RecursionError:
+        raise EventError("not_json", "JSON nesting too deep") from None
+    except json.JSONDecodeError as exc:
+        raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+    except ValueError as exc:  # e.g. an integer literal over Python's digit limit
+        raise EventError("not_json", f"invalid JSON: {str(exc)[:200]}") from None
+    if not isinstance(doc, dict):
+        raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
+    return doc
 
 
 def parse_time(value: object, naive_tz: str | None = "UTC") -> int:
@@ -161,24 +184,7 @@ class EventDecoder:
     # -- JSON -------------------------------------------------------------------------
     def decode(self, payload: bytes | str) -> Event:
         """Decode one JSON message. Raises :class:`EventError` on any bad input."""
-        if len(payload) > self.max_bytes:
-            raise EventError("too_large", f"{len(payload)} bytes > limit {self.max_bytes}")
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            try:
-                payload = bytes(payload).decode("utf-8")
-            except UnicodeDecodeError:
-                raise EventError("not_utf8") from None
-        try:
-            doc = json.loads(payload)
-        except RecursionError:
-            raise EventError("not_json", "JSON nesting too deep") from None
-        except json.JSONDecodeError as exc:
-            raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
-        except ValueError as exc:  # e.g. an integer literal over Python's digit limit
-            raise EventError("not_json", f"invalid JSON: {str(exc)[:200]}") from None
-        if not isinstance(doc, dict):
-            raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
-        return self.from_mapping(doc)
+        return self.from_mapping(load_json_object(payload, self.max_bytes))
 
     def from_mapping(self, doc: Mapping[str, object]) -> Event:
         """Validate a decoded JSON object (see :mod:`streamseq.events.schema` for the layout)."""

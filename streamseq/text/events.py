@@ -16,12 +16,11 @@ the same key by ``id`` (labels usually arrive late). Every failure raises
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from streamseq.events.decode import TIME_FIELDS, parse_time
+from streamseq.events.decode import TIME_FIELDS, load_json_object, parse_time
 from streamseq.events.errors import EventError
 
 __all__ = [
@@ -152,24 +151,7 @@ class TextDecoder:
 
     def decode(self, payload: bytes | str) -> TextEvent | LabelEvent:
         """Decode one JSON message. Raises :class:`EventError` on any bad input."""
-        if len(payload) > self.max_bytes:
-            raise EventError("too_large", f"{len(payload)} bytes > limit {self.max_bytes}")
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            try:
-                payload = bytes(payload).decode("utf-8")
-            except UnicodeDecodeError:
-                raise EventError("not_utf8") from None
-        try:
-            doc = json.loads(payload)
-        except RecursionError:
-            raise EventError("not_json", "JSON nesting too deep") from None
-        except json.JSONDecodeError as exc:
-            raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
-        except ValueError:
-            raise EventError("not_json") from None
-        if not isinstance(doc, dict):
-            raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
-        return self.from_mapping(doc)
+        return self.from_mapping(load_json_object(payload, self.max_bytes))
 
     def from_mapping(self, doc: Mapping[str, object]) -> TextEvent | LabelEvent:
         """Validate a decoded JSON object."""
