@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_model  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Message,
     ServiceProcess,
@@ -69,14 +70,7 @@ REPORT = ROOT / "bench" / "results" / "e2e.md"
 
 # ---------------------------------------------------------------------------- machine
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import kafka
     import torch
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.common import cpu_model
 from streamseq.config import EngineConfig, LearnerConfig, ModelConfig
 from streamseq.engine import Engine
 from streamseq.events import Event
@@ -212,14 +213,7 @@ def profile_lines(prof: cProfile.Profile, top: int = 12) -> tuple[list[str], lis
 
 # ---------------------------------------------------------------------------- machine
 def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     except OSError:

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import cpu_model
 from streamseq.backtest import add_engine_args, engine_config_from_args
 from streamseq.config import EngineConfig
 from streamseq.engine import Engine
@@ -388,14 +389,7 @@ def _curve(err: np.ndarray, points: int = 400) -> list[float]:
 def machine() -> dict[str, Any]:
     import os
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from bench.common import cpu_model
 from streamseq.text.backtest import TextBacktestOptions, read_text_events
 from streamseq.text.baselines import BigramCharModel, UnigramCharModel
 from streamseq.text.config import ClassifierConfig, LMConfig, TextEngineConfig
@@ -189,14 +190,7 @@ def bench_classifier(paths: Sequence[Path], delays: Sequence[int] = (0,)) -> dic
 
 # -- report ----------------------------------------------------------------------------
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} thread), Python {platform.python_version()}; "
