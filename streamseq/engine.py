@@ -579,11 +579,6 @@ class Engine:
             self.last_ids.pop(key, None)
         self.stats.evicted += len(gone)
 
-    def flush(self) -> list[UpdateResult]:
-        """Nothing to flush: windows wait for their stream-defined update point. Kept for
-        symmetry with sinks; returns no updates."""
-        return []
-
     # ------------------------------------------------------------------ offline warm-up
     def fit_scaler(self, events: Sequence[Event]) -> None:
         """Fixed scaling: set each key's statistics from ``events`` and freeze them."""
