@@ -10,6 +10,7 @@ used instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -83,8 +84,13 @@ class LocalCheckpointStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
-        for stale in self.directory.glob(".*.ckpt.tmp"):  # a write cut short by a crash
-            stale.unlink(missing_ok=True)
+        # writes cut short by a crash; other processes may share the directory (scale-out),
+        # so only leftovers older than an hour are removed, never a write in progress
+        cutoff = time.time() - 3600
+        for stale in self.directory.glob(".*.ckpt.*.tmp"):
+            with contextlib.suppress(OSError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
 
     def _files(self, name: str) -> list[Path]:
         pattern = re.compile(re.escape(name) + r"\.(\d{20})\.ckpt$")
@@ -99,7 +105,7 @@ class LocalCheckpointStore:
         files = self._files(name)
         gen = int(files[0].name.rsplit(".", 2)[1]) + 1 if files else time.time_ns()
         final = self.directory / f"{name}.{gen:020d}.ckpt"
-        tmp = self.directory / f".{final.name}.tmp"
+        tmp = self.directory / f".{final.name}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
