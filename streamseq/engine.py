@@ -101,6 +101,8 @@ class EngineOutput:
         policy (duplicate, late).
     updates
         Update points reached during the call.
+    drift_events, evicted
+        Drift detections and keys evicted during the call (increments, for metrics).
     """
 
     index: np.ndarray
@@ -113,6 +115,8 @@ class EngineOutput:
     rejected: list[tuple[int, EventError]] = field(default_factory=list)
     dropped: list[tuple[int, str]] = field(default_factory=list)
     updates: list[UpdateResult] = field(default_factory=list)
+    drift_events: int = 0
+    evicted: int = 0
 
 
 class Engine:
@@ -453,7 +457,7 @@ class Engine:
                 out.err_persistence[pos, j - 1] = np.where(ok, ep, np.nan)
                 out.scale[pos, j - 1] = sc
                 if j == 1:
-                    self._score_z(sl, ok, em_ok, ep_ok, sc, rows)
+                    self._score_z(sl, ok, em_ok, ep_ok, sc, rows, out)
 
         # (2) advance the hidden state and forecast
         sl_t = torch.from_numpy(sl)
@@ -505,7 +509,7 @@ class Engine:
                 self._capture(sl[due], m[due], seqs[due])
 
     def _score_z(self, sl: np.ndarray, ok: np.ndarray, em: np.ndarray, ep: np.ndarray,
-                 sc: np.ndarray, rows: np.ndarray) -> None:
+                 sc: np.ndarray, rows: np.ndarray, out: EngineOutput) -> None:
         zm = np.abs(em) / sc
         zp = np.abs(ep) / sc
         cnt = ok.sum(axis=1)
@@ -520,6 +524,7 @@ class Engine:
         for slot, e, c in zip(sl.tolist(), per_key.tolist(), cnt.tolist(), strict=True):
             if c and self.drift.update(slot, e):
                 self.stats.drift_events += 1
+                out.drift_events += 1
                 if dcfg.action == "reset":
                     reset.append(slot)
                 elif dcfg.action == "boost_lr" and self.value_names is not None:
@@ -561,14 +566,14 @@ class Engine:
         self.segment_windows = 0
         self.segment_due_keys.clear()
         self.segment_closed = False
-        self._evict()
+        out.evicted += self._evict()
 
-    def _evict(self) -> None:
+    def _evict(self) -> int:
         sc = self.config.state
         ttl = None if sc.idle_ttl_s is None else int(sc.idle_ttl_s * 1000)
         slots = self.table.eviction_candidates(sc.max_keys, ttl, int(self.max_ts))
         if slots.size == 0:
-            return
+            return 0
         assert self.evicted_totals is not None
         A = self.table.arrays
         self.evicted_totals.add(ErrorTotals.from_arrays(
@@ -578,6 +583,7 @@ class Engine:
         for key in gone:
             self.last_ids.pop(key, None)
         self.stats.evicted += len(gone)
+        return len(gone)
 
     # ------------------------------------------------------------------ offline warm-up
     def fit_scaler(self, events: Sequence[Event]) -> None:
