@@ -1,0 +1,481 @@
+"""Compiled GRU/LSTM kernels: one key's step, windows' forward + backward, optimizer steps.
+
+The torch module :class:`~streamseq.models.RecurrentForecaster` is the reference; these
+numba kernels compute the same function on one flat float32 parameter vector (the module's
+parameters, in their order and layout, see :class:`ParamLayout`) and are tested against
+torch autograd (tests/unit/test_kernels.py).
+
+Two properties matter beyond speed:
+
+* **A key's numbers do not depend on its company.** Every matrix-vector product runs per
+  key and accumulates ``out += W[:, k] * x[k]`` over ``k`` in a fixed order (vectorised
+  over the outputs, never reassociating a sum), so a key's forecast is bit-identical
+  whichever other keys share the call and however the stream was cut into polls.
+* **An update is a function of its windows.** Windows are processed one after another in
+  the order given (the stream's order), gradients accumulate in that order.
+
+The weights are read in two layouts: ``theta`` (torch's, ``[out, in]`` row-major, the one
+the optimizer updates and checkpoints store) and ``theta_t`` (every matrix transposed,
+``[in, out]``, rebuilt after each optimizer step) so that both the forward products
+(columns of ``W``) and the backward products (rows of ``W``) walk contiguous memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+__all__ = ["GRU", "LSTM", "ParamLayout", "cell_step", "window_gradients", "adam_step",
+           "sgd_step", "transpose_into", "clip_gradients", "forecast_head"]
+
+GRU, LSTM = 0, 1
+_JIT = {"cache": True, "error_model": "numpy", "nogil": True}
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Where each weight of a stacked GRU/LSTM + linear head sits in the flat vector.
+
+    The order is that of ``RecurrentForecaster.parameters()``: per layer ``weight_ih``,
+    ``weight_hh``, ``bias_ih``, ``bias_hh``, then ``head.weight`` and ``head.bias``.
+
+    Examples
+    --------
+    >>> lay = ParamLayout.build("gru", layers=2, hidden=4, inputs=3, outputs=1)
+    >>> lay.offsets.tolist()  # [w_ih, w_hh, b_ih, b_hh] per layer
+    [[0, 36, 84, 96], [108, 156, 204, 216]]
+    >>> lay.head_offsets, lay.size
+    ((228, 232), 233)
+    """
+
+    cell: int
+    layers: int
+    hidden: int
+    inputs: int
+    outputs: int
+    offsets: np.ndarray  # [layers, 4] into theta
+    t_offsets: np.ndarray  # [layers, 2] into theta_t: w_ih^T, w_hh^T
+    head_offsets: tuple[int, int]  # head weight, head bias into theta
+    head_t_offset: int  # head weight^T into theta_t
+    size: int
+    t_size: int
+
+    @classmethod
+    def build(cls, cell: str, layers: int, hidden: int, inputs: int,
+              outputs: int) -> ParamLayout:
+        gates = (4 if cell == "lstm" else 3) * hidden
+        offs = np.zeros((layers, 4), dtype=np.int64)
+        toffs = np.zeros((layers, 2), dtype=np.int64)
+        at = t_at = 0
+        for layer in range(layers):
+            n_in = inputs if layer == 0 else hidden
+            offs[layer] = (at, at + gates * n_in, at + gates * (n_in + hidden),
+                           at + gates * (n_in + hidden) + gates)
+            at += gates * (n_in + hidden) + 2 * gates
+            toffs[layer] = (t_at, t_at + gates * n_in)
+            t_at += gates * (n_in + hidden)
+        head = (at, at + outputs * hidden)
+        size = at + outputs * hidden + outputs
+        return cls(LSTM if cell == "lstm" else GRU, layers, hidden, inputs, outputs, offs,
+                   toffs, head, t_at, size, t_at + outputs * hidden)
+
+    @property
+    def gates(self) -> int:
+        return (4 if self.cell == LSTM else 3) * self.hidden
+
+    @property
+    def state_size(self) -> int:
+        return self.hidden * (2 if self.cell == LSTM else 1)
+
+    def transpose(self, theta: np.ndarray, theta_t: np.ndarray) -> None:
+        """Rebuild ``theta_t`` (every matrix transposed) from ``theta``."""
+        transpose_into(theta, theta_t, self.offsets, self.t_offsets, self.gates, self.hidden,
+                       self.inputs, self.head_offsets[0], self.head_t_offset, self.outputs)
+
+
+# ---------------------------------------------------------------------------- helpers
+@nb.njit(**_JIT)
+def transpose_into(theta: np.ndarray, theta_t: np.ndarray, offs: np.ndarray,
+                   toffs: np.ndarray, gates: int, hidden: int, inputs: int, head_off: int,
+                   head_t_off: int, outputs: int) -> None:
+    for layer in range(offs.shape[0]):
+        n_in = inputs if layer == 0 else hidden
+        for part, k_dim in ((0, n_in), (1, hidden)):
+            src = theta[offs[layer, part]:offs[layer, part] + gates * k_dim].reshape(gates, k_dim)
+            dst = theta_t[toffs[layer, part]:toffs[layer, part] + gates * k_dim].reshape(
+                k_dim, gates)
+            for j in range(gates):
+                for k in range(k_dim):
+                    dst[k, j] = src[j, k]
+    src = theta[head_off:head_off + outputs * hidden].reshape(outputs, hidden)
+    dst = theta_t[head_t_off:head_t_off + outputs * hidden].reshape(hidden, outputs)
+    for o in range(outputs):
+        for k in range(hidden):
+            dst[k, o] = src[o, k]
+
+
+@nb.njit(inline="always", **_JIT)
+def _sigmoid(v: float) -> float:
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+
+
+@nb.njit(inline="always", **_JIT)
+def _accumulate(acc: np.ndarray, w_t: np.ndarray, x: np.ndarray) -> None:
+    """``acc += W x`` with ``w_t = W^T``, one column at a time (fixed order over k)."""
+    for k in range(x.shape[0]):
+        xk = x[k]
+        row = w_t[k]
+        for j in range(acc.shape[0]):
+            acc[j] += row[j] * xk
+
+
+@nb.njit(**_JIT)
+def _layer_forward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
+                   c_prev: np.ndarray, w_ih_t: np.ndarray, w_hh_t: np.ndarray,
+                   b_ih: np.ndarray, b_hh: np.ndarray, gi: np.ndarray, gh: np.ndarray,
+                   h_out: np.ndarray, c_out: np.ndarray, acts: np.ndarray) -> None:
+    """One layer, one step. ``acts`` receives what the backward pass needs:
+    GRU ``[r, z, n, W_hn h + b_hn]``, LSTM ``[i, f, g, o]`` (each ``hidden`` long)."""
+    gi[:] = b_ih
+    gh[:] = b_hh
+    _accumulate(gi, w_ih_t, inp)
+    _accumulate(gh, w_hh_t, h_prev)
+    hd = hidden
+    if cell == GRU:
+        for j in range(hd):
+            r = _sigmoid(gi[j] + gh[j])
+            z = _sigmoid(gi[hd + j] + gh[hd + j])
+            n = np.tanh(gi[2 * hd + j] + r * gh[2 * hd + j])
+            h_out[j] = (np.float32(1.0) - z) * n + z * h_prev[j]
+            acts[j] = r
+            acts[hd + j] = z
+            acts[2 * hd + j] = n
+            acts[3 * hd + j] = gh[2 * hd + j]
+    else:
+        for j in range(hd):
+            i = _sigmoid(gi[j] + gh[j])
+            f = _sigmoid(gi[hd + j] + gh[hd + j])
+            g = np.tanh(gi[2 * hd + j] + gh[2 * hd + j])
+            o = _sigmoid(gi[3 * hd + j] + gh[3 * hd + j])
+            c = f * c_prev[j] + i * g
+            c_out[j] = c
+            h_out[j] = o * np.tanh(c)
+            acts[j] = i
+            acts[hd + j] = f
+            acts[2 * hd + j] = g
+            acts[3 * hd + j] = o
+
+
+@nb.njit(**_JIT)
+def cell_step(cell: int, hidden: int, x: np.ndarray, state: np.ndarray, theta: np.ndarray,
+              theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray,
+              scratch: np.ndarray) -> None:
+    """Advance one key's ``state [layers, state_size]`` by input ``x`` in place (inference).
+
+    ``scratch`` is a float32 work area of at least ``12 * hidden + len(x)`` (reused across
+    calls). The top layer's new ``h`` is ``state[-1, :hidden]``.
+    """
+    gates = (4 if cell == LSTM else 3) * hidden
+    gi = scratch[:gates]
+    gh = scratch[gates:2 * gates]
+    acts = scratch[2 * gates:2 * gates + 4 * hidden]
+    h_new = scratch[2 * gates + 4 * hidden:2 * gates + 5 * hidden]
+    c_new = scratch[2 * gates + 5 * hidden:2 * gates + 6 * hidden]
+    inp = x
+    n_in = x.shape[0]
+    for layer in range(state.shape[0]):
+        w_ih_t = theta_t[toffs[layer, 0]:toffs[layer, 0] + n_in * gates].reshape(n_in, gates)
+        w_hh_t = theta_t[toffs[layer, 1]:toffs[layer, 1] + hidden * gates].reshape(hidden, gates)
+        b_ih = theta[offs[layer, 2]:offs[layer, 2] + gates]
+        b_hh = theta[offs[layer, 3]:offs[layer, 3] + gates]
+        h_prev = state[layer, :hidden]
+        c_prev = state[layer, hidden:]
+        _layer_forward(cell, hidden, inp, h_prev, c_prev, w_ih_t, w_hh_t, b_ih, b_hh, gi, gh,
+                       h_new, c_new, acts)
+        state[layer, :hidden] = h_new
+        if cell == LSTM:
+            state[layer, hidden:] = c_new
+        inp = state[layer, :hidden]
+        n_in = hidden
+
+
+@nb.njit(**_JIT)
+def forecast_head(top: np.ndarray, theta: np.ndarray, theta_t: np.ndarray, head_off: int,
+                  head_t_off: int, out: np.ndarray) -> None:
+    """``out = head.bias + head.weight @ top`` (fixed order, per key)."""
+    n_out = out.shape[0]
+    hidden = top.shape[0]
+    out[:] = theta[head_off + n_out * hidden:head_off + n_out * hidden + n_out]
+    w_t = theta_t[head_t_off:head_t_off + hidden * n_out].reshape(hidden, n_out)
+    _accumulate(out, w_t, top)
+
+
+# ---------------------------------------------------------------------------- training
+@nb.njit(**_JIT)
+def _layer_backward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
+                    c_prev: np.ndarray, c_new: np.ndarray, acts: np.ndarray, dh: np.ndarray,
+                    dc: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, g_w_ih: np.ndarray,
+                    g_w_hh: np.ndarray, g_b_ih: np.ndarray, g_b_hh: np.ndarray,
+                    dgi: np.ndarray, dgh: np.ndarray, d_inp: np.ndarray, dh_prev: np.ndarray,
+                    dc_prev: np.ndarray) -> None:
+    """Backward of one layer step. ``dh`` (and ``dc`` for LSTM) is the gradient of the
+    layer's new state; writes ``d_inp``, ``dh_prev``, ``dc_prev`` and accumulates the
+    weight gradients (torch layout)."""
+    hd = hidden
+    one = np.float32(1.0)
+    if cell == GRU:
+        for j in range(hd):
+            r, z, n, ghn = acts[j], acts[hd + j], acts[2 * hd + j], acts[3 * hd + j]
+            d_n = dh[j] * (one - z) * (one - n * n)
+            d_z = dh[j] * (h_prev[j] - n) * z * (one - z)
+            d_r = d_n * ghn * r * (one - r)
+            dgi[j] = d_r
+            dgi[hd + j] = d_z
+            dgi[2 * hd + j] = d_n
+            dgh[j] = d_r
+            dgh[hd + j] = d_z
+            dgh[2 * hd + j] = d_n * r
+            dh_prev[j] = dh[j] * z
+    else:
+        for j in range(hd):
+            i, f, g, o = acts[j], acts[hd + j], acts[2 * hd + j], acts[3 * hd + j]
+            tc = np.tanh(c_new[j])
+            d_c = dc[j] + dh[j] * o * (one - tc * tc)
+            dgi[j] = d_c * g * i * (one - i)
+            dgi[hd + j] = d_c * c_prev[j] * f * (one - f)
+            dgi[2 * hd + j] = d_c * i * (one - g * g)
+            dgi[3 * hd + j] = dh[j] * tc * o * (one - o)
+            dc_prev[j] = d_c * f
+            dh_prev[j] = 0.0
+        dgh[:] = dgi
+    gates = dgi.shape[0]
+    n_in = inp.shape[0]
+    d_inp[:n_in] = 0.0
+    for j in range(gates):
+        a = dgi[j]
+        b = dgh[j]
+        g_b_ih[j] += a
+        g_b_hh[j] += b
+        row_ih = w_ih[j]
+        grow_ih = g_w_ih[j]
+        for k in range(n_in):
+            d_inp[k] += row_ih[k] * a
+            grow_ih[k] += a * inp[k]
+        row_hh = w_hh[j]
+        grow_hh = g_w_hh[j]
+        for k in range(hd):
+            dh_prev[k] += row_hh[k] * b
+            grow_hh[k] += b * h_prev[k]
+
+
+@nb.njit(**_JIT)
+def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+                     h0: np.ndarray, lengths: np.ndarray, base: np.ndarray,
+                     residual: np.ndarray, theta: np.ndarray, theta_t: np.ndarray,
+                     offs: np.ndarray, toffs: np.ndarray, head_off: int, head_t_off: int,
+                     drop_layers: np.ndarray, drop_head: np.ndarray,
+                     grad: np.ndarray) -> float:
+    """Loss of TBPTT windows and its gradient (accumulated into ``grad``, torch layout).
+
+    Shapes: ``x [n, T, F]``, targets ``y`` and loss weights ``w`` ``[n, T, O]`` (``O`` =
+    horizon x targets, horizon-major), start states ``h0 [n, layers, state]``, valid
+    ``lengths [n]``, residual bases ``base [n, T, targets]`` times ``residual [targets]``.
+    ``drop_layers [n, T, layers, hidden]`` and ``drop_head [n, T, hidden]`` are dropout
+    masks (already scaled by ``1 / (1 - p)``), or arrays with a zero first axis for none.
+
+    The loss is the mean over windows with any weight of each window's weighted mean
+    squared error; windows are processed in the given order.
+    """
+    n, T, F = x.shape
+    layers = h0.shape[1]
+    n_out = y.shape[2]
+    n_targets = base.shape[2]
+    gates = (4 if cell == LSTM else 3) * hidden
+    max_in = max(F, hidden)
+    dropout = drop_head.shape[0] > 0
+    # per-window weight sums: the loss averages windows that carry any weight
+    wsum = np.zeros(n)
+    has = 0
+    for i in range(n):
+        s = 0.0
+        for t in range(lengths[i]):
+            for o in range(n_out):
+                s += w[i, t, o]
+        wsum[i] = s
+        if s > 0:
+            has += 1
+    if has == 0:
+        return 0.0
+    inp_st = np.zeros((T, layers, max_in), np.float32)
+    hprev_st = np.zeros((T, layers, hidden), np.float32)
+    cprev_st = np.zeros((T, layers, hidden), np.float32)
+    cnew_st = np.zeros((T, layers, hidden), np.float32)
+    acts_st = np.zeros((T, layers, 4 * hidden), np.float32)
+    top_st = np.zeros((T, hidden), np.float32)
+    dpred = np.zeros((T, n_out), np.float32)
+    gi = np.zeros(gates, np.float32)
+    gh = np.zeros(gates, np.float32)
+    dgi = np.zeros(gates, np.float32)
+    dgh = np.zeros(gates, np.float32)
+    h_cur = np.zeros((layers, hidden), np.float32)
+    c_cur = np.zeros((layers, hidden), np.float32)
+    dh_rec = np.zeros((layers, hidden), np.float32)
+    dc_rec = np.zeros((layers, hidden), np.float32)
+    d_inp = np.zeros(max_in, np.float32)
+    dh_prev = np.zeros(hidden, np.float32)
+    dc_prev = np.zeros(hidden, np.float32)
+    dh = np.zeros(hidden, np.float32)
+    pred = np.zeros(n_out, np.float32)
+    head_w = theta[head_off:head_off + n_out * hidden].reshape(n_out, hidden)
+    head_w_t = theta_t[head_t_off:head_t_off + hidden * n_out].reshape(hidden, n_out)
+    head_b = theta[head_off + n_out * hidden:head_off + n_out * hidden + n_out]
+    g_head_w = grad[head_off:head_off + n_out * hidden].reshape(n_out, hidden)
+    g_head_b = grad[head_off + n_out * hidden:head_off + n_out * hidden + n_out]
+    total = 0.0
+    for i in range(n):
+        if wsum[i] <= 0:
+            continue
+        length = lengths[i]
+        scale = np.float32(2.0 / (wsum[i] * has))
+        for layer in range(layers):
+            h_cur[layer] = h0[i, layer, :hidden]
+            if cell == LSTM:
+                c_cur[layer] = h0[i, layer, hidden:]
+        loss_i = 0.0
+        # ---- forward, keeping what the backward pass needs
+        for t in range(length):
+            n_in = F
+            inp_st[t, 0, :F] = x[i, t]
+            for layer in range(layers):
+                w_ih_t = theta_t[toffs[layer, 0]:toffs[layer, 0] + n_in * gates].reshape(
+                    n_in, gates)
+                w_hh_t = theta_t[toffs[layer, 1]:toffs[layer, 1] + hidden * gates].reshape(
+                    hidden, gates)
+                hprev_st[t, layer] = h_cur[layer]
+                cprev_st[t, layer] = c_cur[layer]
+                _layer_forward(cell, hidden, inp_st[t, layer, :n_in], hprev_st[t, layer],
+                               cprev_st[t, layer], w_ih_t, w_hh_t,
+                               theta[offs[layer, 2]:offs[layer, 2] + gates],
+                               theta[offs[layer, 3]:offs[layer, 3] + gates], gi, gh,
+                               h_cur[layer], c_cur[layer], acts_st[t, layer])
+                cnew_st[t, layer] = c_cur[layer]
+                if layer + 1 < layers:
+                    for k in range(hidden):
+                        v = h_cur[layer, k]
+                        inp_st[t, layer + 1, k] = v * drop_layers[i, t, layer, k] if dropout else v
+                n_in = hidden
+            for k in range(hidden):
+                v = h_cur[layers - 1, k]
+                top_st[t, k] = v * drop_head[i, t, k] if dropout else v
+            pred[:] = head_b
+            _accumulate(pred, head_w_t, top_st[t])
+            for o in range(n_out):
+                p = pred[o] + base[i, t, o % n_targets] * residual[o % n_targets]
+                wt = w[i, t, o]
+                err = p - y[i, t, o]
+                loss_i += wt * err * err
+                dpred[t, o] = scale * wt * err
+        total += loss_i / wsum[i]
+        # ---- backward through time
+        dh_rec[:] = 0.0
+        dc_rec[:] = 0.0
+        for t in range(length - 1, -1, -1):
+            dh[:] = 0.0
+            for o in range(n_out):
+                d = dpred[t, o]
+                if d != 0.0:
+                    g_head_b[o] += d
+                    row = head_w[o]
+                    grow = g_head_w[o]
+                    for k in range(hidden):
+                        dh[k] += row[k] * d
+                        grow[k] += d * top_st[t, k]
+            if dropout:
+                for k in range(hidden):
+                    dh[k] *= drop_head[i, t, k]
+            for layer in range(layers - 1, -1, -1):
+                n_in = F if layer == 0 else hidden
+                for k in range(hidden):
+                    dh[k] += dh_rec[layer, k]
+                o_ih, o_hh, o_bih, o_bhh = offs[layer, 0], offs[layer, 1], offs[layer, 2], \
+                    offs[layer, 3]
+                _layer_backward(cell, hidden, inp_st[t, layer, :n_in], hprev_st[t, layer],
+                                cprev_st[t, layer], cnew_st[t, layer], acts_st[t, layer], dh,
+                                dc_rec[layer],
+                                theta[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
+                                theta[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
+                                grad[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
+                                grad[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
+                                grad[o_bih:o_bih + gates], grad[o_bhh:o_bhh + gates],
+                                dgi, dgh, d_inp, dh_prev, dc_prev)
+                dh_rec[layer] = dh_prev
+                if cell == LSTM:
+                    dc_rec[layer] = dc_prev
+                if layer > 0:
+                    for k in range(hidden):
+                        v = d_inp[k]
+                        dh[k] = v * drop_layers[i, t, layer - 1, k] if dropout else v
+    return total / has
+
+
+# ---------------------------------------------------------------------------- optimizers
+@nb.njit(**_JIT)
+def clip_gradients(grad: np.ndarray, max_norm: float) -> float:
+    """Scale ``grad`` so that its L2 norm is at most ``max_norm`` (torch's
+    ``clip_grad_norm_`` rule, coefficient ``max_norm / (norm + 1e-6)``); returns the norm
+    before clipping (``nan``/``inf`` when a gradient is not finite; nothing is scaled)."""
+    s = 0.0
+    for k in range(grad.shape[0]):
+        g = np.float64(grad[k])
+        s += g * g
+    norm = math.sqrt(s)
+    if not math.isfinite(norm):
+        return norm
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        c = np.float32(coef)
+        for k in range(grad.shape[0]):
+            grad[k] *= c
+    return norm
+
+
+@nb.njit(**_JIT)
+def adam_step(theta: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
+              exp_avg_sq: np.ndarray, step: int, lr: float, beta1: float, beta2: float,
+              eps: float, weight_decay: float, decoupled: bool) -> None:
+    """One Adam (``decoupled``: AdamW) step on the flat vector, torch's formula; ``step``
+    counts this step (1 for the first)."""
+    bc1 = 1.0 - beta1 ** step
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    step_size = np.float32(lr / bc1)
+    b1, b2 = np.float32(beta1), np.float32(beta2)
+    one = np.float32(1.0)
+    wd = np.float32(weight_decay)
+    decay = np.float32(1.0 - lr * weight_decay)
+    inv_bc2 = np.float32(bc2_sqrt)
+    e = np.float32(eps)
+    for k in range(theta.shape[0]):
+        g = grad[k]
+        p = theta[k]
+        if weight_decay != 0.0:
+            if decoupled:
+                p = p * decay
+            else:
+                g = g + wd * p
+        m = exp_avg[k] + (one - b1) * (g - exp_avg[k])
+        v = exp_avg_sq[k] * b2 + (one - b2) * g * g
+        exp_avg[k] = m
+        exp_avg_sq[k] = v
+        theta[k] = p - step_size * m / (np.sqrt(v) / inv_bc2 + e)
+
+
+@nb.njit(**_JIT)
+def sgd_step(theta: np.ndarray, grad: np.ndarray, lr: float, weight_decay: float) -> None:
+    """Plain SGD (no momentum) with L2 weight decay, torch's formula."""
+    a = np.float32(lr)
+    wd = np.float32(weight_decay)
+    for k in range(theta.shape[0]):
+        theta[k] -= a * (grad[k] + wd * theta[k])
