@@ -310,7 +310,7 @@ class ProtocolRun:
         eng = copy.deepcopy(model)
         eng.reset_streams()
         if len(eng.learner.pending):
-            eng.learner.pending.take()  # windows of the warm-up left before an update point
+            eng.learner.pending.clear()  # windows of the warm-up left before an update point
         h, c = self.split.horizon, len(self.table.names)
         yhat_rows = np.full((len(self.table), h, c), np.nan)
         # learning starts with the window of origin first_target - 1 (all its targets are in

@@ -54,7 +54,7 @@ import numpy as np
 
 from bench.online_protocol import machine
 from streamseq.backtest import add_engine_args, engine_config_from_args
-from streamseq.config import EngineConfig
+from streamseq.config import EngineConfig, StateConfig
 from streamseq.engine import Engine
 from streamseq.events.decode import parse_time
 from streamseq.events.schema import Event
@@ -114,7 +114,7 @@ DATASETS: dict[str, DatasetSpec] = {
                          ("price",), time_col="timestamp_ny", tz="America/New_York",
                          start="2013-10-07 09:30:00", drop_col="suspicious",
                          note="SPY trade ticks from the 2013-10-07 open (suspicious dropped, "
-                              "repeated same-ms same-price trades dropped)"),
+                              "repeated same-ms same-price trades dropped, as the engine's duplicate policy does)"),
     "hourly": DatasetSpec("hourly", "price",
                           ("price/lean_equity_hourly/SPY.csv.gz",
                            "price/lean_equity_hourly/AAPL.csv.gz"),
@@ -212,7 +212,8 @@ def _iter_rows(spec: DatasetSpec, path: Path, rows: int) -> Iterator[Event]:
         t_i = ix[spec.time_col] if spec.time_col else None
         n = 0
         last_ts: int | None = None
-        last_vals: dict[str, float | None] | None = None
+        recent: deque[tuple[int, dict[str, float | None]]] = deque(
+            maxlen=StateConfig().recent_events)
         for row in reader:
             if not row:
                 continue
@@ -236,9 +237,10 @@ def _iter_rows(spec: DatasetSpec, path: Path, rows: int) -> Iterator[Event]:
             if all(v is None for v in vals.values()):
                 continue  # nothing to learn (the engine would reject it too)
             # the engine's ordering policy, applied up front so every method sees the same
-            if last_ts is not None and (ts < last_ts or (ts == last_ts and vals == last_vals)):
+            if last_ts is not None and (ts < last_ts or (ts, vals) in recent):
                 continue
-            last_ts, last_vals = ts, vals
+            last_ts = ts
+            recent.append((ts, vals))
             yield Event(spec.kind, key, ts, vals)
             n += 1
             if n >= rows:

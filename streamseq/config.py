@@ -128,16 +128,27 @@ class LearnerConfig:
 
 @dataclass(frozen=True)
 class DriftConfig:
-    """Drift detection on each key's absolute one-step error (river ADWIN)."""
+    """Drift detection on each key's scaled absolute one-step error: Page-Hinkley (river's
+    ``drift.PageHinkley`` semantics; ``delta``, ``threshold``, ``alpha``,
+    ``min_instances`` are its parameters), vectorised over keys. ``action`` on a
+    detection: ``reset`` the key's recurrent state, or ``boost_lr`` for a while."""
 
-    detector: str = "adwin"
-    delta: float = 0.002
+    detector: str = "page_hinkley"
+    delta: float = 0.005
+    threshold: float = 50.0
+    alpha: float = 1 - 0.0001
+    min_instances: int = 30
     action: str = "none"
     boost_factor: float = 3.0
     boost_updates: int = 50
 
     def __post_init__(self) -> None:
-        _check(self.detector in ("adwin", "none"), "drift detector must be adwin or none")
+        _check(self.detector != "adwin", "drift detector 'adwin' was replaced by "
+                                         "'page_hinkley' (per-key arrays, engine v2)")
+        _check(self.detector in ("page_hinkley", "none"),
+               "drift detector must be page_hinkley or none")
+        _check(self.threshold > 0 and 0 < self.alpha <= 1 and self.min_instances >= 1,
+               "drift: need threshold > 0, 0 < alpha <= 1, min_instances >= 1")
         _check(self.action in ("none", "reset", "boost_lr"), "drift action: none|reset|boost_lr")
 
 
@@ -147,17 +158,20 @@ class StateConfig:
 
     ``idle_ttl_s`` and ``max_keys`` evict keys (checked at update points, on event time);
     an event older than its key's last one by more than ``late_tolerance_ms`` is dropped as
-    ``late``; an event with the same time and values as its key's last one, or with the same
-    ``id`` as its key's last event that had one, is dropped as ``duplicate``. Events older
-    than the key's last one but inside the tolerance are applied (not reordered) with dt = 0.
+    ``late``; an event with the same time and values as one of its key's last
+    ``recent_events`` applied events, or with the id of one of its key's last
+    ``recent_events`` identified events, is dropped as ``duplicate``. Events older than the
+    key's newest but inside the tolerance are applied (not reordered) with dt = 0.
     """
 
     max_keys: int = 100_000
     idle_ttl_s: float | None = None
     late_tolerance_ms: int = 0
+    recent_events: int = 4
 
     def __post_init__(self) -> None:
         _check(self.max_keys >= 1, "max_keys must be >= 1")
+        _check(1 <= self.recent_events <= 64, "recent_events must be in 1..64")
         _check(self.late_tolerance_ms >= 0, "late_tolerance_ms must be >= 0")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streamseq.evaluation.drift import DriftMonitor
+from streamseq.evaluation.drift import DriftDetector
 from streamseq.evaluation.metrics import ErrorTotals, summarize
+from streamseq.evaluation.scoring import Scoring
 
-__all__ = ["DriftMonitor", "ErrorTotals", "summarize"]
+__all__ = ["DriftDetector", "ErrorTotals", "Scoring", "summarize"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from streamseq.learner.tbptt import OnlineLearner, UpdateResult, Windows
+from streamseq.learner.tbptt import OnlineLearner, UpdateResult
+from streamseq.learner.windows import PendingWindows, WindowRings
 
-__all__ = ["OnlineLearner", "UpdateResult", "Windows"]
+__all__ = ["OnlineLearner", "PendingWindows", "UpdateResult", "WindowRings"]

@@ -1,73 +1,33 @@
-"""Truncated BPTT over windows that fell due, batched across keys.
+"""Truncated BPTT over the windows that fell due, batched across keys.
 
-A window is captured (copied out of the key's ring buffers) when it falls due and learned
-at the shard's next update point, where all captured windows run as one batch from their
-stored start states. Between update points the weights do not change, so capturing early
-and learning late gives the same result as learning at once (see DESIGN.md).
+Windows are captured when they fall due (:mod:`streamseq.learner.windows`) and learned at
+the shard's next update point, all of them in one optimizer step from their stored start
+states. Between update points the weights do not change, so capturing early and learning
+late gives the same result as learning at once (see DESIGN.md).
+
+One update: the compiled forward + backward of every window (in stream order,
+:func:`~streamseq.models.kernels.window_gradients`), a NaN/inf guard, gradient-norm
+clipping and one Adam/AdamW/SGD step on the flat weight vector. The result is a function
+of the windows and the weights only.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from streamseq.config import LearnerConfig
-from streamseq.models import RecurrentForecaster
+from streamseq.learner.windows import PendingWindows
+from streamseq.models.flat import FlatWeights
+from streamseq.models.kernels import adam_step, clip_gradients, sgd_step, window_gradients
 
-__all__ = ["OnlineLearner", "UpdateResult", "Windows"]
+__all__ = ["OnlineLearner", "UpdateResult"]
 
-
-_FIELDS = ("x", "y", "w", "h0", "lengths", "base", "order")
-
-
-@dataclass
-class Windows:
-    """Captured TBPTT windows, left-aligned: inputs ``x [n, k2, F]``, targets
-    ``y [n, k2, H, T]``, loss weights ``w`` (same shape; 0 = not learned), start states
-    ``h0 [n, layers, state]`` and valid ``lengths [n]``."""
-
-    x: list[np.ndarray] = field(default_factory=list)
-    y: list[np.ndarray] = field(default_factory=list)
-    w: list[np.ndarray] = field(default_factory=list)
-    h0: list[np.ndarray] = field(default_factory=list)
-    lengths: list[np.ndarray] = field(default_factory=list)
-    base: list[np.ndarray] = field(default_factory=list)
-    order: list[np.ndarray] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(sum(len(a) for a in self.lengths))
-
-    def append(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, h0: np.ndarray,
-               lengths: np.ndarray, base: np.ndarray, order: np.ndarray) -> None:
-        """Add windows; ``order`` is the stream sequence number of the event that made each
-        window fall due (the batch is sorted by it, so it never depends on polls)."""
-        for name, a in zip(_FIELDS, (x, y, w, h0, lengths, base, order), strict=True):
-            getattr(self, name).append(a)
-
-    def take(self) -> tuple[np.ndarray, ...]:
-        arrays = [np.concatenate(getattr(self, n)) for n in _FIELDS]
-        for n in _FIELDS:
-            setattr(self, n, [])
-        idx = np.argsort(arrays[-1], kind="stable")
-        return tuple(a[idx] for a in arrays[:-1])
-
-    def state_dict(self) -> dict[str, Any]:
-        if not len(self):
-            return {"n": 0}
-        arrays = [np.concatenate(getattr(self, n)) for n in _FIELDS]
-        return {"n": len(self), **{n: torch.from_numpy(a.copy()) for n, a in
-                                   zip(_FIELDS, arrays, strict=True)}}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        for n in _FIELDS:
-            setattr(self, n, [])
-        if d["n"]:
-            self.append(*(d[n].numpy().copy() for n in _FIELDS))
+_BETAS, _EPS = (0.9, 0.999), 1e-8
 
 
 @dataclass(frozen=True)
@@ -81,30 +41,41 @@ class UpdateResult:
 
 
 class OnlineLearner:
-    """Optimizer, pending windows and the update step of one shard.
+    """Optimizer state, pending windows and the update step of one shard.
 
     Parameters
     ----------
-    model
-        The shard's forecaster (its weights are shared by all keys of the shard).
+    weights
+        The shard's weights (shared by all its keys).
     config
         Learning settings (optimizer, lr, clipping, seed).
+    pending
+        Where due windows are captured until the next update point.
+    dropout
+        The model's dropout probability (masks drawn per update from the seed and the
+        update's number, so they are a function of the stream).
+
+    Examples
+    --------
+    >>> from streamseq.config import ModelConfig
+    >>> from streamseq.models import RecurrentForecaster
+    >>> m = RecurrentForecaster(3, 1, ModelConfig(hidden=4))
+    >>> learner = OnlineLearner(FlatWeights(m), LearnerConfig(k1=2, k2=2),
+    ...                         PendingWindows(2, 2, 3, 1, 1, 1, 4))
+    >>> learner.update()  # nothing captured: a no-op
+    UpdateResult(applied=False, windows=0, loss=nan, grad_norm=nan)
     """
 
-    def __init__(self, model: RecurrentForecaster, config: LearnerConfig) -> None:
-        self.model = model
+    def __init__(self, weights: FlatWeights, config: LearnerConfig, pending: PendingWindows,
+                 dropout: float = 0.0) -> None:
+        self.weights = weights
         self.config = config
-        params = list(model.parameters())
-        if config.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=config.lr, weight_decay=config.weight_decay)
-        elif config.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=config.lr,
-                                               weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=config.lr,
-                                              weight_decay=config.weight_decay)
-        self.pending = Windows()
+        self.pending = pending
+        self.dropout = dropout
+        size = weights.layout.size
+        self.grad = np.zeros(size, np.float32)
+        self.exp_avg = np.zeros(size, np.float32)
+        self.exp_avg_sq = np.zeros(size, np.float32)
         self.steps = 0  # update points reached (applied or skipped)
         self.applied = 0
         self.skipped = 0
@@ -116,53 +87,58 @@ class OnlineLearner:
         self.lr_scale = factor
         self.boost_left = updates
 
+    def _dropout_masks(self, x: np.ndarray, layers: int, hidden: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        if self.dropout <= 0:
+            return np.zeros((0, 0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
+        n, steps = x.shape[:2]
+        rng = np.random.default_rng((self.config.seed, self.steps))
+        keep = 1.0 - self.dropout
+        between = (rng.random((n, steps, layers, hidden)) < keep) / keep
+        head = (rng.random((n, steps, hidden)) < keep) / keep
+        return between.astype(np.float32), head.astype(np.float32)
+
     def update(self) -> UpdateResult:
         """Learn from all pending windows in one optimizer step (a no-op without windows)."""
         n = len(self.pending)
         if n == 0:
             return UpdateResult(False, 0, math.nan, math.nan)
-        x, y, w, h0, lengths, base = self.pending.take()
+        x, y, w, h0, lengths, base = self.pending.view()
         self.steps += 1
-        model = self.model
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * (self.lr_scale if self.boost_left > 0 else 1.0)
+        lr = self.config.lr * (self.lr_scale if self.boost_left > 0 else 1.0)
         if self.boost_left > 0:
             self.boost_left -= 1
-        xt = torch.from_numpy(x)
-        yt = torch.from_numpy(y)
-        wt = torch.from_numpy(w)
-        state = torch.from_numpy(h0).permute(1, 0, 2).contiguous()
-        lens = torch.from_numpy(lengths)
-        packed = lens if bool((lens < xt.shape[1]).any()) else None
-        model.train()
-        with torch.random.fork_rng(devices=[], enabled=model.config.dropout > 0):
-            if model.config.dropout > 0:
-                torch.manual_seed(self.config.seed * 1_000_003 + self.steps)
-            self.optimizer.zero_grad(set_to_none=True)
-            pred, _ = model(xt, state, packed, base=torch.from_numpy(base))
-        model.eval()
-        sq = (pred - yt).pow(2) * wt
-        per_window = sq.flatten(1).sum(1) / wt.flatten(1).sum(1).clamp_min(1e-12)
-        has = wt.flatten(1).sum(1) > 0
-        loss = per_window[has].mean() if bool(has.any()) else per_window.sum() * 0.0
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        wts = self.weights
+        lay = wts.layout
+        drop_layers, drop_head = self._dropout_masks(x, lay.layers, lay.hidden)
+        grad = self.grad
+        grad[:] = 0.0
+        loss = window_gradients(lay.cell, lay.hidden, x, y, w, h0, lengths, base, wts.residual,
+                                wts.theta, wts.theta_t, lay.offsets, lay.t_offsets,
+                                lay.head_offsets[0], lay.head_t_offset, drop_layers,
+                                drop_head, grad)
+        self.pending.clear()
+        if not math.isfinite(loss):
             self.skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return UpdateResult(False, n, loss_value, math.nan)
-        loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), self.config.clip_grad))
+            return UpdateResult(False, n, loss, math.nan)
+        grad_norm = clip_gradients(grad, self.config.clip_grad)
         if not math.isfinite(grad_norm):
             self.skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return UpdateResult(False, n, loss_value, grad_norm)
-        self.optimizer.step()
+            return UpdateResult(False, n, loss, grad_norm)
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            sgd_step(wts.theta, grad, lr, cfg.weight_decay)
+        else:
+            adam_step(wts.theta, grad, self.exp_avg, self.exp_avg_sq, self.applied + 1, lr,
+                      _BETAS[0], _BETAS[1], _EPS, cfg.weight_decay, cfg.optimizer == "adamw")
+        wts.refresh()
         self.applied += 1
-        return UpdateResult(True, n, loss_value, grad_norm)
+        return UpdateResult(True, n, loss, grad_norm)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "exp_avg": torch.from_numpy(self.exp_avg.copy()),
+            "exp_avg_sq": torch.from_numpy(self.exp_avg_sq.copy()),
             "pending": self.pending.state_dict(),
             "steps": self.steps,
             "applied": self.applied,
@@ -172,7 +148,8 @@ class OnlineLearner:
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(d["optimizer"])
+        self.exp_avg[:] = d["exp_avg"].numpy()
+        self.exp_avg_sq[:] = d["exp_avg_sq"].numpy()
         self.pending.load_state_dict(d["pending"])
         self.steps = int(d["steps"])
         self.applied = int(d["applied"])

@@ -117,9 +117,38 @@ def transpose_into(theta: np.ndarray, theta_t: np.ndarray, offs: np.ndarray,
             dst[k, o] = src[o, k]
 
 
+_F32 = np.float32
+_TANH_CLAMP = _F32(7.99881172180175781)
+
+
+@nb.njit(inline="always", **_JIT)
+def _tanh(a: float) -> float:
+    """float32 tanh as a rational function (Eigen's ``generic_fast_tanh_float``): plain
+    arithmetic, so loops of it vectorise (libm's ``tanhf`` costs ~25 ns a call here, this
+    ~0.4 ns); within 4e-7 of the exact value."""
+    x = min(max(a, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = x2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
+    p = x2 * p + _F32(-8.60467152213735e-11)
+    p = x2 * p + _F32(5.12229709037114e-08)
+    p = x2 * p + _F32(1.48572235717979e-05)
+    p = x2 * p + _F32(6.37261928875436e-04)
+    p = x2 * p + _F32(4.89352455891786e-03)
+    q = x2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
+    q = x2 * q + _F32(2.26843463243900e-03)
+    q = x2 * q + _F32(4.89352518554385e-03)
+    return a if abs(a) < _F32(0.0004) else x * p / q
+
+
 @nb.njit(inline="always", **_JIT)
 def _sigmoid(v: float) -> float:
-    return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    return _F32(0.5) + _F32(0.5) * _tanh(_F32(0.5) * v)
+
+
+@nb.njit(inline="always", **_JIT)
+def _axpy(y: np.ndarray, a: float, x: np.ndarray) -> None:
+    for k in range(y.shape[0]):
+        y[k] += a * x[k]
 
 
 @nb.njit(inline="always", **_JIT)
@@ -148,7 +177,7 @@ def _layer_forward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
         for j in range(hd):
             r = _sigmoid(gi[j] + gh[j])
             z = _sigmoid(gi[hd + j] + gh[hd + j])
-            n = np.tanh(gi[2 * hd + j] + r * gh[2 * hd + j])
+            n = _tanh(gi[2 * hd + j] + r * gh[2 * hd + j])
             h_out[j] = (np.float32(1.0) - z) * n + z * h_prev[j]
             acts[j] = r
             acts[hd + j] = z
@@ -158,11 +187,11 @@ def _layer_forward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
         for j in range(hd):
             i = _sigmoid(gi[j] + gh[j])
             f = _sigmoid(gi[hd + j] + gh[hd + j])
-            g = np.tanh(gi[2 * hd + j] + gh[2 * hd + j])
+            g = _tanh(gi[2 * hd + j] + gh[2 * hd + j])
             o = _sigmoid(gi[3 * hd + j] + gh[3 * hd + j])
             c = f * c_prev[j] + i * g
             c_out[j] = c
-            h_out[j] = o * np.tanh(c)
+            h_out[j] = o * _tanh(c)
             acts[j] = i
             acts[hd + j] = f
             acts[2 * hd + j] = g
@@ -242,7 +271,7 @@ def _layer_backward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
     else:
         for j in range(hd):
             i, f, g, o = acts[j], acts[hd + j], acts[2 * hd + j], acts[3 * hd + j]
-            tc = np.tanh(c_new[j])
+            tc = _tanh(c_new[j])
             d_c = dc[j] + dh[j] * o * (one - tc * tc)
             dgi[j] = d_c * g * i * (one - i)
             dgi[hd + j] = d_c * c_prev[j] * f * (one - f)
@@ -254,21 +283,16 @@ def _layer_backward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
     gates = dgi.shape[0]
     n_in = inp.shape[0]
     d_inp[:n_in] = 0.0
+    for j in range(gates):  # one output stream per loop: they vectorise
+        g_b_ih[j] += dgi[j]
+        g_b_hh[j] += dgh[j]
     for j in range(gates):
-        a = dgi[j]
-        b = dgh[j]
-        g_b_ih[j] += a
-        g_b_hh[j] += b
-        row_ih = w_ih[j]
-        grow_ih = g_w_ih[j]
-        for k in range(n_in):
-            d_inp[k] += row_ih[k] * a
-            grow_ih[k] += a * inp[k]
-        row_hh = w_hh[j]
-        grow_hh = g_w_hh[j]
-        for k in range(hd):
-            dh_prev[k] += row_hh[k] * b
-            grow_hh[k] += b * h_prev[k]
+        _axpy(g_w_ih[j], dgi[j], inp)
+        _axpy(d_inp[:n_in], dgi[j], w_ih[j])
+    for j in range(gates):
+        _axpy(g_w_hh[j], dgh[j], h_prev)
+    for j in range(gates):
+        _axpy(dh_prev, dgh[j], w_hh[j])
 
 
 @nb.njit(**_JIT)

@@ -1,8 +1,8 @@
-"""Per-key state (hidden-state table) and checkpoints."""
+"""Per-key state (the key table and its per-key arrays) and checkpoints."""
 
 from __future__ import annotations
 
 from streamseq.state.checkpoint import CheckpointStore, LocalCheckpointStore
-from streamseq.state.hidden import HiddenStateTable
+from streamseq.state.table import KeyTable, SlotArrays
 
-__all__ = ["CheckpointStore", "HiddenStateTable", "LocalCheckpointStore"]
+__all__ = ["CheckpointStore", "KeyTable", "LocalCheckpointStore", "SlotArrays"]

@@ -14,7 +14,7 @@ import torch
 from bench import peers
 from bench.online_protocol import ProtocolRun, Split, load_table, z_errors
 from streamseq.config import EngineConfig, LearnerConfig, ModelConfig
-from streamseq.engine import Engine
+from streamseq.engine import Engine, Shard
 from streamseq.learner.tbptt import OnlineLearner
 
 TRAIN, VAL, ROWS = 40, 20, 100
@@ -105,25 +105,30 @@ def test_never_trains_on_a_target_before_predicting_it(tmp_path: Path, horizon: 
 
     def update(self: OnlineLearner) -> Any:
         if len(self.pending):
-            y = np.concatenate(self.pending.y)[..., 0]
-            w = np.concatenate(self.pending.w)[..., 0]
+            x, y, w = self.pending.view()[:3]
+            y = y.reshape(*y.shape[:2], horizon, -1)[..., 0]
+            w = w.reshape(*w.shape[:2], horizon, -1)[..., 0]
             rows = np.rint(y[w > 0].astype(np.float64) * sd + mu).astype(int)
             self.__dict__.setdefault("trained", []).extend(rows.tolist())
         return orig_update(self)
 
-    orig_step = Engine._step
+    orig_process, orig_advance = Shard.process, Shard._advance
 
-    def step(self: Engine, w: Any, pos: Any, sl: Any, ts: Any, raw: np.ndarray, *rest: Any
-             ) -> None:
-        orig_step(self, w, pos, sl, ts, raw, *rest)
+    def process(self: Shard, events: Any, stats: Any, learning: bool, scoring: bool) -> Any:
+        self.__dict__["learning_now"] = learning
+        return orig_process(self, events, stats, learning, scoring)
+
+    def advance(self: Shard, poll: Any, rows: np.ndarray, *rest: Any) -> None:
+        orig_advance(self, poll, rows, *rest)  # weights are fixed inside a segment
         trained = self.learner.__dict__.get("trained", [])
-        for r in raw[:, 0].astype(int).tolist():  # the forecast from row r is now recorded
-            log.append({"row": r, "engine": self, "learning": self.learning,
+        for r in poll.raw[rows, 0].astype(int).tolist():  # the forecast from row r is recorded
+            log.append({"row": r, "engine": self, "learning": self.learning_now,
                         "max_trained": max(trained, default=-1),
                         "trained": frozenset(trained)})
 
     monkeypatch.setattr(OnlineLearner, "update", update)
-    monkeypatch.setattr(Engine, "_step", step)
+    monkeypatch.setattr(Shard, "process", process)
+    monkeypatch.setattr(Shard, "_advance", advance)
     res = pr.run_seed(0)
 
     assert log and any(e["max_trained"] >= 0 for e in log)

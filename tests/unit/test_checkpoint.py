@@ -22,7 +22,7 @@ from streamseq.config import (
     ModelConfig,
 )
 from streamseq.engine import Engine
-from streamseq.evaluation.drift import DriftMonitor
+from streamseq.evaluation.drift import DriftDetector, page_hinkley_update
 from streamseq.events import Event
 from streamseq.exceptions import CheckpointError
 from streamseq.state.checkpoint import (
@@ -161,10 +161,10 @@ def test_restore_in_a_fresh_process_continues_exactly(tmp_path: Path) -> None:
 
 
 def test_restore_right_after_a_drift_detection_continues_exactly(tmp_path: Path) -> None:
-    """Checkpoint taken on the event where ADWIN fired. River's ADWIN resets its window on
-    the update *after* a detection (``_drift_detected``); the snapshot does not keep that
-    flag, so the restored detector keeps its old window and fires again where the
-    uninterrupted one does not: with ``action="reset"`` forecasts then differ."""
+    """Checkpoint taken on the event where the drift detector fired. The detector starts
+    over on the update *after* a detection; a snapshot that does not keep that would let the
+    restored detector fire again where the uninterrupted one does not: with
+    ``action="reset"`` forecasts would then differ."""
     rng = np.random.default_rng(1)
     n = 1000
     level = np.where((np.arange(n) // 300) % 2 == 0, 0.1, 2.0)
@@ -190,15 +190,21 @@ def test_restore_right_after_a_drift_detection_continues_exactly(tmp_path: Path)
     np.testing.assert_array_equal(yb, ya)
 
 
-def test_drift_monitor_round_trip_after_detection() -> None:
+def test_drift_detector_round_trip_after_detection() -> None:
     rng = np.random.default_rng(1)
     xs = np.abs(np.concatenate([rng.normal(0.1, 0.05, 400), rng.normal(2.0, 0.05, 400)]))
-    a = DriftMonitor()
-    first = next(i for i, x in enumerate(xs) if a.update(0, float(x)))
-    b = DriftMonitor()
-    b.load_state_dict(loads(dumps(a.state_dict())))
+    a = DriftDetector(DriftConfig())
+    a.arrays.grow(1)
+
+    def feed(d: DriftDetector, x: float) -> bool:
+        return page_hinkley_update(0, x, d.arrays["n"], d.arrays["stats"], *d.params)
+
+    first = next(i for i, x in enumerate(xs) if feed(a, float(x)))
+    b = DriftDetector(DriftConfig())
+    b.arrays.grow(1)
+    b.arrays.load_rows(np.array([0]), loads(dumps(a.arrays.state_dict(np.array([0])))))
     rest = xs[first + 1:]
-    assert [b.update(0, float(x)) for x in rest] == [a.update(0, float(x)) for x in rest]
+    assert [feed(b, float(x)) for x in rest] == [feed(a, float(x)) for x in rest]
 
 
 def test_snapshot_is_plain_tensors_and_types(tmp_path: Path) -> None:

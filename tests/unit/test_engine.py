@@ -26,7 +26,7 @@ from streamseq.config import (
     ModelConfig,
     StateConfig,
 )
-from streamseq.engine import Engine
+from streamseq.engine import Engine, Shard
 from streamseq.events import Event, EventDecoder, EventError
 from streamseq.io.files import read_events
 from streamseq.learner.tbptt import OnlineLearner
@@ -149,34 +149,36 @@ def test_learner_never_receives_a_target_before_its_forecast(
     """Instrument the engine: log when each event's truth enters, when each forecast is
     recorded, and what every TBPTT window handed to the learner contains. Windows are
     identified by content (the exact input row and target value of each event), not by the
-    engine's own index arithmetic."""
+    engine's own index arithmetic. The compiled per-event path takes a segment's events one
+    after another in stream order, each fully (enters, forecast) before the next: the
+    clock gives each event two ticks in that order."""
     clock = itertools.count()
     arrived: dict[tuple[str, int], int] = {}  # (key, n) -> clock when event n entered
     forecast_at: dict[tuple[str, int], int] = {}  # (key, n) -> clock after its forecast
     input_of: dict[bytes, list[tuple[str, int]]] = {}  # model input row -> [(key, n)]
     target_of: dict[tuple[str, int], np.ndarray] = {}  # (key, n) -> scaled target of event n
     learned: list[tuple[str, int, int]] = []  # (key, position p, horizon j)
-    real_step, real_update = Engine._step, OnlineLearner.update
+    real_advance, real_update = Shard._advance, OnlineLearner.update
 
-    def step(self: Engine, w: np.ndarray, pos: np.ndarray, sl: np.ndarray, *rest: Any) -> None:
-        n = self.table.arrays["n"][sl].copy()
-        keys = [self.table.slot_keys[s] for s in sl.tolist()]
-        t_in = next(clock)
-        for k, ni in zip(keys, n.tolist(), strict=True):
-            arrived[(k, ni)] = t_in
-        real_step(self, w, pos, sl, *rest)
-        t_out = next(clock)
-        A, ring = self.table.arrays, self.ring
-        for i, (k, ni) in enumerate(zip(keys, n.tolist(), strict=True)):
-            forecast_at[(k, ni)] = t_out
-            input_of.setdefault(A["ring_x"][sl[i], ni % ring].tobytes(), []).append((k, ni))
-            target_of[(k, ni)] = A["ring_y"][sl[i], ni % ring].copy()
+    def advance(self: Shard, poll: Any, rows: np.ndarray, plan: Any, *rest: Any) -> None:
+        slots, n = plan[0][rows], plan[1][rows]
+        keys = [poll.keys[poll.key_index[r]] for r in rows.tolist()]
+        ticks = [next(clock) for _ in range(2 * len(rows))]
+        for e, (k, ni) in enumerate(zip(keys, n.tolist(), strict=True)):
+            arrived[(k, ni)] = ticks[2 * e]
+        real_advance(self, poll, rows, plan, *rest)
+        ring = self.windows.arrays
+        length = self.windows.length
+        for e, (k, ni) in enumerate(zip(keys, n.tolist(), strict=True)):
+            forecast_at[(k, ni)] = ticks[2 * e + 1]
+            input_of.setdefault(ring["x"][slots[e], ni % length].tobytes(), []).append((k, ni))
+            target_of[(k, ni)] = ring["y"][slots[e], ni % length].copy()
 
     def update(self: OnlineLearner) -> Any:
         t_learn = next(clock)
         if len(self.pending):
-            x, y, wt = (np.concatenate(getattr(self.pending, a)) for a in ("x", "y", "w"))
-            lengths = np.concatenate(self.pending.lengths)
+            x, y, wt, _h0, lengths, _base = self.pending.view()
+            n_t = y.shape[2] // horizon
             for i in range(len(x)):
                 for s in range(int(lengths[i])):
                     if not wt[i, s].any():
@@ -185,7 +187,8 @@ def test_learner_never_receives_a_target_before_its_forecast(
                     assert len(matches) == 1, "every learned input row is one event's row"
                     k, p = matches[0]
                     for j in range(1, horizon + 1):
-                        if not wt[i, s, j - 1].any():
+                        cols = slice((j - 1) * n_t, j * n_t)
+                        if not wt[i, s, cols].any():
                             continue
                         q = p + j
                         # the truth of event q has arrived before the learner receives it ...
@@ -193,11 +196,11 @@ def test_learner_never_receives_a_target_before_its_forecast(
                         # ... and the forecast scored against it was recorded before that
                         assert forecast_at[(k, p)] < arrived[(k, q)] < t_learn
                         # and the target really is event q's value (no shifted alignment)
-                        np.testing.assert_array_equal(y[i, s, j - 1], target_of[(k, q)])
+                        np.testing.assert_array_equal(y[i, s, cols], target_of[(k, q)])
                         learned.append((k, p, j))
         return real_update(self)
 
-    monkeypatch.setattr(Engine, "_step", step)
+    monkeypatch.setattr(Shard, "_advance", advance)
     monkeypatch.setattr(OnlineLearner, "update", update)
     events = multi_key_stream(300, keys=3, seed=7, p_missing=0.1)
     cfg = make_config("gru", horizon, k1=2, k2=5, batch_windows=3)
@@ -313,8 +316,8 @@ def test_missing_values_carry_and_never_reach_the_model() -> None:
     run = Run(make_config(k1=1, batch_windows=1), events, chunk=32)
     eng = run.engine
     assert torch.isfinite(run.weights).all() and torch.isfinite(eng.table.state).all()
-    assert np.isfinite(eng.table.arrays["ring_x"]).all()
-    assert np.isfinite(eng.table.arrays["ring_y"]).all()
+    assert np.isfinite(eng.table.parts["windows"]["x"]).all()
+    assert np.isfinite(eng.table.parts["windows"]["y"]).all()
     shown: dict[str, set[str]] = {}
     for i, e in enumerate(events[:-6]):  # finite wherever the key has shown that value
         shown.setdefault(e.key, set()).update(k for k, v in e.values.items() if v is not None)
@@ -400,7 +403,7 @@ def test_nan_guard_skips_an_update_and_keeps_the_weights() -> None:
     eng = Engine(make_config(k1=1, batch_windows=1000))
     eng.process(multi_key_stream(60, keys=2, seed=1, p_missing=0.0))
     assert len(eng.learner.pending) > 0
-    eng.learner.pending.x[0][0, 0, 0] = np.nan
+    eng.learner.pending.x[0, 0, 0] = np.nan
     before = weights(eng)
     res = eng.learner.update()
     assert not res.applied and res.windows > 0 and eng.learner.skipped == 1

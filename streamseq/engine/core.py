@@ -1,0 +1,470 @@
+"""The engine: one shard's online forecaster, fed events in stream order.
+
+:class:`Engine` is the public face (the service, the backtest and the benches use it); it
+builds a :class:`Shard` once the shard's value names are known (configured, or from the
+first event). A shard is a short orchestrator over parts with one job each:
+
+* ordering (:mod:`streamseq.engine.ordering`): validation, the duplicate/late policy and
+  where update points fall;
+* features (:mod:`streamseq.features.pipeline`): per-key scaling, time gaps, calendar;
+* the forecaster (:mod:`streamseq.models.kernels`): per-key compiled GRU/LSTM steps;
+* scoring (:mod:`streamseq.evaluation.scoring`, :mod:`streamseq.evaluation.drift`);
+* windows and the learner (:mod:`streamseq.learner`): TBPTT windows, update points;
+* the key table (:mod:`streamseq.state.table`): slots, hidden states, every part's per-key
+  arrays, eviction.
+
+An optimizer step happens at update points defined by the stream (every ``batch_windows``
+due windows, ``max_segment`` events, or before a key's second due window), so results do
+not depend on how events are chunked into calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamseq.config import EngineConfig
+from streamseq.engine.advance import DRIFT_BOOST, DRIFT_NONE, DRIFT_RESET, advance_segment
+from streamseq.engine.ordering import (
+    APPLIED,
+    CLOSED,
+    DONE,
+    FULL,
+    NEED_SLOTS,
+    VERDICTS,
+    OrderingPolicy,
+    Poll,
+    plan_segment,
+    read_poll,
+)
+from streamseq.engine.output import EngineOutput, EngineStats
+from streamseq.evaluation.drift import DriftDetector
+from streamseq.evaluation.metrics import ErrorTotals, summarize
+from streamseq.evaluation.scoring import Scoring
+from streamseq.events.errors import EventError
+from streamseq.events.schema import Event
+from streamseq.exceptions import CheckpointError
+from streamseq.features.pipeline import FeaturePipeline
+from streamseq.features.transforms import CODES, forward_transform
+from streamseq.learner.tbptt import OnlineLearner
+from streamseq.learner.windows import PendingWindows, WindowRings
+from streamseq.models.flat import FlatWeights
+from streamseq.models.recurrent import RecurrentForecaster
+from streamseq.state.table import KeyTable
+
+__all__ = ["Engine", "Shard", "FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+_DRIFT_ACTIONS = {"none": DRIFT_NONE, "reset": DRIFT_RESET, "boost_lr": DRIFT_BOOST}
+
+
+class Shard:
+    """The parts of one engine, built for known value names.
+
+    Parameters
+    ----------
+    config
+        Engine configuration.
+    names
+        Value names, targets first.
+    """
+
+    def __init__(self, config: EngineConfig, names: Sequence[str]) -> None:
+        self.config = config
+        targets = tuple(config.targets) if config.targets else tuple(names)
+        self.names: tuple[str, ...] = targets + tuple(n for n in names if n not in targets)
+        self.targets = targets
+        mc, lc = config.model, config.learner
+        t, h = len(targets), mc.horizon
+        self.features = FeaturePipeline(config, self.names, t)
+        self.level_targets = self.features.target_codes == CODES["level"]
+        torch.manual_seed(lc.seed)
+        self.model = RecurrentForecaster(
+            self.features.n_inputs, t, mc,
+            residual_mask=[c != CODES["logret"] for c in self.features.target_codes])
+        self.model.eval()
+        self.weights = FlatWeights(self.model)
+        state_size = self.model.state_size
+        self.table = KeyTable(mc.layers, state_size)
+        self.ordering = OrderingPolicy(config.state.late_tolerance_ms,
+                                       config.state.recent_events)
+        self.scoring = Scoring(h, t)
+        self.drift = DriftDetector(config.drift)
+        self.windows = WindowRings(lc.k1, lc.k2, h, self.features.n_inputs, t, mc.layers,
+                                   state_size)
+        for name, part in (("ordering", self.ordering.arrays),
+                           ("features", self.features.arrays),
+                           ("scoring", self.scoring.arrays), ("drift", self.drift.arrays),
+                           ("windows", self.windows.arrays)):
+            self.table.attach(name, part)
+        pending = PendingWindows(lc.batch_windows, lc.k2, self.features.n_inputs, h, t,
+                                 mc.layers, state_size)
+        self.learner = OnlineLearner(self.weights, lc, pending, mc.dropout)
+        # [segment id, events in segment, windows in segment, stream sequence number]
+        self.counters = np.zeros(4, dtype=np.int64)
+        self.max_ts = np.iinfo(np.int64).min
+
+    # ------------------------------------------------------------------ one call
+    def process(self, events: Sequence[Event], stats: EngineStats, learning: bool,
+                scoring: bool) -> EngineOutput:
+        cfg = self.config
+        fc, lc = cfg.features, cfg.learner
+        poll = read_poll(events, cfg.kind, self.names, fc.max_abs_value,
+                         fc.missing == "reject")
+        n = len(poll)
+        out = EngineOutput.empty(n, cfg.model.horizon, len(self.targets))
+        valid = np.fromiter((r is None for r in poll.rejected), dtype=np.bool_, count=n)
+        slot_of_key = np.fromiter((self.table.keys.get(k, -1) for k in poll.keys),
+                                  dtype=np.int64, count=len(poll.keys))
+        verdict = np.zeros(n, dtype=np.int8)
+        plan = tuple(np.zeros(n, dtype=np.int64) for _ in range(4)) + (
+            np.zeros(n, dtype=np.bool_),)
+        n_free = np.zeros(1, dtype=np.int64)
+        start = 0
+        while True:
+            known = slot_of_key >= 0
+            n_free[0] = self.table.n_free
+            o, c = self.ordering.arrays, self.table.core
+            stop, reason = plan_segment(
+                start, slot_of_key, poll.key_index, poll.ts, poll.values_digest,
+                poll.id_digest, valid, c["count"], c["newest_ts"], c["last_seen"],
+                o["due_segment"], o["recent_ts"], o["recent_values"], o["recent_ids"],
+                o["cursor"], self.table.free, n_free, self.counters,
+                self.ordering.tolerance, learning, lc.k1, cfg.model.horizon,
+                lc.batch_windows, lc.max_segment, verdict, *plan)
+            self.table.n_free = int(n_free[0])
+            new = np.flatnonzero((slot_of_key >= 0) & ~known)
+            if new.size:
+                self.table.register([poll.keys[k] for k in new.tolist()], slot_of_key[new])
+            rows = np.flatnonzero(verdict[start:stop] == APPLIED) + start
+            if rows.size:
+                self._advance(poll, rows, plan, out, stats, scoring)
+            start = stop
+            if reason == NEED_SLOTS:
+                self.table.grow(self.table.capacity * 2)
+            elif reason in (FULL, CLOSED):
+                self._update_point(out, stats, poll, slot_of_key)
+            elif reason == DONE:
+                break
+        applied = np.flatnonzero(verdict == APPLIED)
+        for i, err in enumerate(poll.rejected):
+            if err is not None:
+                out.rejected.append((i, err))
+                stats.rejected[err.reason] += 1
+        for i in np.flatnonzero(verdict > APPLIED).tolist():
+            reason_name = VERDICTS.get(int(verdict[i]))
+            if reason_name is not None:
+                out.dropped.append((i, reason_name))
+                stats.dropped[reason_name] += 1
+        stats.events += n
+        stats.accepted += int(applied.size)
+        out.keep(applied)
+        return out
+
+    def _advance(self, poll: Poll, rows: np.ndarray, plan: tuple[np.ndarray, ...],
+                 out: EngineOutput, stats: EngineStats, scoring: bool) -> None:
+        """Run the compiled per-event path over one segment's applied events."""
+        cfg = self.config
+        fc, lc, dc = cfg.features, cfg.learner, cfg.drift
+        slot, position, gap, seq, due = plan
+        ev = (rows, slot[rows], position[rows], gap[rows], poll.ts[rows], seq[rows], due[rows])
+        f, s, d, w = (self.features.arrays, self.scoring.arrays, self.drift.arrays,
+                      self.windows.arrays)
+        wts, lay = self.weights, self.weights.layout
+        totals = np.zeros(5)
+        advance_segment(
+            ev, poll.raw, self.table.hidden,
+            (self.features.codes, f["last_raw"], f["count"], f["mean"], f["m2"], f["frozen"],
+             f["gap_ema"]),
+            (self.features.fixed, int(fc.fixed_warmup), float(fc.clip), float(fc.target_clip),
+             bool(fc.dt), bool(fc.calendar), self.level_targets),
+            (s["forecast"], s["unit"], s["persistence"], s["m_abs"], s["m_sq"], s["p_abs"],
+             s["p_sq"], s["cnt"]), scoring,
+            (d["n"], d["stats"]), (self.drift.enabled, _DRIFT_ACTIONS[dc.action],
+                                   *self.drift.params),
+            (wts.theta, wts.theta_t, lay.offsets, lay.t_offsets, wts.residual),
+            (lay.cell, lay.hidden, lay.head_offsets[0], lay.head_t_offset),
+            (w["x"], w["y"], w["mask"], w["start_state"], w["start_at"]),
+            (bool(due.any()), lc.k1, lc.k2), self.learner.pending.arrays(),
+            (out.yhat, out.yhat_z, out.err_model, out.err_persistence, out.scale,
+             out.target_ts, out.version, out.z_mean, out.z_std),
+            totals, self.learner.applied)
+        stats.z_abs_model += float(totals[0])
+        stats.z_abs_persistence += float(totals[1])
+        stats.z_scored += int(totals[2])
+        stats.drift_events += int(totals[3])
+        out.drift_events += int(totals[3])
+        if totals[4]:
+            self.learner.boost(dc.boost_factor, dc.boost_updates)
+        self.max_ts = max(self.max_ts, int(poll.ts[rows].max()))
+
+    def _update_point(self, out: EngineOutput, stats: EngineStats, poll: Poll,
+                      slot_of_key: np.ndarray) -> None:
+        res = self.learner.update()
+        if res.windows:
+            out.updates.append(res)
+            stats.last_loss = res.loss
+            stats.last_grad_norm = res.grad_norm
+            if res.applied:
+                stats.updates_applied += 1
+            else:
+                stats.updates_skipped += 1
+        self.counters[0] += 1
+        self.counters[1:3] = 0
+        gone = self._evict(stats)
+        out.evicted += len(gone)
+        if gone:
+            index = {k: i for i, k in enumerate(poll.keys)}
+            for key in gone:
+                if key in index:
+                    slot_of_key[index[key]] = -1
+
+    def _evict(self, stats: EngineStats) -> list[str]:
+        sc = self.config.state
+        ttl = None if sc.idle_ttl_s is None else int(sc.idle_ttl_s * 1000)
+        slots = self.table.eviction_candidates(sc.max_keys, ttl, int(self.max_ts))
+        if slots.size == 0:
+            return []
+        self.scoring.forget(slots)
+        gone = self.table.evict(slots)
+        stats.evicted += len(gone)
+        return gone
+
+    # ------------------------------------------------------------------ offline warm-up
+    def fit_scaler(self, events: Sequence[Event]) -> None:
+        """Fixed scaling: set each key's statistics from ``events`` and freeze them."""
+        by_key: dict[str, list[Event]] = {}
+        for e in events:
+            by_key.setdefault(e.key, []).append(e)
+        f = self.features.arrays
+        for key, evs in by_key.items():
+            raw = np.array([[e.values.get(n) for n in self.names] for e in evs],
+                           dtype=np.float64)
+            prev = np.vstack([np.full((1, raw.shape[1]), np.nan), raw[:-1]])
+            u = forward_transform(self.features.codes, np.nan_to_num(raw), prev)
+            u[np.isnan(raw)] = np.nan
+            ts = np.array([e.ts_ms for e in evs], dtype=np.float64)
+            gap = np.log1p(np.maximum(np.diff(ts), 0) / 1000.0)
+            slot = int(self.table.slots_for([key])[0])
+            for j, col in enumerate([u[:, j] for j in range(u.shape[1])] + [gap]):
+                col = col[~np.isnan(col)]
+                f["count"][slot, j] = len(col)
+                f["mean"][slot, j] = col.mean() if len(col) else 0.0
+                f["m2"][slot, j] = ((col - col.mean()) ** 2).sum() if len(col) else 0.0
+            f["frozen"][slot] = True
+
+    def reset_streams(self, keep_scalers: bool = True) -> None:
+        """Forget every key's stream position, keep the weights (and the scalers)."""
+        f = self.features.arrays
+        kept = {n: f[n].copy() for n in ("count", "mean", "m2", "frozen")}
+        self.table.reset(self.table.live_slots())
+        if keep_scalers:
+            for name, arr in kept.items():
+                f[name][:] = arr
+        self.max_ts = np.iinfo(np.int64).min
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "counters": torch.from_numpy(self.counters.copy()),
+            "max_ts": int(self.max_ts),
+            "model": self.weights.state_dict(),
+            "learner": self.learner.state_dict(),
+            "table": self.table.state_dict(),
+            "evicted_totals": {n: torch.from_numpy(getattr(self.scoring.evicted, n).copy())
+                               for n in ("m_abs", "m_sq", "p_abs", "p_sq", "cnt")},
+        }
+
+    def load_state_dict(self, d: dict[str, Any], weights_only: bool) -> None:
+        self.weights.load(d["model"])
+        if weights_only:
+            return
+        self.learner.load_state_dict(d["learner"])
+        self.table.load_state_dict(d["table"])
+        self.scoring.evicted = ErrorTotals.from_arrays(
+            {n: t.numpy() for n, t in d["evicted_totals"].items()})
+        self.counters[:] = d["counters"].numpy()
+        self.max_ts = int(d["max_ts"])
+
+
+class Engine:
+    """One shard's online forecaster.
+
+    Parameters
+    ----------
+    config
+        Engine configuration; value names come from ``config.values`` or the first event.
+
+    Examples
+    --------
+    >>> from streamseq.config import EngineConfig, LearnerConfig
+    >>> eng = Engine(EngineConfig(learner=LearnerConfig(k1=1, k2=4, batch_windows=1)))
+    >>> evs = [Event("sensor", "a", 60_000 * i, {"x": float(i % 5)}) for i in range(50)]
+    >>> out = eng.process(evs)
+    >>> out.yhat.shape, eng.stats.accepted, eng.stats.updates_applied > 0
+    ((50, 1, 1), 50, True)
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.stats = EngineStats()
+        self.learning = self.config.learner.learn
+        self.scoring = True
+        self.shard: Shard | None = None  # built once the value names are known
+        if self.config.values is not None:
+            self.shard = Shard(self.config, self.config.values)
+
+    def _built(self) -> Shard:
+        if self.shard is None:
+            raise RuntimeError("the engine has not seen its value names yet")
+        return self.shard
+
+    # ------------------------------------------------------------------ the parts
+    @property
+    def value_names(self) -> tuple[str, ...] | None:
+        return None if self.shard is None else self.shard.names
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return () if self.shard is None else self.shard.targets
+
+    @property
+    def model_version(self) -> int:
+        """Optimizer steps applied so far: forecasts carry it to name the weights used."""
+        return 0 if self.shard is None else self.shard.learner.applied
+
+    @property
+    def keys_held(self) -> int:
+        return 0 if self.shard is None else len(self.shard.table)
+
+    @property
+    def model(self) -> RecurrentForecaster:
+        """The torch reference module; its parameters are the live weights."""
+        return self._built().model
+
+    @property
+    def learner(self) -> OnlineLearner:
+        return self._built().learner
+
+    @property
+    def table(self) -> KeyTable:
+        return self._built().table
+
+    @property
+    def n_inputs(self) -> int:
+        return self._built().features.n_inputs
+
+    @property
+    def segment_events(self) -> int:
+        """Events applied since the last update point."""
+        return 0 if self.shard is None else int(self.shard.counters[1])
+
+    @property
+    def seq(self) -> int:
+        """Events applied by this shard since it started."""
+        return 0 if self.shard is None else int(self.shard.counters[3])
+
+    # ------------------------------------------------------------------ main path
+    def process(self, events: Sequence[Event]) -> EngineOutput:
+        """Apply ``events`` (one shard's, in stream order): score, learn, forecast."""
+        if self.shard is None:
+            first = next((e for e in events if e.kind == self.config.kind), None)
+            if first is None:
+                return self._reject_all(events)
+            self.shard = Shard(self.config, sorted(first.values))
+        return self.shard.process(events, self.stats, self.learning, self.scoring)
+
+    def _reject_all(self, events: Sequence[Event]) -> EngineOutput:
+        out = EngineOutput.empty(0, 1, 1)
+        for i, e in enumerate(events):
+            err = EventError("bad_kind", f"event kind {e.kind!r} sent to a {self.config.kind} "
+                                         "shard")
+            out.rejected.append((i, err))
+            self.stats.rejected[err.reason] += 1
+        self.stats.events += len(events)
+        return out
+
+    # ------------------------------------------------------------------ offline warm-up
+    def fit_scaler(self, events: Sequence[Event]) -> None:
+        """Fixed scaling: set each key's statistics from ``events`` and freeze them."""
+        if self.shard is None:
+            self.shard = Shard(self.config, sorted(events[0].values))
+        self.shard.fit_scaler(events)
+
+    def reset_streams(self, keep_scalers: bool = True) -> None:
+        """Forget every key's stream position (hidden state, buffers, pending forecasts,
+        per-key metrics, recent events) but keep the weights (and, by default, the
+        scalers). Used between warm-up epochs and before online evaluation starts."""
+        if self.shard is not None:
+            self.shard.reset_streams(keep_scalers)
+
+    # ------------------------------------------------------------------ reporting
+    def key_totals(self) -> dict[str, ErrorTotals]:
+        """Per-key error sums of live keys."""
+        if self.shard is None:
+            return {}
+        sh = self.shard
+        return {k: sh.scoring.key_totals(s) for k, s in sh.table.keys.items()}
+
+    def totals(self) -> ErrorTotals:
+        """Error sums over all keys ever held (live and evicted)."""
+        if self.shard is None:
+            return ErrorTotals.zeros(1, 1)
+        return self.shard.scoring.totals(self.shard.table.live_slots())
+
+    def summary(self) -> dict[str, Any]:
+        """Overall MAE, RMSE, MSE and MASE for the model and persistence."""
+        return summarize(self.totals())
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Complete engine state as tensors and plain types (``torch.load(weights_only=True)``)."""
+        d: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "value_names": list(self.value_names) if self.value_names else None,
+            "stats": self.stats.to_dict(),
+            "learning": self.learning,
+            "scoring": self.scoring,
+        }
+        if self.shard is not None:
+            d["shard"] = self.shard.state_dict()
+        return d
+
+    def load_state_dict(self, d: dict[str, Any], *, weights_only: bool = False) -> None:
+        """Restore a state from :meth:`state_dict`.
+
+        Refuses another format version or another architecture (cell, sizes, horizon,
+        value names) with :class:`~streamseq.exceptions.CheckpointError`. With
+        ``weights_only`` only the model weights are taken (warm start of a new stream).
+        """
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint format {version} is not this engine's format {FORMAT_VERSION} "
+                "(snapshots of format 1 come from the engine before v2: start the shard "
+                "fresh or warm it up again)")
+        saved = EngineConfig.from_dict(d["config"])
+        if saved.model != self.config.model:
+            raise CheckpointError(f"checkpoint architecture {saved.model} does not match the "
+                                  f"configured {self.config.model}")
+        names = d["value_names"]
+        if names is None:
+            return
+        if self.shard is None:
+            self.shard = Shard(self.config, names if self.config.values is None
+                               else self.config.values)
+        if list(self.shard.names) != list(names):
+            raise CheckpointError(f"checkpoint value names {names} != {list(self.shard.names)}")
+        self.shard.load_state_dict(d["shard"], weights_only)
+        if weights_only:
+            return
+        self.stats = EngineStats.from_dict(d["stats"])
+        self.learning = bool(d["learning"])
+        self.scoring = bool(d["scoring"])
