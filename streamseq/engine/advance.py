@@ -39,7 +39,7 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
     key's stream, time gaps, times, sequence numbers, due flags) in order.
 
     ``totals`` accumulates ``[z_abs_model, z_abs_persistence, z_scored, drift events,
-    boost requests]``; output rows in ``out`` are indexed by poll position.
+    boost requests]`` (the first two are running sums carried across calls); output rows in ``out`` are indexed by poll position.
     """
     positions, slots, key_pos, gaps, times, _seqs, dues = ev
     codes, last_raw, count, mean, m2, frozen, gap_ema = feat

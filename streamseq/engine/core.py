@@ -177,7 +177,9 @@ class Shard:
         f, s, d, w = (self.features.arrays, self.scoring.arrays, self.drift.arrays,
                       self.windows.arrays)
         wts, lay = self.weights, self.weights.layout
-        totals = np.zeros(5)
+        # running sums continue in the kernel, event by event: the same bits however the
+        # stream was cut into calls and segments
+        totals = np.array([stats.z_abs_model, stats.z_abs_persistence, 0.0, 0.0, 0.0])
         advance_segment(
             ev, poll.raw, self.table.hidden,
             (self.features.codes, f["last_raw"], f["count"], f["mean"], f["m2"], f["frozen"],
@@ -195,8 +197,8 @@ class Shard:
             (out.yhat, out.yhat_z, out.err_model, out.err_persistence, out.scale,
              out.target_ts, out.version, out.z_mean, out.z_std),
             totals, self.learner.applied)
-        stats.z_abs_model += float(totals[0])
-        stats.z_abs_persistence += float(totals[1])
+        stats.z_abs_model = float(totals[0])
+        stats.z_abs_persistence = float(totals[1])
         stats.z_scored += int(totals[2])
         stats.drift_events += int(totals[3])
         out.drift_events += int(totals[3])
