@@ -115,21 +115,22 @@ def by_partition(records: Sequence[TopicRecord]) -> dict[int, list[TopicRecord]]
 
 def service_work(records: Sequence[TopicRecord], args: Sequence[str], chunk: int,
                  engine_only: bool = False) -> float:
-    """Seconds for the service's per-event work without Kafka: decode, engine, prediction
-    records and JSON, per partition in polls of ``chunk`` records (``engine_only``: the
-    engine alone on events decoded beforehand)."""
+    """Seconds for the service's per-event work without Kafka: the pipeline step (decode,
+    engine, serialised prediction records), per partition in polls of ``chunk`` records
+    (``engine_only``: the engine alone on events decoded beforehand)."""
     import torch
 
     from streamseq.engine import Engine
-    from streamseq.events.decode import EventDecoder
-    from streamseq.predictions import encode_record, prediction_records
+    from streamseq.pipeline import apply
+    from streamseq.service.shards import ShardFactory
 
     torch.set_num_threads(1)
     cfg = reference_config(args)
+    factory = ShardFactory(cfg)
     parts = by_partition(records)
-    decoder = EventDecoder(kind="sensor", naive_tz=cfg.naive_tz, max_bytes=cfg.max_message_bytes)
     if engine_only:
-        decoded = {p: [decoder.decode(r.value) for r in recs] for p, recs in parts.items()}
+        decoder = factory.decoders[records[0].topic]
+        decoded = {p: [decoder.decode(r) for r in recs] for p, recs in parts.items()}
         t0 = time.perf_counter()
         for evs in decoded.values():
             engine = Engine(cfg.engine.replace(kind="sensor"))
@@ -137,15 +138,11 @@ def service_work(records: Sequence[TopicRecord], args: Sequence[str], chunk: int
                 engine.process(evs[lo:lo + chunk])
         return time.perf_counter() - t0
     t0 = time.perf_counter()
-    for p, recs in parts.items():
-        engine = Engine(cfg.engine.replace(kind="sensor"))
+    for recs in parts.values():
+        shard = factory.engine("sensor")
+        decoder = factory.decoders[recs[0].topic]
         for lo in range(0, len(recs), chunk):
-            batch = recs[lo:lo + chunk]
-            evs = [decoder.decode(r.value) for r in batch]
-            out = engine.process(evs)
-            sources = [(r.topic, p, r.offset) for r in batch]
-            for rec in prediction_records(evs, out, engine.target_names, sources):
-                encode_record(rec)
+            apply(recs[lo:lo + chunk], decoder, shard)
     return time.perf_counter() - t0
 
 

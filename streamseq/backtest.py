@@ -27,11 +27,12 @@ from streamseq.config import (
     ModelConfig,
     StateConfig,
 )
-from streamseq.engine import Engine, EngineOutput
+from streamseq.engine import Engine
 from streamseq.evaluation.metrics import ErrorTotals, summarize
 from streamseq.events.schema import Event
 from streamseq.io.files import FileLayout, RowErrors, read_events
-from streamseq.predictions import encode_record, prediction_records
+from streamseq.pipeline import InputRecord, apply_events
+from streamseq.shards import NumericShard
 from streamseq.state.checkpoint import load_file, save_file
 
 __all__ = ["Backtest", "run_backtest", "register", "engine_config_from_args", "add_engine_args"]
@@ -42,7 +43,11 @@ CHUNK = 2048
 
 @dataclass
 class Backtest:
-    """Routes events to one engine per (kind, value names) and keeps the report figures.
+    """Routes events to one shard per (kind, value names) and keeps the report figures.
+
+    Each batch goes through the same pipeline step as the live service
+    (:func:`streamseq.pipeline.apply_events`); a prediction's source is ``("file", 0,
+    position in the replay)``.
 
     Examples
     --------
@@ -56,17 +61,26 @@ class Backtest:
     config: EngineConfig
     warmup_rows: int = 0
     warmup_epochs: int = 1
-    engines: dict[tuple[str, tuple[str, ...]], Engine] = field(default_factory=dict)
+    shards: dict[tuple[str, tuple[str, ...]], NumericShard] = field(default_factory=dict)
     elapsed: float = 0.0
     online_events: int = 0
     predictions_out: TextIO | None = None
-    on_output: Any = None  # callable(engine, events, EngineOutput) for benches/tests
     _seen: int = 0
 
-    def _engine_for(self, ev: Event) -> Engine:
+    @property
+    def engines(self) -> dict[tuple[str, tuple[str, ...]], Engine]:
+        """The engine of each (kind, value names) signature."""
+        return {sig: shard.engine for sig, shard in self.shards.items()}
+
+    def add_engine(self, engine: Engine) -> None:
+        """Route the events of ``engine``'s signature to it (a restored checkpoint)."""
+        sig = (engine.config.kind, tuple(sorted(engine.value_names or ())))
+        self.shards[sig] = NumericShard(engine=engine)
+
+    def _shard_for(self, ev: Event) -> NumericShard:
         sig = (ev.kind, tuple(sorted(ev.values)))
-        eng = self.engines.get(sig)
-        if eng is None:
+        shard = self.shards.get(sig)
+        if shard is None:
             cfg = self.config
             if cfg.kind != ev.kind:
                 cfg = cfg.replace(kind=ev.kind)
@@ -74,31 +88,27 @@ class Backtest:
                 cfg = cfg.replace(values=list(sig[1]))
             if cfg.targets is not None:
                 cfg = cfg.replace(targets=[t for t in cfg.targets if t in sig[1]] or None)
-            eng = self.engines[sig] = Engine(cfg)
-        return eng
+            shard = self.shards[sig] = NumericShard(cfg)
+        return shard
+
+    def _engine_for(self, ev: Event) -> Engine:
+        return self._shard_for(ev).engine
 
     def _feed(self, batch: list[Event]) -> None:
-        groups: dict[int, list[Event]] = {}
-        engines: dict[int, Engine] = {}
+        groups: dict[int, tuple[NumericShard, list[Event], list[InputRecord]]] = {}
         for ev in batch:
-            eng = self._engine_for(ev)
-            groups.setdefault(id(eng), []).append(ev)
-            engines[id(eng)] = eng
-        for k, evs in groups.items():
-            eng = engines[k]
-            out = eng.process(evs)
-            if self.on_output is not None:
-                self.on_output(eng, evs, out)
-            if self.predictions_out is not None:
-                self._write_predictions(eng, evs, out)
-
-    def _write_predictions(self, eng: Engine, evs: list[Event], out: EngineOutput) -> None:
-        assert self.predictions_out is not None
-        first = self._seen
-        self._seen += len(evs)
-        sources = [("file", 0, first + i) for i in range(len(evs))]  # position in the replay
-        for rec in prediction_records(evs, out, eng.target_names, sources):
-            self.predictions_out.write(encode_record(rec).decode() + "\n")
+            shard = self._shard_for(ev)
+            group = groups.get(id(shard))
+            if group is None:
+                group = groups[id(shard)] = (shard, [], [])
+            group[1].append(ev)
+            group[2].append(InputRecord("file", 0, self._seen))  # position in the replay
+            self._seen += 1
+        for shard, evs, sources in groups.values():
+            step = apply_events(evs, sources, shard)
+            if self.predictions_out is not None and step.predictions:
+                self.predictions_out.write(
+                    b"\n".join(p.value for p in step.predictions).decode() + "\n")
 
     def warm_up(self, events: Sequence[Event]) -> None:
         """Offline training on ``events`` (the first rows of each key), ``warmup_epochs``
@@ -386,7 +396,7 @@ def run_backtest(a: argparse.Namespace) -> int:
             for sig_state in state["engines"]:
                 eng = Engine(EngineConfig.from_dict(sig_state["config"]))
                 eng.load_state_dict(sig_state)
-                bt.engines[(eng.config.kind, tuple(sorted(eng.value_names or ())))] = eng
+                bt.add_engine(eng)
         bt.run(events, None if a.no_progress else Progress())
     finally:
         if pred_fh:

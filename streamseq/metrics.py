@@ -6,8 +6,11 @@ key never becomes a label. Every metric is documented in the README's metrics ta
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,7 +22,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-__all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS"]
+__all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS",
+           "observe_many"]
 
 disable_created_metrics()
 
@@ -139,20 +143,20 @@ class ServiceMetrics:
             "streamseq_checkpoint_age_seconds", "Seconds since the last durable checkpoint.",
             registry=r)
         self.checkpoint_age.set_function(lambda: time.time() - self._last_checkpoint)
+        self._gauges = {  # the levels a shard may report (GaugeValue names)
+            "streamseq_train_loss": self.train_loss, "streamseq_grad_norm": self.grad_norm,
+            "streamseq_text_bits_per_char": self.text_bits_per_char,
+            "streamseq_text_accuracy": self.text_accuracy,
+            "streamseq_text_macro_f1": self.text_macro_f1,
+            "streamseq_text_log_loss": self.text_log_loss,
+            "streamseq_text_pending_labels": self.text_pending_labels}
 
-    def report_text(self, summary: dict[str, object], stats: object) -> None:
-        """Text shards: language-model surprise and prequential classifier metrics."""
-        lm = summary.get("lm")
-        if isinstance(lm, dict) and lm.get("bits_per_char") is not None:
-            self.text_bits_per_char.set(float(lm["bits_per_char"]))
-        clf = summary.get("classifier")
-        if isinstance(clf, dict) and clf.get("n"):
-            for window, m in (("all", clf), ("recent", clf.get("window", {}))):
-                if isinstance(m, dict) and m.get("n"):
-                    self.text_accuracy.labels(window=window).set(float(m["accuracy"]))
-                    self.text_macro_f1.labels(window=window).set(float(m["macro_f1"]))
-                    self.text_log_loss.labels(window=window).set(float(m["log_loss"]))
-            self.text_pending_labels.set(float(getattr(stats, "clf_pending", 0)))
+    def gauge(self, name: str) -> Gauge:
+        """The gauge called ``name`` (shards report levels by metric name)."""
+        found = self._gauges.get(name)
+        if found is None:
+            raise KeyError(f"no gauge {name}")
+        return found
 
     def declare(self, topics: list[tuple[str, str]], reasons: list[str]) -> None:
         """Create every labelled series at 0 up front (``(topic, kind)`` pairs), so that
@@ -178,6 +182,11 @@ class ServiceMetrics:
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome=outcome)
 
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Remove the lag series of a partition this process no longer owns."""
+        with contextlib.suppress(KeyError):
+            self.lag.remove(topic, str(partition))
+
     def checkpoint_done(self, seconds: float) -> None:
         self._last_checkpoint = time.time()
         self.last_checkpoint_ts.set(self._last_checkpoint)
@@ -188,3 +197,33 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, in one pass per bucket instead of one call
+    per value (a histogram child without labels, or ``h.labels(...)``).
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry
+    >>> h = Histogram("x_seconds", "x", buckets=(0.1, 1.0), registry=CollectorRegistry())
+    >>> observe_many(h, [0.05, 0.1, 0.5, 7.0])
+    >>> [(s.labels["le"], s.value) for s in h.collect()[0].samples if s.name.endswith("bucket")]
+    [('0.1', 2.0), ('1.0', 3.0), ('+Inf', 4.0)]
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another client version
+        for v in arr.tolist():
+            histogram.observe(v)
+        return
+    counts = np.bincount(np.searchsorted(np.asarray(bounds), arr, side="left"),
+                         minlength=len(bounds))
+    total.inc(float(arr.sum()))
+    for i, c in enumerate(counts.tolist()[:len(bounds)]):
+        if c:
+            buckets[i].inc(c)

@@ -9,6 +9,12 @@ One JSON object per forecast, keyed by the event key::
 ``id`` is derived from the source coordinates only, so a record re-published after a restart
 carries the same id and consumers can drop duplicates. ``yhat`` is in original units; a
 value the key has never shown is ``null``.
+
+A batch is serialised in one pass (:class:`PredictionEncoder`): numpy arrays become Python
+lists once per batch, and each record is one string format of pre-escaped parts, byte for
+byte what ``json.dumps(record, separators=(",", ":"))`` gives (about 5x faster than building
+a dict per record and encoding it, and 2.7x faster than doing the same with orjson; measured
+in bench/results/e2e.md).
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import numpy as np
 
 from streamseq.engine import EngineOutput
 from streamseq.events.schema import Event
+from streamseq.pipeline import Prediction, Record
 
-__all__ = ["prediction_records", "encode_record", "prediction_id"]
+__all__ = ["PredictionEncoder", "prediction_id", "encode_json"]
+
+_INF = math.inf
 
 
 def prediction_id(topic: str, partition: int, offset: int) -> str:
@@ -35,39 +44,98 @@ def prediction_id(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}:{offset}"
 
 
-def prediction_records(events: Sequence[Event], out: EngineOutput, targets: Sequence[str],
-                       sources: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
-    """One record per forecast in ``out``; ``sources[i]`` is event i's (topic, partition,
-    offset). ``model_version`` is the number of optimizer steps applied before the
-    forecast was made."""
-    recs = []
-    horizon = int(out.yhat.shape[1])
-    # one conversion per batch, not per record: [row][target][step] as Python floats
-    yhat = np.round(out.yhat, 10).transpose(0, 2, 1).tolist()
-    target_ts = out.target_ts.tolist()
-    versions = out.version.tolist()
-    names = list(enumerate(targets))
-    for row, i in enumerate(out.index.tolist()):
-        ev = events[i]
-        topic, partition, offset = sources[i]
-        values = yhat[row]
-        recs.append({
-            "id": prediction_id(topic, partition, offset),
-            "key": ev.key,
-            "kind": ev.kind,
-            "event_ts": ev.ts_ms,
-            "target_ts": target_ts[row],
-            "horizon": horizon,
-            "yhat": {name: [v if math.isfinite(v) else None for v in values[j]]
-                     for j, name in names},
-            "model_version": versions[row],
-            "source": {"topic": topic, "partition": partition, "offset": offset},
-        })
-    return recs
-
-
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def encode_record(rec: dict[str, Any]) -> bytes:
+def encode_json(rec: dict[str, Any]) -> bytes:
+    """A record that is not a forecast (text shards' outputs) as compact JSON bytes."""
     return _ENCODER.encode(rec).encode()
+
+
+def _number(x: float) -> str:
+    return "null" if x != x or x == _INF or x == -_INF else repr(x)
+
+
+class PredictionEncoder:
+    """Serialises the forecasts of one engine call, one pass per batch.
+
+    Parameters
+    ----------
+    kind
+        The shard's event kind (``sensor`` / ``price``).
+    max_cached_keys
+        Bound of the cache of escaped keys (keys repeat; the cache is cleared when full).
+
+    Examples
+    --------
+    >>> from streamseq.config import EngineConfig, LearnerConfig
+    >>> from streamseq.engine import Engine
+    >>> from streamseq.pipeline import InputRecord
+    >>> eng = Engine(EngineConfig(learner=LearnerConfig(k1=1, k2=2, batch_windows=1)))
+    >>> evs = [Event("sensor", "a", 60_000 * i, {"x": float(i % 3)}) for i in range(3)]
+    >>> out = eng.process(evs)
+    >>> src = [InputRecord("sensors", 1, 40 + i, None) for i in range(3)]
+    >>> preds = PredictionEncoder("sensor").encode(evs, out, eng.target_names, src)
+    >>> rec = json.loads(preds[2].value)
+    >>> preds[2].key, rec["id"], rec["source"], rec["target_ts"], sorted(rec["yhat"])
+    (b'a', 'sensors:1:42', {'topic': 'sensors', 'partition': 1, 'offset': 42}, [180000], ['x'])
+    """
+
+    def __init__(self, kind: str, max_cached_keys: int = 200_000) -> None:
+        self.kind = kind
+        self.max_cached_keys = max_cached_keys
+        self._keys: dict[str, tuple[bytes, str]] = {}
+        self._sources: dict[tuple[str, int], tuple[str, str]] = {}
+
+    def _key(self, key: str) -> tuple[bytes, str]:
+        found = self._keys.get(key)
+        if found is None:
+            if len(self._keys) >= self.max_cached_keys:
+                self._keys.clear()
+            found = self._keys[key] = (key.encode(), json.dumps(key))
+        return found
+
+    def _source(self, topic: str, partition: int) -> tuple[str, str]:
+        found = self._sources.get((topic, partition))
+        if found is None:
+            found = self._sources[(topic, partition)] = (
+                '{"id":"' + json.dumps(f"{topic}:{partition}:")[1:-1],
+                '"source":{"topic":' + json.dumps(topic) + f',"partition":{partition},'
+                '"offset":')
+        return found
+
+    def encode(self, events: Sequence[Event], out: EngineOutput, targets: Sequence[str],
+               sources: Sequence[Record]) -> list[Prediction]:
+        """One :class:`Prediction` per forecast in ``out``; ``sources[i]`` is event ``i``'s
+        record. ``model_version`` is the number of optimizer steps applied before the
+        forecast was made."""
+        index = out.index.tolist()
+        if not index:
+            return []
+        horizon = int(out.yhat.shape[1])
+        # one conversion per batch: [row][target][step] as Python floats
+        yhat = np.round(out.yhat, 10).transpose(0, 2, 1).tolist()
+        target_ts = out.target_ts.tolist()
+        versions = out.version.tolist()
+        names = [json.dumps(t) + ":[" for t in targets]
+        kind = f'"kind":{json.dumps(self.kind)},"event_ts":'
+        mid = f'],"horizon":{horizon},"yhat":{{'
+        recs: list[Prediction] = []
+        append = recs.append
+        key_of = self._key
+        src_of = self._source
+        number = _number
+        for row, i in enumerate(index):
+            ev = events[i]
+            src = sources[i]
+            head, tail = src_of(src.topic, src.partition)
+            kb, kj = key_of(ev.key)
+            values = yhat[row]
+            yh = ",".join(name + ",".join(map(number, values[j])) + "]"
+                          for j, name in enumerate(names))
+            ts = target_ts[row]
+            tts = str(ts[0]) if horizon == 1 else ",".join(map(str, ts))
+            text = (f'{head}{src.offset}","key":{kj},{kind}{ev.ts_ms},"target_ts":[{tts}'
+                    f'{mid}{yh}}},"model_version":{versions[row]},{tail}{src.offset}}}}}')
+            append(Prediction(kb, text.encode(), src.timestamp))
+        return recs

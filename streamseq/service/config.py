@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from streamseq.config import EngineConfig
+from streamseq.text.config import TextEngineConfig
 
 try:
     import tomllib
@@ -94,6 +95,9 @@ class ServiceConfig:
     poll_timeout_ms: int = 200
     fetch_max_wait_ms: int = 50  # kafka-python's 500 ms default dominates latency at low rates
     max_poll_records: int = 2000
+    producer_linger_ms: int = 5
+    producer_batch_bytes: int = 262_144
+    producer_compression: str = "none"
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
     max_poll_interval_ms: int = 300_000
@@ -105,7 +109,7 @@ class ServiceConfig:
     max_future_ms: int = 86_400_000  # event times this far after the record's own: bad_time
     threads: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
-    text: Mapping[str, Any] = field(default_factory=dict)  # TextEngineConfig as a dict
+    text: TextEngineConfig | None = None  # text shards: None = the default language model
 
     def __post_init__(self) -> None:
         if self.auto_offset_reset not in ("earliest", "latest"):
@@ -122,11 +126,8 @@ class ServiceConfig:
         if unknown:
             raise ConfigError(f"unknown security settings {sorted(unknown)}; known: "
                               f"{SECURITY_KEYS}")
-        if any(t.kind == "text" for t in self.topics):
-            from streamseq.text.config import TextEngineConfig
-
-            if self.text:
-                TextEngineConfig.from_dict(dict(self.text))  # validates, raises ConfigError
+        if self.producer_compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
+            raise ConfigError("producer_compression must be none, gzip, snappy, lz4 or zstd")
         if self.checkpoint_store not in ("local", "kafka"):
             raise ConfigError("checkpoint_store must be local or kafka")
         if self.checkpoint_every_events < 1 or self.checkpoint_every_seconds <= 0:
@@ -286,9 +287,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     unknown = set(merged) - known
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)}")
+    text = merged.pop("text", None)
     try:
         base = EngineConfig.from_dict(_deep_merge(EngineConfig().to_dict(), engine))
-        return replace(ServiceConfig(), **merged, engine=base)
+        if text is not None and not isinstance(text, TextEngineConfig):
+            text = TextEngineConfig.from_dict(dict(text))
+        return replace(ServiceConfig(), **merged, engine=base, text=text)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
 

@@ -11,9 +11,9 @@ The pieces, in the order a service test uses them:
 - :class:`TopicReader` / :func:`read_topic` read every record of a topic back (manual
   assignment, from the beginning, headers included); :func:`wait_for_predictions` waits until
   the prediction topic holds a set of distinct ids.
-- :func:`reference_run` replays the same input records through the in-process
-  :class:`~streamseq.engine.Engine`, configured from the very same flags: the uninterrupted
-  run that restarts, kills and rebalances are compared with.
+- :func:`reference_run` replays the same input records through the service's own pipeline
+  step in process, configured from the very same flags: the uninterrupted run that
+  restarts, kills and rebalances are compared with.
 - :func:`load_snapshots` reads the latest shard snapshots of a checkpoint directory and
   :func:`state_differences` compares two engine states (weights, optimizer, hidden table,
   per-key arrays and counters) with a tolerance.
@@ -569,7 +569,8 @@ class Reference:
     dead_letters
         ``(record, reason)`` of the input records that must be dead-lettered.
     engines
-        The engine of each input partition after all its records.
+        The shard engine (:class:`~streamseq.pipeline.ShardEngine`) of each input partition
+        after all its records.
     """
 
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -583,45 +584,33 @@ class Reference:
 def reference_run(records: Iterable[TopicRecord], args: Sequence[str],
                   chunk: int | None = None) -> Reference:
     """Replay input ``records`` (as read back from the input topic) through in-process
-    engines, one per partition in offset order, exactly as the service configured by
-    ``args`` would (same decoder, engine configuration, prediction records).
+    shards, one per partition in offset order, with the service's own pipeline step
+    (:func:`streamseq.pipeline.apply`) configured from the very same flags.
 
-    ``chunk`` feeds each engine that many events per call (all at once by default): the
+    ``chunk`` feeds each shard that many records per call (all at once by default): the
     engine's results do not depend on chunking, so neither may the comparison.
     """
-    from streamseq.engine import Engine
-    from streamseq.events.decode import EventDecoder
-    from streamseq.events.errors import EventError
-    from streamseq.predictions import prediction_records
+    from streamseq.pipeline import apply
+    from streamseq.service.shards import ShardFactory
 
     cfg = reference_config(args)
+    factory = ShardFactory(cfg)
     ref = Reference()
     by_partition: dict[tuple[str, int], list[TopicRecord]] = defaultdict(list)
     for r in records:
         by_partition[(r.topic, r.partition)].append(r)
     for (topic, partition), recs in sorted(by_partition.items()):
         recs.sort(key=lambda r: r.offset)
-        kind = cfg.kind_of(topic)
-        decoder = EventDecoder(kind=kind, naive_tz=cfg.naive_tz, max_bytes=cfg.max_message_bytes)
-        engine = Engine(cfg.engine.replace(kind=kind))
-        events, kept = [], []
-        for r in recs:
-            try:
-                if r.value is None:
-                    raise EventError("not_json", "record has no value (tombstone)")
-                events.append(decoder.decode(r.value))
-                kept.append(r)
-            except EventError as err:
-                ref.dead_letters.append((r, err.reason))
-        step = chunk or max(1, len(events))
-        for lo in range(0, len(events), step):
-            evs, rs = events[lo:lo + step], kept[lo:lo + step]
-            out = engine.process(evs)
-            ref.dead_letters.extend((rs[i], err.reason) for i, err in out.rejected)
-            sources = [(r.topic, r.partition, r.offset) for r in rs]
-            for rec in prediction_records(evs, out, engine.target_names, sources):
+        shard = factory.engine(cfg.kind_of(topic))
+        decoder = factory.decoders[topic]
+        step = chunk or max(1, len(recs))
+        for lo in range(0, len(recs), step):
+            out = apply(recs[lo:lo + step], decoder, shard)
+            ref.dead_letters.extend((d.record, d.error.reason) for d in out.dead_letters)
+            for p in out.predictions:
+                rec = json.loads(p.value)
                 ref.predictions[rec["id"]] = rec
-        ref.engines[partition] = engine
+        ref.engines[partition] = shard
     ref.dead_letters.sort(key=lambda x: (x[0].partition, x[0].offset))
     return ref
 

@@ -43,6 +43,8 @@ from streamseq.config import EngineConfig, LearnerConfig
 from streamseq.engine import Engine
 from streamseq.events import REASONS, Event, EventDecoder, EventError
 from streamseq.events.decode import MAX_TS_MS
+from streamseq.pipeline import InputRecord, RecordDecoder, apply
+from streamseq.shards import NumericShard
 from streamseq.state.checkpoint import LocalCheckpointStore
 
 FUZZ = settings(deadline=None, database=None, derandomize=True,
@@ -68,52 +70,46 @@ def _engine(tol: int = 0, batch_windows: int = 4, values: tuple[str, ...] | None
     return Engine(cfg.replace(**{"state.late_tolerance_ms": tol}))
 
 
-def _decode(decoder: EventDecoder, payload: bytes | None) -> Event:
-    """What the service does before the engine (including its unencodable-key check)."""
-    if payload is None:
-        raise EventError("not_json", "record has no value (tombstone)")
-    ev = decoder.decode(payload)
-    if not ev.key.isascii():
-        try:
-            ev.key.encode()
-        except UnicodeEncodeError:
-            raise EventError("bad_key", "key is not valid Unicode") from None
-    return ev
+_RECORD_DECODER = RecordDecoder(EventDecoder())
+
+
+def _decode(payload: bytes | None) -> Event:
+    """Every record-level rule the service applies before the engine."""
+    return _RECORD_DECODER.decode(InputRecord("t", 0, 0, None, payload))
 
 
 def _outcomes(msgs: Sequence[HostileMessage], engine: Engine, sizes: Sequence[int]
               ) -> list[str | None]:
-    """Each message's outcome through decoder + engine, fed in chunks of ``sizes``."""
-    decoder = EventDecoder()
+    """Each message's outcome through the pipeline step, fed in chunks of ``sizes``."""
+    shard = NumericShard(engine=engine)
+    records = [InputRecord("t", 0, i, None, m.payload) for i, m in enumerate(msgs)]
     got: list[str | None] = [None] * len(msgs)
     pos, k = 0, 0
     while pos < len(msgs):
         n = sizes[k % len(sizes)]
         k += 1
-        idx = range(pos, min(pos + n, len(msgs)))
+        chunk = records[pos:pos + n]
         pos += n
-        evs, kept = [], []
-        for j in idx:
-            try:
-                evs.append(_decode(decoder, msgs[j].payload))
-                kept.append(j)
-            except EventError as err:
-                assert err.reason in REASONS
-                got[j] = dead_letter(err.reason)
-        if not evs:
-            continue
-        out = engine.process(evs)
-        _check_accounting(out, len(evs))
-        for i in out.index.tolist():
-            got[kept[i]] = PREDICT
-        for i, err in out.rejected:
-            got[kept[i]] = dead_letter(err.reason)
-        for i, reason in out.dropped:
-            got[kept[i]] = f"drop:{reason}"
+        out = apply(chunk, _RECORD_DECODER, shard)
+        _check_accounting(out, chunk)
+        for p in out.predictions:
+            got[json.loads(p.value)["source"]["offset"]] = PREDICT
+        for d in out.dead_letters:
+            assert d.error.reason in REASONS
+            got[d.record.offset] = dead_letter(d.error.reason)
+        for r, reason in out.dropped:
+            got[r.offset] = f"drop:{reason}"
     return got
 
 
-def _check_accounting(out: Any, n: int) -> None:
+def _check_accounting(out: Any, records: Sequence[InputRecord]) -> None:
+    """Each record exactly once: predicted, dead-lettered or dropped."""
+    every = ([json.loads(p.value)["source"]["offset"] for p in out.predictions]
+             + [d.record.offset for d in out.dead_letters] + [r.offset for r, _ in out.dropped])
+    assert sorted(every) == [r.offset for r in records]
+
+
+def _check_engine_accounting(out: Any, n: int) -> None:
     applied = out.index.tolist()
     rejected = [i for i, _ in out.rejected]
     dropped = [i for i, _ in out.dropped]
@@ -203,14 +199,13 @@ def test_each_hostile_case_gets_its_expected_reason() -> None:
     gen = HostileGenerator(seed=5)
     msgs = gen.messages(3000)
     seen = set()
-    decoder = EventDecoder()
     for m in msgs:
         if not m.expected.startswith("dead_letter:") or m.case in seen:
             continue
         seen.add(m.case)
         reason = m.expected.split(":", 1)[1]
         try:
-            ev = _decode(decoder, m.payload)
+            ev = _decode(m.payload)
         except EventError as err:
             assert err.reason == reason, m.case
         else:  # rejected by the engine, after decoding
@@ -302,7 +297,7 @@ def test_engine_survives_extreme_valid_events(events: list[Event], sizes: list[i
         pos += len(chunk)
         k += 1
         out = engine.process(chunk)
-        _check_accounting(out, len(chunk))
+        _check_engine_accounting(out, len(chunk))
         bound = engine.config.features.max_abs_value
         for i, err in out.rejected:  # of the shard's schema: only the value bound refuses
             assert err.reason == "out_of_range"
@@ -657,10 +652,15 @@ class _Future:
 
 
 class _Producer:
-    def __init__(self, **_kw: Any) -> None:
-        pass
+    """Accepts every record; fails the 15th send (after the engine applied its batch)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
 
     def send(self, *_a: Any, **_kw: Any) -> _Future:
+        self.sent += 1
+        if self.sent == 15:
+            raise RuntimeError("boom")
         return _Future()
 
     def flush(self, timeout: float = 0) -> None:
@@ -671,13 +671,13 @@ class _Producer:
 
 
 def test_unexpected_error_mid_batch_never_snapshots_the_half_applied_shard(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     """If processing fails after the engine advanced but before the offset did, closing
     the consumer revokes the partition: that must not snapshot the shard (its state would
     cover events its offset does not, and they would be learned twice after a restart)."""
     from kafka import TopicPartition
 
-    from streamseq.service import app
+    from streamseq.service.app import Service
     from streamseq.service.config import load_config
 
     tp = TopicPartition("sensors", 0)
@@ -686,7 +686,7 @@ def test_unexpected_error_mid_batch_never_snapshots_the_half_applied_shard(
             for i in range(20)]
 
     class Consumer:
-        def __init__(self, **_kw: Any) -> None:
+        def __init__(self) -> None:
             self.polls = 0
             self.listener: Any = None
 
@@ -718,24 +718,22 @@ def test_unexpected_error_mid_batch_never_snapshots_the_half_applied_shard(
             if self.listener is not None:
                 self.listener.on_partitions_revoked([tp])
 
-    calls = {"n": 0}
-    real_encode = app.encode_record
+    class Clients:
+        def producer(self) -> _Producer:
+            return _Producer()
 
-    def failing_encode(rec: dict[str, Any]) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 15:  # in the second batch, after the engine applied it
-            raise RuntimeError("boom")
-        return real_encode(rec)
+        def consumer(self) -> Consumer:
+            return Consumer()
 
-    monkeypatch.setattr(app, "KafkaConsumer", Consumer)
-    monkeypatch.setattr(app, "KafkaProducer", _Producer)
-    monkeypatch.setattr(app, "encode_record", failing_encode)
+        def monitor(self) -> Consumer:
+            return Consumer()
+
     cfg = load_config(env={}, overrides={
         "bootstrap": "k:9092", "checkpoint_dir": str(tmp_path), "metrics_port": 0,
         "checkpoint_every_events": 10, "topics": "sensors:sensor",
         "engine": {"model": {"hidden": 8}}})
     with pytest.raises(RuntimeError, match="boom"):
-        app.Service(cfg).run()
+        Service(cfg, clients=Clients()).run()
     snap = LocalCheckpointStore(tmp_path).load("sensors-0")
     assert snap is not None and snap["offset"] == 10
     assert snap["engine"]["stats"]["accepted"] == 10  # the state its offset covers

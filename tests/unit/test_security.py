@@ -118,7 +118,7 @@ def test_security_reaches_kafka_python_and_logs_stay_clean(
         secret_file: Path) -> None:
     """The producer and consumer get every security setting; nothing logged shows the
     password (the start-up line logs the whole configuration)."""
-    from streamseq.service import app
+    from streamseq.service import app, clients
 
     seen: dict[str, dict[str, Any]] = {}
 
@@ -133,8 +133,8 @@ def test_security_reaches_kafka_python_and_logs_stay_clean(
         seen["consumer"] = kw
         raise _Stop
 
-    monkeypatch.setattr(app, "KafkaProducer", FakeProducer)
-    monkeypatch.setattr(app, "KafkaConsumer", fake_consumer)
+    monkeypatch.setattr(clients, "KafkaProducer", FakeProducer)
+    monkeypatch.setattr(clients, "KafkaConsumer", fake_consumer)
     cfg = config_from_args(_args(
         "--bootstrap", "k:9093", "--security-protocol", "SASL_SSL", "--sasl-mechanism",
         "PLAIN", "--sasl-username", "svc", "--sasl-password-file", str(secret_file),
@@ -288,12 +288,13 @@ def test_service_refuses_an_incompatible_snapshot(tmp_path: Path, snapshot: dict
                                                   message: str) -> None:
     from kafka import TopicPartition
 
-    from streamseq.service.app import Service, ServiceError
+    from streamseq.service.shards import ServiceError, ShardFactory
 
     if snapshot.get("engine") == "hidden=8":
         snapshot["engine"] = _trained().state_dict()
     cfg = load_config(env={}, overrides={"bootstrap": "k:9092", "checkpoint_dir":
                                          str(tmp_path), "metrics_port": 0})
-    LocalCheckpointStore(tmp_path).save("sensors-0", snapshot)
+    store = LocalCheckpointStore(tmp_path)
+    store.save("sensors-0", snapshot)
     with pytest.raises(ServiceError, match=message):
-        Service(cfg)._restore(TopicPartition("sensors", 0))
+        ShardFactory(cfg).restore(TopicPartition("sensors", 0), store)
