@@ -281,6 +281,7 @@ class HostileGenerator:
             "key_bool": (1, bad(doc(key=True), "bad_key")),
             "key_object": (1, bad(doc(key={"id": 1}), "bad_key")),
             "key_lone_surrogate": (1, bad(doc(key="\ud800x"), "bad_key", key="surrogate")),
+            "key_control_char": (2, self._control_key),
             # ---- times
             "missing_time": (1, bad(doc(ts=_DROP), "missing_time")),
             "null_time": (1, bad(doc(ts=None), "missing_time")),
@@ -401,12 +402,20 @@ class HostileGenerator:
         return self._apply(key, ts, vals, _dumps(doc))
 
     def _odd_key(self) -> HostileMessage:
-        key = self._rng.choice(["\u6e29\u5ea6-\u2603", "nul\u0000key", "k" * self.max_key_len,
-                                "tab\tand\nnewline", "\U0001f525", "' OR 1=1 --",
+        key = self._rng.choice(["\u6e29\u5ea6-\u2603", "zero\u200dwidth joiner",
+                                "k" * self.max_key_len, "\U0001f525", "' OR 1=1 --",
                                 "../../etc/passwd", "<script>"])
         ts = self._next_ts(key)
         vals = self._vals()
         return self._apply(key, ts, vals, _dumps({"key": key, "ts": ts, "values": vals}))
+
+    def _control_key(self) -> HostileMessage:
+        """A key with a control character (NUL, newline, bidirectional override ...): it
+        could forge a log line or reorder what a terminal shows, so it is ``bad_key``."""
+        key = self._rng.choice(["nul\u0000key", "tab\tand\nnewline", "bidi\u202eoverride",
+                                "line\u2028separator", "del\u007f", "c1\u0085"])
+        payload = _dumps({"key": key, "ts": _START_MS, "values": self._vals()})
+        return HostileMessage(key, payload, dead_letter("bad_key"), "")
 
     def _int_key(self) -> HostileMessage:
         n = self._rng.randrange(3)

@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from streamseq.logsafe import EscapingFormatter
+
 __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = (
@@ -72,11 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(COMMAND_HOME.get(_command_of(argv) or ""))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     if args.log_level != "DEBUG":  # kafka-python logs every reconnect at INFO/ERROR
         logging.getLogger("kafka").setLevel(logging.CRITICAL if args.log_level == "ERROR"
                                             else logging.WARNING)

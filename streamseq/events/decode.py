@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
@@ -17,7 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from streamseq.events.errors import EventError
 from streamseq.events.schema import KINDS, PRICE_FIELDS, Event
 
-__all__ = ["EventDecoder", "decode_json", "load_json_object", "parse_time", "MIN_TS_MS", "MAX_TS_MS"]
+__all__ = ["EventDecoder", "decode_json", "load_json_object", "parse_time", "check_key",
+           "MIN_TS_MS", "MAX_TS_MS"]
 
 KEY_FIELDS = ("key", "sensor_id", "symbol")
 TIME_FIELDS = ("ts", "timestamp", "time", "event_time")
@@ -25,6 +27,49 @@ META_FIELDS = frozenset(("kind", "id", "values", *KEY_FIELDS, *TIME_FIELDS))
 MIN_TS_MS = 0  # 1970-01-01
 MAX_TS_MS = 7_258_118_400_000  # 2200-01-01: anything later is a producer bug, not a reading
 _NA_STRINGS = frozenset(("", "na", "nan", "null", "none", "n/a", "-"))
+
+
+# Bidirectional formatting characters: they reorder what a terminal or a log viewer shows
+# ("Trojan Source"); the other format characters (joiners, soft hyphen) are allowed.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                          "\u2066\u2067\u2068\u2069")
+_CONTROL_CATEGORIES = frozenset(("Cc", "Zl", "Zp"))
+
+
+def check_key(raw: object, max_len: int = 256) -> str:
+    """The key of an event, or ``bad_key``: a string (or integer) that is not blank, at most
+    ``max_len`` characters, valid Unicode, and free of control characters (C0/C1 controls
+    such as NUL, tab and newline, line/paragraph separators, bidirectional overrides), so
+    a key can never forge a log line or reorder what a terminal shows.
+
+    Examples
+    --------
+    >>> check_key("s-17"), check_key(42), check_key("\\u6e29\\u5ea6 \\U0001f525")
+    ('s-17', '42', '\u6e29\u5ea6 \U0001f525')
+    >>> check_key("nul\\x00key")
+    Traceback (most recent call last):
+    ...
+    streamseq.events.errors.EventError: bad_key: key holds control character U+0000
+    >>> check_key("evil\\u202egnp.exe")
+    Traceback (most recent call last):
+    ...
+    streamseq.events.errors.EventError: bad_key: key holds control character U+202E
+    """
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise EventError("bad_key", f"key has type {type(raw).__name__}")
+    key = str(raw)
+    if not key or not key.strip():
+        raise EventError("bad_key", "key is empty")
+    if len(key) > max_len:
+        raise EventError("bad_key", f"key is {len(key)} characters > {max_len}")
+    if not key.isprintable() or not key.isascii():
+        for ch in key:
+            cat = unicodedata.category(ch)
+            if cat == "Cs":
+                raise EventError("bad_key", "key is not valid Unicode (lone surrogate)")
+            if cat in _CONTROL_CATEGORIES or ch in BIDI_CONTROLS:
+                raise EventError("bad_key", f"key holds control character U+{ord(ch):04X}")
+    return key
 
 
 @lru_cache(maxsize=64)
@@ -233,21 +278,10 @@ class EventDecoder:
         raw = next((doc[f] for f in KEY_FIELDS if f in doc), None)
         if raw is None:
             raise EventError("missing_key")
-        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-            raise EventError("bad_key", f"key has type {type(raw).__name__}")
-        return self._check_key(str(raw))
+        return check_key(raw, self.max_key_len)
 
     def _check_key(self, key: str) -> str:
-        if not key or not key.strip():
-            raise EventError("bad_key", "key is empty")
-        if len(key) > self.max_key_len:
-            raise EventError("bad_key", f"key is {len(key)} characters > {self.max_key_len}")
-        if not key.isascii():
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise EventError("bad_key", "key is not valid Unicode (lone surrogate)") from None
-        return key
+        return check_key(key, self.max_key_len)
 
     def _values(self, raw: Mapping[str, object]) -> dict[str, float | None]:
         if self.value_fields is not None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from streamseq.events.decode import TIME_FIELDS, load_json_object, parse_time
+from streamseq.events.decode import TIME_FIELDS, check_key, load_json_object, parse_time
 from streamseq.events.errors import EventError
 
 __all__ = [
@@ -186,14 +186,7 @@ class TextDecoder:
     def _key(self, raw: object) -> str:
         if raw is None:
             raise EventError("missing_key")
-        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-            raise EventError("bad_key", f"key has type {type(raw).__name__}")
-        key = str(raw)
-        if not key.strip():
-            raise EventError("bad_key", "key is empty")
-        if len(key) > self.max_key_len:
-            raise EventError("bad_key", f"key is {len(key)} characters > {self.max_key_len}")
-        return key
+        return check_key(raw, self.max_key_len)
 
     def _scalar(self, raw: object, what: str) -> str | None:
         """A label or id: a non-empty string or an integer, as a string."""
