@@ -19,14 +19,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from streamseq.config import (
-    DriftConfig,
-    EngineConfig,
-    FeatureConfig,
-    LearnerConfig,
-    ModelConfig,
-    StateConfig,
-)
+from streamseq.config import EngineConfig, LearnerConfig
+from streamseq.config_base import add_flags, flag_overrides
 from streamseq.engine import Engine
 from streamseq.evaluation.metrics import ErrorTotals, summarize
 from streamseq.events.schema import Event
@@ -282,53 +276,31 @@ def _fmt(x: float | None) -> str:
 
 # ---------------------------------------------------------------------- command line
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    """Model, learner and feature options shared by backtest, run and the benches."""
-    d = EngineConfig()
-    g = p.add_argument_group("model and learning")
-    g.add_argument("--cell", choices=["gru", "lstm"], default=d.model.cell)
-    g.add_argument("--hidden", type=int, default=d.model.hidden)
-    g.add_argument("--layers", type=int, default=d.model.layers)
-    g.add_argument("--dropout", type=float, default=d.model.dropout)
-    g.add_argument("--horizon", type=int, default=d.model.horizon)
-    g.add_argument("--k1", type=int, default=d.learner.k1, help="a key's window falls due "
-                   "every k1 of its events")
-    g.add_argument("--k2", type=int, default=d.learner.k2, help="backprop length")
-    g.add_argument("--batch-windows", type=int, default=d.learner.batch_windows,
-                   help="optimizer step after this many due windows in the shard")
-    g.add_argument("--lr", type=float, default=d.learner.lr)
-    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=d.learner.optimizer)
-    g.add_argument("--no-learn", action="store_true", help="forecast with fixed weights")
-    g.add_argument("--seed", type=int, default=d.learner.seed)
-    g.add_argument("--scaling", choices=["online", "fixed"], default=d.features.scaling)
-    g.add_argument("--missing", choices=["carry", "reject"], default=d.features.missing)
-    g.add_argument("--no-calendar", action="store_true")
-    g.add_argument("--drift-action", choices=["none", "reset", "boost_lr"],
-                   default=d.drift.action)
-    g.add_argument("--max-keys", type=int, default=d.state.max_keys)
-    g.add_argument("--idle-ttl", type=float, default=None, help="evict keys idle this many "
-                   "seconds of event time")
-    g.add_argument("--late-tolerance-ms", type=int, default=d.state.late_tolerance_ms,
-                   help="apply events up to this much older than their key's last one; "
-                   "drop older ones as late")
+    """Model, learner and feature options shared by backtest, run and the benches
+    (generated from :class:`EngineConfig`'s fields)."""
+    add_flags(p.add_argument_group("model and learning"), EngineConfig)
+
+
+def normalize_engine_flags(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--k1`` above the default backprop length raises ``k2`` with it (unless ``--k2``
+    is given too): flags name what the user wants, the config file what it must be."""
+    for engine in (overrides, overrides.get("engine", {})):
+        learner = engine.get("learner", {})
+        if "k1" in learner and "k2" not in learner:
+            learner["k2"] = max(learner["k1"], LearnerConfig().k2)
+    return overrides
 
 
 def engine_config_from_args(a: argparse.Namespace, kind: str = "sensor",
                             targets: Sequence[str] | None = None) -> EngineConfig:
-    return EngineConfig(
-        kind=kind,
-        targets=tuple(targets) if targets else None,
-        model=ModelConfig(cell=a.cell, hidden=a.hidden, layers=a.layers, dropout=a.dropout,
-                          horizon=a.horizon),
-        features=FeatureConfig(scaling=a.scaling, missing=a.missing,
-                               calendar=not a.no_calendar,
-                               fixed_warmup=getattr(a, "warmup_rows", 0) or 0),
-        learner=LearnerConfig(learn=not a.no_learn, k1=a.k1, k2=max(a.k2, a.k1),
-                              batch_windows=a.batch_windows, lr=a.lr, optimizer=a.optimizer,
-                              seed=a.seed),
-        drift=DriftConfig(action=a.drift_action),
-        state=StateConfig(max_keys=a.max_keys, idle_ttl_s=a.idle_ttl,
-                          late_tolerance_ms=a.late_tolerance_ms),
-    )
+    """The engine configuration of the flags given (defaults for the others)."""
+    given = normalize_engine_flags(flag_overrides(a))
+    given["kind"] = kind
+    given["targets"] = tuple(targets) if targets else None
+    warm = getattr(a, "warmup_rows", 0) or 0
+    if warm:
+        given.setdefault("features", {})["fixed_warmup"] = warm
+    return EngineConfig.from_dict(given)
 
 
 def add_layout_args(p: argparse.ArgumentParser) -> None:

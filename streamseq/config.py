@@ -6,9 +6,9 @@ The service configuration (Kafka, checkpoints, HTTP) lives in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
+from streamseq.config_base import ConfigBase, flag
 from streamseq.exceptions import ConfigError
 
 __all__ = [
@@ -30,18 +30,18 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """Architecture of :class:`~streamseq.models.RecurrentForecaster`.
 
     ``residual`` makes the head predict the change from the last observed (scaled) value of
     each level target, so an untrained model starts as persistence.
     """
 
-    cell: str = "gru"
-    hidden: int = 64
-    layers: int = 1
-    dropout: float = 0.0
-    horizon: int = 1
+    cell: str = field(default="gru", metadata=flag(choices=CELLS))
+    hidden: int = field(default=64, metadata=flag())
+    layers: int = field(default=1, metadata=flag())
+    dropout: float = field(default=0.0, metadata=flag())
+    horizon: int = field(default=1, metadata=flag())
     residual: bool = True
 
     def __post_init__(self) -> None:
@@ -52,7 +52,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(ConfigBase):
     """Per-key feature pipeline.
 
     Parameters
@@ -78,10 +78,10 @@ class FeatureConfig:
         and ``log1p`` (size/volume), everything else to ``level``.
     """
 
-    scaling: str = "online"
+    scaling: str = field(default="online", metadata=flag(choices=("online", "fixed")))
     fixed_warmup: int = 0
-    missing: str = "carry"
-    calendar: bool = True
+    missing: str = field(default="carry", metadata=flag(choices=("carry", "reject")))
+    calendar: bool = field(default=True, metadata=flag("--no-calendar"))
     dt: bool = True
     clip: float = 8.0
     target_clip: float = 1e4
@@ -98,7 +98,7 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True)
-class LearnerConfig:
+class LearnerConfig(ConfigBase):
     """Online learning by truncated BPTT.
 
     A key's window falls due every ``k1`` of its trainable positions; the window runs the
@@ -108,16 +108,19 @@ class LearnerConfig:
     mean of their losses: update points are defined by the stream, not by polls.
     """
 
-    learn: bool = True
-    k1: int = 4
-    k2: int = 16
-    batch_windows: int = 16
+    learn: bool = field(default=True, metadata=flag("--no-learn", "forecast with fixed "
+                                                                "weights"))
+    k1: int = field(default=4, metadata=flag(help="a key's window falls due every k1 of "
+                                                    "its events"))
+    k2: int = field(default=16, metadata=flag(help="backprop length"))
+    batch_windows: int = field(default=16, metadata=flag(
+        help="optimizer step after this many due windows in the shard"))
     max_segment: int = 4096
-    optimizer: str = "adam"
-    lr: float = 1e-3
+    optimizer: str = field(default="adam", metadata=flag(choices=("adam", "adamw", "sgd")))
+    lr: float = field(default=1e-3, metadata=flag())
     weight_decay: float = 0.0
     clip_grad: float = 1.0
-    seed: int = 0
+    seed: int = field(default=0, metadata=flag())
 
     def __post_init__(self) -> None:
         _check(self.k1 >= 1 and self.k2 >= self.k1, "need 1 <= k1 <= k2")
@@ -127,7 +130,7 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
-class DriftConfig:
+class DriftConfig(ConfigBase):
     """Drift detection on each key's scaled absolute one-step error: Page-Hinkley (river's
     ``drift.PageHinkley`` semantics; ``delta``, ``threshold``, ``alpha``,
     ``min_instances`` are its parameters), vectorised over keys. ``action`` on a
@@ -138,7 +141,8 @@ class DriftConfig:
     threshold: float = 50.0
     alpha: float = 1 - 0.0001
     min_instances: int = 30
-    action: str = "none"
+    action: str = field(default="none", metadata=flag(
+        "--drift-action", choices=("none", "reset", "boost_lr")))
     boost_factor: float = 3.0
     boost_updates: int = 50
 
@@ -153,7 +157,7 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
-class StateConfig:
+class StateConfig(ConfigBase):
     """Per-key state lifetime and event ordering.
 
     ``idle_ttl_s`` and ``max_keys`` evict keys (checked at update points, on event time);
@@ -164,9 +168,12 @@ class StateConfig:
     key's newest but inside the tolerance are applied (not reordered) with dt = 0.
     """
 
-    max_keys: int = 100_000
-    idle_ttl_s: float | None = None
-    late_tolerance_ms: int = 0
+    max_keys: int = field(default=100_000, metadata=flag())
+    idle_ttl_s: float | None = field(default=None, metadata=flag(
+        "--idle-ttl", "evict keys idle this many seconds of event time"))
+    late_tolerance_ms: int = field(default=0, metadata=flag(
+        help="apply events up to this much older than their key's last one; drop older ones "
+             "as late"))
     recent_events: int = 4
 
     def __post_init__(self) -> None:
@@ -176,7 +183,7 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(ConfigBase):
     """Everything one engine shard needs. ``values`` fixes the value names (else the first
     event's names); ``targets`` picks the forecast columns (default all values)."""
 
@@ -194,41 +201,3 @@ class EngineConfig:
         if self.values is not None and self.targets is not None:
             missing = set(self.targets) - set(self.values)
             _check(not missing, f"targets {sorted(missing)} are not among values")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EngineConfig:
-        return _build(cls, d)
-
-    def replace(self, **changes: Any) -> EngineConfig:
-        """A copy with top-level or dotted (``"learner.lr"``) fields changed."""
-        d = self.to_dict()
-        for name, value in changes.items():
-            parts = name.replace("__", ".").split(".")
-            node = d
-            for p in parts[:-1]:
-                node = node[p]
-            if parts[-1] not in node:
-                raise ConfigError(f"unknown engine setting {name!r}")
-            node[parts[-1]] = value
-        return EngineConfig.from_dict(d)
-
-
-def _build(cls: type, d: dict[str, Any]) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(d) - set(known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in d.items():
-        default = known[name].default_factory if known[name].default_factory is not None else None  # type: ignore[misc]
-        sub = default() if callable(default) else None
-        if is_dataclass(sub) and isinstance(value, dict):
-            kwargs[name] = _build(type(sub), value)
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)

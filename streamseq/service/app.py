@@ -48,7 +48,7 @@ def open_store(config: ServiceConfig) -> CheckpointStore:
 
         assert config.bootstrap is not None
         return KafkaCheckpointStore(config.bootstrap, config.checkpoint_topic,
-                                    **dict(config.security))
+                                    **config.security.kafka_kwargs())
     return LocalCheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
 
 

@@ -62,7 +62,7 @@ class KafkaClients:
     def common(self) -> dict[str, Any]:
         assert self.config.bootstrap is not None
         return {"bootstrap_servers": self.config.bootstrap.split(","),
-                **dict(self.config.security)}
+                **self.config.security.kafka_kwargs()}
 
     def producer(self) -> KafkaProducer:
         cfg = self.config

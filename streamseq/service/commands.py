@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from streamseq.backtest import add_engine_args
+from streamseq.backtest import normalize_engine_flags
+from streamseq.config_base import add_flags, flag_overrides
 from streamseq.exceptions import ConfigError
 from streamseq.service.config import ServiceConfig, TopicSpec, load_config
 
@@ -47,105 +50,34 @@ def install_signal_handlers(stop: Any) -> None:
         signal.signal(signal.SIGINT, handle)
 
 
-def _engine_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    """Engine flags that differ from their defaults (so a config file still applies)."""
-    from streamseq.backtest import engine_config_from_args
-
-    defaults = engine_config_from_args(_default_engine_args()).to_dict()
-    given = engine_config_from_args(a).to_dict()
-    out: dict[str, Any] = {}
-    for section, values in given.items():
-        if isinstance(values, dict):
-            diff = {k: v for k, v in values.items() if defaults[section].get(k) != v}
-            if diff:
-                out[section] = diff
-    return out
-
-
-def _default_engine_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_engine_args(p)
-    return p.parse_args([])
-
-
 def add_service_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``streamseq run``: generated from :class:`ServiceConfig`'s fields (the
+    engine's included), plus ``--config`` and the repeatable topic flags."""
     p.add_argument("--config", type=Path, help="TOML or YAML configuration file")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port]")
-    p.add_argument("--sensor-topic", action="append", help="input topic of sensor events "
-                   "(repeatable)")
-    p.add_argument("--price-topic", action="append", help="input topic of price events "
-                   "(repeatable)")
-    p.add_argument("--text-topic", action="append", help="input topic of text and label "
-                   "events (repeatable)")
-    p.add_argument("--text-classifier", action="store_true",
-                   help="text shards host the online classifier too (labels inline or late)")
-    p.add_argument("--prediction-topic")
-    p.add_argument("--dead-letter-topic")
-    p.add_argument("--group", help="consumer group")
-    p.add_argument("--checkpoint-store", choices=["local", "kafka"],
-                   help="where shard snapshots go (default local)")
-    p.add_argument("--checkpoint-dir", help="directory of the local checkpoint store")
-    p.add_argument("--checkpoint-topic", help="topic of the kafka checkpoint store")
-    p.add_argument("--checkpoint-every-events", type=int)
-    p.add_argument("--checkpoint-every-seconds", type=float)
-    p.add_argument("--warm-start", help="checkpoint from `streamseq backtest "
-                   "--save-checkpoint` used by partitions without a snapshot")
-    p.add_argument("--auto-offset-reset", choices=["earliest", "latest"])
-    p.add_argument("--metrics-host", help="address of /metrics, /healthz, /readyz")
-    p.add_argument("--metrics-port", type=int)
-    p.add_argument("--max-poll-records", type=int)
-    p.add_argument("--session-timeout-ms", type=int)
-    p.add_argument("--heartbeat-interval-ms", type=int)
-    p.add_argument("--security-protocol", help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
-    p.add_argument("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
-    p.add_argument("--sasl-username")
-    p.add_argument("--sasl-password-file", help="file holding the SASL password (never a "
-                   "flag: it would show in the process list)")
-    p.add_argument("--ssl-cafile")
-    p.add_argument("--ssl-certfile")
-    p.add_argument("--ssl-keyfile")
-    add_engine_args(p)
+    for kind, what in (("sensor", "sensor events"), ("price", "price events"),
+                       ("text", "text and label events")):
+        p.add_argument(f"--{kind}-topic", action="append", help=f"input topic of {what} "
+                       "(repeatable)")
+    add_flags(p, ServiceConfig)
 
 
-def config_from_args(a: argparse.Namespace) -> ServiceConfig:
-    topics = [TopicSpec(t, "sensor") for t in a.sensor_topic or []] + [
-        TopicSpec(t, "price") for t in a.price_topic or []] + [
-        TopicSpec(t, "text") for t in a.text_topic or []]
-    security = {k: v for k, v in {
-        "security_protocol": a.security_protocol, "sasl_mechanism": a.sasl_mechanism,
-        "sasl_plain_username": a.sasl_username, "sasl_plain_password_file": a.sasl_password_file,
-        "ssl_cafile": a.ssl_cafile, "ssl_certfile": a.ssl_certfile, "ssl_keyfile": a.ssl_keyfile,
-    }.items() if v is not None}
-    overrides: dict[str, Any] = {
-        "bootstrap": a.bootstrap,
-        "topics": tuple(topics) if topics else None,
-        "prediction_topic": a.prediction_topic,
-        "dead_letter_topic": a.dead_letter_topic,
-        "group": a.group,
-        "checkpoint_store": a.checkpoint_store,
-        "checkpoint_dir": a.checkpoint_dir,
-        "checkpoint_topic": a.checkpoint_topic,
-        "checkpoint_every_events": a.checkpoint_every_events,
-        "checkpoint_every_seconds": a.checkpoint_every_seconds,
-        "warm_start": a.warm_start,
-        "auto_offset_reset": a.auto_offset_reset,
-        "metrics_host": a.metrics_host,
-        "metrics_port": a.metrics_port,
-        "max_poll_records": a.max_poll_records,
-        "session_timeout_ms": a.session_timeout_ms,
-        "heartbeat_interval_ms": a.heartbeat_interval_ms,
-        "security": security or None,
-        "engine": _engine_overrides(a) or None,
-        "text": {"lm": {}, "classifier": {}} if a.text_classifier else None,
-    }
-    return load_config(a.config, overrides=overrides)
+def config_from_args(a: argparse.Namespace, env: Mapping[str, str] | None = None
+                     ) -> ServiceConfig:
+    """The configuration ``streamseq run`` uses: defaults <- ``--config`` file <- ``env``
+    (``STREAMSEQ_*``) <- the flags given."""
+    overrides = normalize_engine_flags(flag_overrides(a))
+    topics = [TopicSpec(t, kind) for kind in ("sensor", "price", "text")
+              for t in getattr(a, f"{kind}_topic") or []]
+    if topics:
+        overrides["topics"] = tuple(topics)
+    return load_config(a.config, env=env, overrides=overrides)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from streamseq.service.app import Service
 
     try:
-        cfg = config_from_args(a)
+        cfg = config_from_args(a, os.environ)
     except ConfigError as exc:
         print(f"streamseq run: configuration error: {exc}", file=sys.stderr)
         return 2

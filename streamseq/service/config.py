@@ -1,6 +1,12 @@
 """Service configuration: one frozen object built from defaults, a TOML/YAML file, the
-environment (``STREAMSEQ_*``, read here and nowhere else) and command-line flags, in that
+environment (``STREAMSEQ_*``, passed in by the caller) and command-line flags, in that
 order of precedence, validated once at start-up. Secrets are masked when logged.
+
+Every setting is a typed field of :class:`ServiceConfig` (the engine's under ``engine``,
+the text shards' under ``text``, Kafka security under ``security``); flags and environment
+variables are derived from the fields (:mod:`streamseq.config_base`): ``--hidden`` sets
+``engine.model.hidden``, ``STREAMSEQ_ENGINE_LEARNER_LR`` sets ``engine.learner.lr``,
+``STREAMSEQ_TEXT_LM_HIDDEN`` sets ``text.lm.hidden``.
 
 File layout (TOML)::
 
@@ -32,14 +38,21 @@ File layout (TOML)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from streamseq.config import EngineConfig
+from streamseq.config_base import (
+    ConfigBase,
+    config_from_dict,
+    deep_merge,
+    env_overrides,
+    flag,
+)
 from streamseq.text.config import TextEngineConfig
 
 try:
@@ -48,13 +61,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 from streamseq.exceptions import ConfigError
 
-__all__ = ["ServiceConfig", "TopicSpec", "load_config", "SECURITY_KEYS"]
+__all__ = ["ServiceConfig", "SecurityConfig", "TopicSpec", "load_config", "SECURITY_KEYS",
+           "SECRET_KEYS", "ENV_PREFIX"]
 
-SECURITY_KEYS = (
-    "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
-    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_crlfile",
-    "ssl_check_hostname", "sasl_kerberos_service_name", "sasl_kerberos_domain_name",
-)
 SECRET_KEYS = frozenset(("sasl_plain_password", "ssl_password"))
 ENV_PREFIX = "STREAMSEQ_"
 
@@ -74,42 +83,104 @@ class TopicSpec:
 
 
 @dataclass(frozen=True)
-class ServiceConfig:
+class SecurityConfig(ConfigBase):
+    """Kafka security settings, passed to kafka-python unchanged (:meth:`kafka_kwargs`).
+
+    Secrets come from the environment, the config file, or ``*_password_file`` settings
+    (Kubernetes/Docker secrets), never from a flag: a flag would show in ``ps``.
+    """
+
+    security_protocol: str | None = field(default=None, metadata=flag(
+        help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"))
+    sasl_mechanism: str | None = field(default=None, metadata=flag(
+        help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"))
+    sasl_plain_username: str | None = field(default=None, metadata=flag("--sasl-username"))
+    sasl_plain_password: str | None = None
+    sasl_plain_password_file: str | None = field(default=None, metadata=flag(
+        "--sasl-password-file", "file holding the SASL password (never a flag: it would "
+        "show in the process list)"))
+    ssl_cafile: str | None = field(default=None, metadata=flag())
+    ssl_certfile: str | None = field(default=None, metadata=flag())
+    ssl_keyfile: str | None = field(default=None, metadata=flag())
+    ssl_password: str | None = None
+    ssl_password_file: str | None = None
+    ssl_crlfile: str | None = None
+    ssl_check_hostname: bool | None = None
+    sasl_kerberos_service_name: str | None = None
+    sasl_kerberos_domain_name: str | None = None
+
+    def with_secret_files(self) -> SecurityConfig:
+        """``*_password_file`` settings read into their secrets (ConfigError if unreadable)."""
+        changes: dict[str, Any] = {}
+        for secret in SECRET_KEYS:
+            path = getattr(self, secret + "_file")
+            if path is not None:
+                try:
+                    changes[secret] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"cannot read {secret}_file {path!r}: {exc}") from exc
+                changes[secret + "_file"] = None
+        return self.replace(**changes) if changes else self
+
+    def kafka_kwargs(self) -> dict[str, Any]:
+        """The settings given, as kafka-python keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None and not f.name.endswith("_file")}
+
+    def masked(self) -> dict[str, Any]:
+        return {k: ("***" if k in SECRET_KEYS else v) for k, v in self.kafka_kwargs().items()}
+
+
+SECURITY_KEYS = tuple(f.name for f in fields(SecurityConfig) if not f.name.endswith("_file"))
+
+
+@dataclass(frozen=True)
+class ServiceConfig(ConfigBase):
     """Everything ``streamseq run`` needs. See the module docstring for the file layout."""
 
-    bootstrap: str | None = None
+    bootstrap: str | None = field(default=None, metadata=flag(
+        help="Kafka bootstrap servers, host:port[,host:port]"))
     topics: tuple[TopicSpec, ...] = (TopicSpec("sensors", "sensor"), TopicSpec("prices", "price"))
-    prediction_topic: str = "predictions"
-    dead_letter_topic: str = "dead-letters"
-    group: str = "streamseq"
+    prediction_topic: str = field(default="predictions", metadata=flag())
+    dead_letter_topic: str = field(default="dead-letters", metadata=flag())
+    group: str = field(default="streamseq", metadata=flag(help="consumer group"))
     client_id: str = "streamseq"
-    auto_offset_reset: str = "earliest"
-    security: Mapping[str, Any] = field(default_factory=dict)
-    checkpoint_store: str = "local"
-    checkpoint_dir: str = "./streamseq-state"
-    checkpoint_topic: str = "streamseq-checkpoints"
+    auto_offset_reset: str = field(default="earliest", metadata=flag(
+        choices=("earliest", "latest")))
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    checkpoint_store: str = field(default="local", metadata=flag(
+        help="where shard snapshots go", choices=("local", "kafka")))
+    checkpoint_dir: str = field(default="./streamseq-state", metadata=flag(
+        help="directory of the local checkpoint store"))
+    checkpoint_topic: str = field(default="streamseq-checkpoints", metadata=flag(
+        help="topic of the kafka checkpoint store"))
     checkpoint_keep: int = 3
-    checkpoint_every_events: int = 50_000
-    checkpoint_every_seconds: float = 30.0
-    warm_start: str | None = None
+    checkpoint_every_events: int = field(default=50_000, metadata=flag())
+    checkpoint_every_seconds: float = field(default=30.0, metadata=flag())
+    warm_start: str | None = field(default=None, metadata=flag(
+        help="checkpoint from `streamseq backtest --save-checkpoint` used by partitions "
+             "without a snapshot"))
     poll_timeout_ms: int = 200
     fetch_max_wait_ms: int = 50  # kafka-python's 500 ms default dominates latency at low rates
-    max_poll_records: int = 2000
+    max_poll_records: int = field(default=2000, metadata=flag())
     producer_linger_ms: int = 5
     producer_batch_bytes: int = 262_144
     producer_compression: str = "none"
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 2_000
+    session_timeout_ms: int = field(default=10_000, metadata=flag())
+    heartbeat_interval_ms: int = field(default=2_000, metadata=flag())
     max_poll_interval_ms: int = 300_000
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9400
+    metrics_host: str = field(default="127.0.0.1", metadata=flag(
+        help="address of /metrics, /healthz, /readyz"))
+    metrics_port: int = field(default=9400, metadata=flag())
     max_message_bytes: int = 1_000_000
     dead_letter_max_bytes: int = 64_000
     naive_tz: str | None = "UTC"
     max_future_ms: int = 86_400_000  # event times this far after the record's own: bad_time
     threads: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
-    text: TextEngineConfig | None = None  # text shards: None = the default language model
+    text: TextEngineConfig | None = field(default=None, metadata=flag(
+        "--text-classifier", "text shards host the online classifier too (labels inline or "
+        "late)", const={"lm": {}, "classifier": {}}))
 
     def __post_init__(self) -> None:
         if self.auto_offset_reset not in ("earliest", "latest"):
@@ -122,10 +193,6 @@ class ServiceConfig:
         for out in (self.prediction_topic, self.dead_letter_topic):
             if out in names:
                 raise ConfigError(f"output topic {out!r} is also an input topic")
-        unknown = set(self.security) - set(SECURITY_KEYS)
-        if unknown:
-            raise ConfigError(f"unknown security settings {sorted(unknown)}; known: "
-                              f"{SECURITY_KEYS}")
         if self.producer_compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
             raise ConfigError("producer_compression must be none, gzip, snappy, lz4 or zstd")
         if self.checkpoint_store not in ("local", "kafka"):
@@ -143,9 +210,8 @@ class ServiceConfig:
 
     def masked(self) -> dict[str, Any]:
         """The configuration as a dict with secrets replaced by ``***``."""
-        d = asdict(self)
-        d["security"] = {k: ("***" if k in SECRET_KEYS else v) for k, v in
-                         self.security.items()}
+        d = self.to_dict()
+        d["security"] = self.security.masked()
         return d
 
     def __repr__(self) -> str:  # never print secrets by accident
@@ -153,7 +219,10 @@ class ServiceConfig:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -165,74 +234,12 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _secret_files(security: dict[str, Any]) -> dict[str, Any]:
-    """``<secret>_file`` settings: read the secret from that file (Kubernetes/Docker)."""
-    out = {}
-    for k, v in security.items():
-        if k.endswith("_file") and k[:-5] in SECRET_KEYS:
-            try:
-                out[k[:-5]] = Path(v).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read {k} {v!r}: {exc}") from exc
-        else:
-            out[k] = v
-    return out
+def parse_topics(raw: str | list[Any] | tuple[Any, ...]) -> tuple[TopicSpec, ...]:
+    """``"sensors:sensor,prices:price"`` or a list of tables/strings/TopicSpecs.
 
-
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        return raw.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """``STREAMSEQ_<FIELD>`` for top-level fields, ``STREAMSEQ_SECURITY_<KEY>`` for
-    security, ``STREAMSEQ_TOPICS=sensors:sensor,prices:price``."""
-    out: dict[str, Any] = {}
-    security: dict[str, Any] = {}
-    defaults = ServiceConfig()
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        name = key[len(ENV_PREFIX):].lower()
-        if name.startswith("security_"):
-            security[name[len("security_"):]] = raw
-        elif name.startswith("engine_"):  # STREAMSEQ_ENGINE_LEARNER_LR=0.003
-            _engine_env(out.setdefault("engine", {}), name[len("engine_"):], raw, key)
-        elif name == "topics":
-            out["topics"] = _parse_topics(raw)
-        elif name in ("sensor_topic", "price_topic", "text_topic"):  # same as the repeatable flags
-            kind = name.split("_")[0]
-            out.setdefault("_kind_topics", []).extend(
-                TopicSpec(t.strip(), kind) for t in raw.split(",") if t.strip())
-        elif name in defaults.__dataclass_fields__ and name not in ("engine", "security"):
-            out[name] = _coerce(name, raw, getattr(defaults, name))
-    if security:
-        out["security"] = security
-    if "_kind_topics" in out:
-        out["topics"] = tuple(out.pop("_kind_topics"))
-    return out
-
-
-def _engine_env(engine: dict[str, Any], name: str, raw: str, var: str) -> None:
-    defaults = EngineConfig().to_dict()
-    section, _, field_name = name.partition("_")
-    if section not in defaults or not isinstance(defaults[section], dict) or (
-            field_name not in defaults[section]):
-        raise ConfigError(f"{var}: no engine setting {section}.{field_name}")
-    default = defaults[section][field_name]
-    value: Any = raw if default is None else _coerce(field_name, raw, default)
-    if default is None and field_name == "idle_ttl_s":
-        value = float(raw)
-    engine.setdefault(section, {})[field_name] = value
-
-
-def _parse_topics(raw: str | list[Any]) -> tuple[TopicSpec, ...]:
-    """``"sensors:sensor,prices:price"`` or a list of tables/strings."""
+    >>> parse_topics("sensors:sensor,prices:price")[1]
+    TopicSpec(name='prices', kind='price')
+    """
     items = raw.split(",") if isinstance(raw, str) else raw
     specs = []
     for item in items:
@@ -246,60 +253,47 @@ def _parse_topics(raw: str | list[Any]) -> tuple[TopicSpec, ...]:
     return tuple(specs)
 
 
+def _topics_from_env(env: Mapping[str, str]) -> tuple[TopicSpec, ...] | None:
+    """``STREAMSEQ_TOPICS=sensors:sensor,prices:price``, or per kind
+    ``STREAMSEQ_SENSOR_TOPIC=a,b`` (like the repeatable flags)."""
+    if env.get(ENV_PREFIX + "TOPICS"):
+        return parse_topics(env[ENV_PREFIX + "TOPICS"])
+    specs = [TopicSpec(t.strip(), kind) for kind in ("sensor", "price", "text")
+             for t in env.get(f"{ENV_PREFIX}{kind.upper()}_TOPIC", "").split(",") if t.strip()]
+    return tuple(specs) or None
+
+
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> ServiceConfig:
-    """Defaults <- file <- environment <- ``overrides`` (flags), validated.
+    """Defaults <- file <- environment <- ``overrides`` (flags, a nested dict), validated.
+
+    ``env`` is the environment to read (``STREAMSEQ_*``): pass ``os.environ`` explicitly;
+    ``None`` reads none.
 
     Examples
     --------
     >>> c = load_config(env={"STREAMSEQ_BOOTSTRAP": "k:9092", "STREAMSEQ_METRICS_PORT": "9500",
-    ...                      "STREAMSEQ_SECURITY_SASL_PLAIN_PASSWORD": "hunter2"})
-    >>> c.bootstrap, c.metrics_port, c.masked()["security"]
-    ('k:9092', 9500, {'sasl_plain_password': '***'})
+    ...                      "STREAMSEQ_SECURITY_SASL_PLAIN_PASSWORD": "hunter2",
+    ...                      "STREAMSEQ_ENGINE_LEARNER_LR": "0.01"})
+    >>> c.bootstrap, c.metrics_port, c.engine.learner.lr, c.masked()["security"]
+    ('k:9092', 9500, 0.01, {'sasl_plain_password': '***'})
     >>> "hunter2" in repr(c)
     False
     """
-    env = os.environ if env is None else env
+    env = env or {}
     merged: dict[str, Any] = {}
-    engine: dict[str, Any] = {}
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
     if path is not None:
-        data = _read_file(Path(path))
-        engine = data.pop("engine", {}) or {}
-        merged.update(data)
-    from_env = _from_env(env)
-    engine = _deep_merge(engine, from_env.pop("engine", {}))
-    merged.update(from_env)
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        if k == "engine":
-            engine = _deep_merge(engine, v)
-        elif k == "security":
-            merged["security"] = {**merged.get("security", {}), **v}
-        else:
-            merged[k] = v
+        merged = _read_file(Path(path))
+    merged = deep_merge(merged, env_overrides(ServiceConfig, env, ENV_PREFIX,
+                                              strict=("engine", "security", "text")))
+    topics = _topics_from_env(env)
+    if topics is not None:
+        merged["topics"] = topics
+    merged = deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
     if "topics" in merged:
-        merged["topics"] = _parse_topics(merged["topics"])
-    merged["security"] = _secret_files(dict(merged.get("security", {})))
-    known = set(ServiceConfig.__dataclass_fields__)
-    unknown = set(merged) - known
-    if unknown:
-        raise ConfigError(f"unknown settings {sorted(unknown)}")
-    text = merged.pop("text", None)
-    try:
-        base = EngineConfig.from_dict(_deep_merge(EngineConfig().to_dict(), engine))
-        if text is not None and not isinstance(text, TextEngineConfig):
-            text = TextEngineConfig.from_dict(dict(text))
-        return replace(ServiceConfig(), **merged, engine=base, text=text)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+        merged["topics"] = parse_topics(merged["topics"])
+    config = config_from_dict(ServiceConfig, merged)
+    return dataclasses.replace(config, security=config.security.with_secret_files())
 
-
-def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(
-            out.get(k), dict) else v
-    return out

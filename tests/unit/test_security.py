@@ -57,8 +57,8 @@ def test_password_file_flag_reads_the_secret_and_masks_it(secret_file: Path) -> 
         "--bootstrap", "k:9093", "--security-protocol", "SASL_SSL", "--sasl-mechanism",
         "SCRAM-SHA-512", "--sasl-username", "streamseq", "--sasl-password-file",
         str(secret_file), "--ssl-cafile", "/ca.pem"))
-    assert cfg.security["sasl_plain_password"] == SECRET  # stripped of the newline
-    assert "sasl_plain_password_file" not in cfg.security
+    assert cfg.security.sasl_plain_password == SECRET  # stripped of the newline
+    assert cfg.security.sasl_plain_password_file is None  # resolved into the secret
     for text in (repr(cfg), str(cfg), f"{cfg!r}", str(cfg.masked())):
         assert SECRET not in text
     assert cfg.masked()["security"]["sasl_plain_password"] == "***"
@@ -70,7 +70,7 @@ def test_secrets_from_the_environment_are_masked() -> None:
                            "STREAMSEQ_SECURITY_SECURITY_PROTOCOL": "SSL",
                            "STREAMSEQ_SECURITY_SSL_PASSWORD": SECRET,
                            "STREAMSEQ_SECURITY_SASL_PLAIN_PASSWORD": SECRET})
-    assert cfg.security["ssl_password"] == SECRET
+    assert cfg.security.ssl_password == SECRET
     assert SECRET not in repr(cfg)
     assert set(SECRET_KEYS) <= {k for k, v in cfg.masked()["security"].items() if v == "***"}
 
@@ -81,7 +81,7 @@ def test_secret_files_in_a_config_file(tmp_path: Path, secret_file: Path) -> Non
                     f'ssl_certfile = "/tls/client.pem"\nssl_keyfile = "/tls/client.key"\n'
                     f'ssl_password_file = "{secret_file}"\n')
     cfg = load_config(conf, env={})
-    assert cfg.security["ssl_password"] == SECRET and SECRET not in repr(cfg)
+    assert cfg.security.ssl_password == SECRET and SECRET not in repr(cfg)
 
 
 @pytest.mark.parametrize("flag", ["--sasl-password", "--ssl-password", "--sasl-pass"])
