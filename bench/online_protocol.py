@@ -179,7 +179,7 @@ class Split:
         start = a.test_start if a.test_start is not None else max(train + val - min(60, val),
                                                                   train)
         end = a.test_end if a.test_end is not None else n_rows
-        s = cls(train, val, start, end, a.horizon)
+        s = cls(train, val, start, end, engine_config_from_args(a).model.horizon)
         s.check(n_rows)
         return s
 

@@ -546,8 +546,9 @@ class WindowedLSTM:
 
 
 def windowed(ds: Dataset, a: argparse.Namespace, notes: dict[str, Any]) -> np.ndarray:
-    model = WindowedLSTM(len(ds.spec.columns), a.hidden, levels=not ds.is_price,
-                         seed=a.seed)
+    cfg = engine_config_from_args(a)
+    model = WindowedLSTM(len(ds.spec.columns), cfg.model.hidden, levels=not ds.is_price,
+                         seed=cfg.learner.seed)
     y = targets(ds)
     if ds.is_price:
         y = np.where(np.isnan(y) & (ds.prev[:, None] < 0), 0.0, y)
