@@ -20,7 +20,8 @@ Common options: ``--bootstrap`` (default ``$STREAMSEQ_BOOTSTRAP`` or ``localhost
 ``--truth PATH``, the fault rates (``--duplicate-rate`` ...) and ``--progress``. The final
 count always goes to stderr. Simulators default to ``--speed 0``; replay defaults to
 ``--speed 1`` (real time) when producing to Kafka without ``--rate``, else to ``0``.
-Exit codes: 0 done, 1 Kafka failure or unacknowledged messages, 2 bad arguments.
+Exit codes (as every command, :mod:`streamseq.cli`): 0 done, 1 Kafka failure,
+unacknowledged messages or nothing to replay, 2 bad arguments or a missing file.
 """
 
 from __future__ import annotations
@@ -37,19 +38,14 @@ from pathlib import Path
 from simulators.faults import FaultInjector, FaultRates
 from simulators.output import KafkaSink, Message, Progress, StreamSink, run
 from simulators.truth import TruthWriter
+from streamseq.io.options import add_layout_args, layout_from_args
+from streamseq.io.options import names as _names
 
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
 MessageFactory = Callable[[TruthWriter | None], Iterator[Message]]
-
-
-def _names(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
-    return names
 
 
 def _fraction(text: str) -> float:
@@ -188,21 +184,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                               description="Replay CSV/CSV.gz/JSONL files, interleaved by "
                                           "event time (see simulators.replay).")
     r.add_argument("paths", nargs="+", type=Path, help="files or folders")
-    g = r.add_argument_group("column mapping (as in streamseq backtest)")
-    g.add_argument("--key-col", help="key column (default: key/sensor_id/symbol/station, "
-                                     "else the file name)")
-    g.add_argument("--time-col", help="time column (default: inferred)")
-    g.add_argument("--values", type=_names, action="append",
-                   help="value columns, comma-separated or repeated (default: numeric ones)")
-    g.add_argument("--target", type=_names, action="append",
-                   help="target column(s), put first (repeatable, as in backtest)")
-    g.add_argument("--features", type=_names, action="append",
-                   help="more value columns (repeatable, as in backtest)")
-    g.add_argument("--kind", choices=("sensor", "price"), help="event kind (default: inferred)")
-    g.add_argument("--tz", "--naive-tz", dest="naive_tz",
-                   help="zone of times without one (default: UTC, or America/New_York for "
-                        "*_ny columns)")
-    g.add_argument("--limit", type=int, help="at most this many events per file")
+    add_layout_args(r)  # the same reader and options as streamseq backtest
+    g = r.add_argument_group("replay")
+    g.add_argument("--values", type=_names, action="extend",
+                   help="value columns, comma-separated or repeated (as --target)")
     g.add_argument("--loop", action="store_true",
                    help="replay forever, shifting each pass forward in event time")
     r.set_defaults(func=_run_replay)
@@ -267,30 +252,20 @@ def _run_prices(args: argparse.Namespace) -> int:
 
 def _run_replay(args: argparse.Namespace) -> int:
     from simulators.replay import replay_messages
-    from streamseq.io.files import FileLayout, RowErrors, expand_paths
+    from streamseq.exceptions import DataError
+    from streamseq.io.files import RowErrors, expand_paths
 
-    value_cols = [name for group in (args.target, args.values, args.features)
-                  for names in (group or []) for name in names]
-    layout = FileLayout(key_col=args.key_col, time_col=args.time_col,
-                        value_cols=tuple(dict.fromkeys(value_cols)) or None, kind=args.kind,
-                        naive_tz=args.naive_tz, limit_per_file=args.limit)
-    try:
-        files = expand_paths(args.paths)
-    except FileNotFoundError as exc:
-        log.error("replay: no such file or folder: %s", exc)
-        return 2
+    layout = layout_from_args(args)
+    files = expand_paths(args.paths)
     if not files:
-        log.error("replay: no CSV/JSONL files in %s", [str(p) for p in args.paths])
-        return 2
+        raise DataError(f"no tables or JSON-lines files in {', '.join(map(str, args.paths))}")
     errors = RowErrors()
-    first: list[Message] = []
-    try:
-        stream = replay_messages(files, layout, loop=args.loop, errors=errors)
-        first = list(itertools.islice(stream, 1))
-    except ValueError as exc:
-        log.error("replay: %s", exc)
-        return 2
-    kind = _kind(first[0][1]) if first else "sensor"
+    stream = replay_messages(files, layout, loop=args.loop, errors=errors)
+    first = list(itertools.islice(stream, 1))
+    if not first:
+        raise DataError(f"no event to replay: {errors.summary()}" if errors.total
+                        else "no event to replay: the input holds no data rows")
+    kind = _kind(first[0][1])
     default_topic = "prices" if kind == "price" else "sensors"
     if args.speed is None:
         default_speed = 0.0 if args.dry_run or args.rate else 1.0
@@ -303,7 +278,7 @@ def _run_replay(args: argparse.Namespace) -> int:
 
     code = _emit(args, messages, default_topic, "replay", default_speed=default_speed)
     if errors.total:
-        log.warning("replay: %d rows skipped: %s", errors.total, dict(errors.counts))
+        log.warning("replay: %s", errors.summary())
     return code
 
 

@@ -24,7 +24,9 @@ from streamseq.config_base import add_flags, flag_overrides
 from streamseq.engine import Engine
 from streamseq.evaluation.metrics import ErrorTotals, summarize
 from streamseq.events.schema import Event
-from streamseq.io.files import FileLayout, RowErrors, read_events
+from streamseq.exceptions import DataError
+from streamseq.io.files import RowErrors, read_events
+from streamseq.io.options import add_layout_args, layout_from_args
 from streamseq.pipeline import InputRecord, apply_events
 from streamseq.shards import NumericShard
 from streamseq.state.checkpoint import load_file, save_file
@@ -303,31 +305,6 @@ def engine_config_from_args(a: argparse.Namespace, kind: str = "sensor",
     return EngineConfig.from_dict(given)
 
 
-def add_layout_args(p: argparse.ArgumentParser) -> None:
-    """File column mapping, shared with ``streamseq replay``."""
-    g = p.add_argument_group("input columns")
-    g.add_argument("--key-col", help="key column (default: key/sensor_id/symbol/station, "
-                   "else the file name)")
-    g.add_argument("--time-col", help="event time column (default: detected)")
-    g.add_argument("--target", action="append", help="forecast column (repeatable; default: "
-                   "all numeric columns)")
-    g.add_argument("--features", action="append", help="extra input column, not forecast "
-                   "(repeatable)")
-    g.add_argument("--kind", choices=["sensor", "price"], help="event kind (default: detected)")
-    g.add_argument("--tz", help="zone of times without one (default UTC; *_ny columns: "
-                   "America/New_York)")
-    g.add_argument("--limit", type=int, help="read at most this many rows per file")
-
-
-def layout_from_args(a: argparse.Namespace) -> FileLayout:
-    values = None
-    if a.target or a.features:
-        values = tuple((a.target or []) + [f for f in (a.features or []) if f not in
-                                           (a.target or [])])
-    return FileLayout(key_col=a.key_col, time_col=a.time_col, value_cols=values, kind=a.kind,
-                      naive_tz=a.tz, limit_per_file=a.limit)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("backtest", help="replay CSV/CSV.gz/JSONL files through the engine",
                        description=__doc__)
@@ -349,13 +326,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_backtest(a: argparse.Namespace) -> int:
+    """The ``backtest`` command: exit 0 with a report, or raise (the CLI maps the error to
+    one line and exit code 1 or 2; a run that scored nothing is an error, not a report)."""
     import torch
 
     torch.set_num_threads(max(1, a.threads))
+    layout = layout_from_args(a)
     text = _text_dispatch(a)
     if text is not None:
         return text
-    layout = layout_from_args(a)
     errors = RowErrors()
     events = read_events(a.inputs, layout, errors)
     cfg = engine_config_from_args(a, kind=a.kind or "sensor", targets=a.target)
@@ -375,15 +354,34 @@ def run_backtest(a: argparse.Namespace) -> int:
             pred_fh.close()
     report = bt.report()
     report["bad_rows"] = dict(errors.counts)
+    if not report["overall"]["scored"]:
+        raise DataError(_nothing_scored(report, errors, a.warmup_rows))
     print(format_table(report))
     if errors.total:
-        print(f"bad rows skipped: {dict(errors.counts)} (first: {errors.examples[:3]})")
+        print(f"bad rows: {errors.summary()}")
     if a.report_json:
         a.report_json.write_text(json.dumps(report, indent=2, default=_json_default))
     if a.save_checkpoint:
         save_file(a.save_checkpoint, {"format": "streamseq-backtest", "engines": [
             e.state_dict() for e in bt.engines.values()]})
     return 0
+
+
+def _nothing_scored(report: dict[str, Any], errors: RowErrors, warmup_rows: int) -> str:
+    """Why a backtest has no figure, with the first reasons."""
+    online = report["overall"]["events"]
+    engine = {**report["rejected"], **{f"dropped {k}": v for k, v in report["dropped"].items()}}
+    if errors.total and not online:
+        return f"no event applied: {errors.summary()}"
+    if not online:
+        more = f" (all within --warmup-rows {warmup_rows})" if warmup_rows else ""
+        return f"no event to score: the input holds no data rows{more}"
+    if engine and sum(engine.values()) >= online:
+        return (f"no event applied: the engine refused all {online:,} events ({engine})"
+                + (f"; reading: {errors.summary()}" if errors.total else ""))
+    return (f"no forecast could be scored from {online:,} events: every key needs at least "
+            "two events in time order after warm-up (--horizon more for longer horizons)"
+            + (f"; reading: {errors.summary()}" if errors.total else ""))
 
 
 def _json_default(x: Any) -> Any:
@@ -405,6 +403,10 @@ def _text_dispatch(a: argparse.Namespace) -> int | None:
         save_checkpoint=str(a.save_checkpoint) if a.save_checkpoint else None,
         load_checkpoint=str(a.checkpoint) if a.checkpoint else None)
     report = text_backtest.run_and_print(a.inputs, options)
+    applied = report["events"] - sum(report["rejected"].values())
+    if applied <= 0:
+        raise DataError(f"no text message applied ({report['events']} read, rejected: "
+                        f"{report['rejected']})")
     if a.report_json:
         a.report_json.write_text(json.dumps(report, indent=2, default=_json_default))
     return 0

@@ -2,6 +2,25 @@
 
 A module that adds commands exposes ``register(subparsers)``, which adds its parsers and
 sets ``func`` (``args -> int`` exit code) on each. Only this module configures logging.
+
+Errors are handled here, the same way for every command: a command returns its exit code or
+raises, and :func:`main` turns what it raises into one line on stderr,
+``streamseq COMMAND: error: MESSAGE``, and an exit code, never a traceback:
+
+====  ===================================================================================
+code  meaning
+====  ===================================================================================
+0     done
+1     the input or the run failed: a file that cannot be read as given, no event applied,
+      a broker that fails (:class:`~streamseq.exceptions.DataError`, other errors)
+2     usage: an unknown or malformed option, a file that does not exist
+      (:class:`~streamseq.exceptions.UsageError`, ``ConfigError``)
+3     the service cannot continue from its state (``streamseq run``: refused checkpoint)
+130   interrupted (Ctrl+C)
+====  ===================================================================================
+
+An error that is not one of ours (a bug) says so on its one line, exit code 1; ``--log-level
+DEBUG`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +30,16 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from streamseq.logsafe import EscapingFormatter
+from streamseq.exceptions import ConfigError, StreamseqError, UsageError
+from streamseq.logsafe import EscapingFormatter, escape
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CommandParser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
+
+log = logging.getLogger("streamseq")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 COMMAND_MODULES = (
     "streamseq.backtest",
@@ -50,8 +75,32 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: MESSAGE``), exit 2.
+
+    Subcommand parsers inherit the class, and record their ``prog`` in the parsed
+    arguments so that :func:`main` names the command in its error lines."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, rest = self.parse_known_args(args, namespace)
+        if rest:
+            prog = getattr(ns, "prog_", None) or self.prog
+            self.exit(EXIT_USAGE, f"{prog}: error: unrecognized arguments: {' '.join(rest)} "
+                                  f"(see {prog} --help)\n")
+        return ns
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, rest = super().parse_known_args(args, namespace)
+        if getattr(ns, "prog_", None) is None:
+            ns.prog_ = self.prog  # the innermost subcommand parser sets it first
+        return ns, rest
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="streamseq",
         description="Stateful online GRU/LSTM forecasting over Kafka streams and files.",
     )
@@ -71,9 +120,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code (see the module docstring). Never raises."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(COMMAND_HOME.get(_command_of(argv) or ""))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error already printed (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
@@ -82,11 +135,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             else logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    prog = getattr(args, "prog_", None) or parser.prog
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        code, message = _describe(exc)
+        log.debug("%s failed", prog, exc_info=True)
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        return code
+
+
+def _describe(exc: Exception) -> tuple[int, str]:
+    """Exit code and one-line message of an error escaping a command."""
+    text = escape(" ".join(str(exc).split())) or type(exc).__name__
+    if isinstance(exc, (UsageError, ConfigError)):
+        return EXIT_USAGE, text
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_USAGE, f"no such file or folder: {exc.filename or text}"
+    if isinstance(exc, StreamseqError):
+        return EXIT_FAILED, text
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return EXIT_FAILED, f"{exc.strerror or text}{where}"
+    return EXIT_FAILED, (f"internal error, please report it: {type(exc).__name__}: {text} "
+                         "(--log-level DEBUG shows the traceback)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Decode and validate events from JSON bytes and from CSV rows.
+"""Decode and validate events from JSON bytes (files are read by :mod:`streamseq.io`).
 
 Every failure raises :class:`~streamseq.events.errors.EventError` with a reason from a closed
 set, so callers can dead-letter and count without parsing messages.
@@ -184,7 +184,7 @@ def _number(name: str, raw: object) -> float | None:
 
 @dataclass(frozen=True)
 class EventDecoder:
-    """Turns JSON messages or CSV rows into validated :class:`Event` objects.
+    """Turns JSON messages into validated :class:`Event` objects.
 
     Parameters
     ----------
@@ -256,32 +256,12 @@ class EventDecoder:
             msg_id = None
         return Event(str(kind), key, ts_ms, values, None if msg_id is None else str(msg_id))
 
-    # -- CSV --------------------------------------------------------------------------
-    def from_row(
-        self,
-        row: Sequence[str],
-        *,
-        key: str,
-        time_value: object,
-        value_index: Sequence[tuple[str, int]],
-    ) -> Event:
-        """Validate one CSV row whose key and time the caller already located."""
-        values: dict[str, float | None] = {}
-        for name, i in value_index:
-            values[name] = _number(name, row[i] if i < len(row) else None)
-        if all(v is None for v in values.values()):
-            raise EventError("no_values", "every value of the row is missing")
-        return Event(self.kind, self._check_key(key), parse_time(time_value, self.naive_tz), values)
-
     # -- helpers ----------------------------------------------------------------------
     def _key(self, doc: Mapping[str, object]) -> str:
         raw = next((doc[f] for f in KEY_FIELDS if f in doc), None)
         if raw is None:
             raise EventError("missing_key")
         return check_key(raw, self.max_key_len)
-
-    def _check_key(self, key: str) -> str:
-        return check_key(key, self.max_key_len)
 
     def _values(self, raw: Mapping[str, object]) -> dict[str, float | None]:
         if self.value_fields is not None:

@@ -1,52 +1,83 @@
-"""Read recorded streams from CSV, CSV.gz and JSONL files (or folders of them).
+"""Read recorded streams from tables (CSV and its dialects, gzip or not) and JSON lines.
 
-The same column mapping serves ``streamseq backtest`` and ``streamseq replay``:
+The same reader and options serve ``streamseq backtest`` and ``streamseq replay``. What a
+file holds is read from its content, never its suffix (:mod:`streamseq.io.sniff`): the
+delimiter (``,`` ``;`` tab ``|``), whether there is a header, the decimal mark; JSON lines
+are events in the wire format. Columns (:mod:`streamseq.io.columns`):
 
 * key: ``--key-col``; else the first of ``key``, ``sensor_id``, ``symbol``, ``station``
   present; else the file name (``ETTh2.csv`` -> key ``ETTh2``).
-* time: ``--time-col``; else the first of ``ts``, ``timestamp``, ``time``, ``date``,
-  ``datetime``, ``event_time``, ``timestamp_utc``, ``timestamp_ny``; else ``year, month, day,
-  hour`` columns (Beijing air). A column ending in ``_ny`` is read in America/New_York.
+* time: ``--time-col`` / ``--date-col``; else found by name or by its values, with a format
+  that the data decides (:mod:`streamseq.io.times`); ``--time-format`` to say it.
 * values: ``--target``/``--features`` if given; else, for price files, the standard price
   fields present (``price, size`` or ``open..volume``); else every numeric column.
+* missing readings: empty cells and the usual markers (``NA``, ``NaN``, ``null``, ``?``,
+  ...), plus ``--na-values`` (for every column or one column).
 
 Several files are interleaved by event time, the way a live feed would deliver them; each
-file's own order is kept, so per-key order is preserved.
+file's own order is kept, so per-key order is preserved. Rows that cannot become events are
+counted by reason in :class:`RowErrors`; a file whose layout cannot be read raises
+:class:`~streamseq.io.exceptions.LayoutError` before any event is read.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import heapq
-import io
+import itertools
 import logging
+import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from streamseq.events.decode import EventDecoder
+from streamseq.events.decode import EventDecoder, check_key
 from streamseq.events.errors import EventError
-from streamseq.events.schema import PRICE_FIELDS, Event
+from streamseq.events.schema import Event
+from streamseq.exceptions import UsageError
+from streamseq.io.columns import Columns, TimeSource, resolve_columns, time_format_error
+from streamseq.io.exceptions import LayoutError
+from streamseq.io.sniff import Dialect, content_kind, open_text, read_head, sniff_dialect
+from streamseq.io.times import TimeParser
 
-__all__ = ["FileLayout", "RowErrors", "expand_paths", "read_events", "iter_file"]
+__all__ = ["FileLayout", "RowErrors", "SUFFIXES", "expand_paths", "iter_file", "read_events"]
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".json.gz", ".txt.gz")
-KEY_CANDIDATES = ("key", "sensor_id", "symbol", "station")
-TIME_CANDIDATES = ("ts", "timestamp", "time", "date", "datetime", "event_time",
-                   "timestamp_utc", "timestamp_ny")
-TIME_PARTS = ("year", "month", "day", "hour")
-INDEX_LIKE = frozenset(("no", "index", "id", "unnamed: 0", ""))
-PRICE_HINTS = ("price", "close")
-SNIFF_ROWS = 200
+_TABLES = (".csv", ".tsv", ".txt", ".dat", ".psv", ".tab")
+SUFFIXES = (*_TABLES, *(s + ".gz" for s in _TABLES), ".jsonl", ".jsonl.gz", ".json.gz")
+SAMPLE_ROWS = 1000
+MAX_KEY_LEN = 256
+_INFS = frozenset((math.inf, -math.inf))
 
 
 @dataclass(frozen=True)
 class FileLayout:
-    """How columns of a recorded file map onto events. ``None`` means infer."""
+    """How the files are written and how their columns map onto events. ``None``: detect.
+
+    Attributes
+    ----------
+    key_col, time_col, date_col
+        Key column; time column (``DATE+CLOCK`` for two columns); date column (with
+        ``time_col`` as its clock, if given).
+    time_format
+        strptime format or ``epoch_s``/``epoch_ms``/``epoch_us``/``epoch_ns``.
+    value_cols
+        Value columns, in order.
+    kind
+        ``"sensor"`` or ``"price"``.
+    naive_tz
+        Zone of times without one (IANA name, ``UTC`` or ``+HH:MM``).
+    limit_per_file
+        Read at most this many events of each file.
+    delimiter, header, decimal
+        Table dialect; ``header=False`` for files without a header row.
+    columns
+        Column names (for files without a header; they replace a header if there is one).
+    na_values
+        Extra missing markers: ``(None, "-200")`` for every column, ``("CO", "-200")`` for one.
+    """
 
     key_col: str | None = None
     time_col: str | None = None
@@ -54,6 +85,13 @@ class FileLayout:
     kind: str | None = None
     naive_tz: str | None = None
     limit_per_file: int | None = None
+    date_col: str | None = None
+    time_format: str | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+    columns: tuple[str, ...] | None = None
+    decimal: str | None = None
+    na_values: tuple[tuple[str | None, str], ...] = ()
 
 
 @dataclass
@@ -72,141 +110,224 @@ class RowErrors:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def summary(self, examples: int = 3) -> str:
+        """One line: counts by reason and the first examples.
+
+        Examples
+        --------
+        >>> e = RowErrors(); e.add(EventError("bad_time", "x"), "a.csv:2"); e.summary()
+        '1 rows skipped (bad_time 1); first: a.csv:2: bad_time: x'
+        """
+        counts = ", ".join(f"{r} {n:,}" for r, n in self.counts.most_common())
+        first = " | ".join(self.examples[:examples])
+        return f"{self.total:,} rows skipped ({counts})" + (f"; first: {first}" if first else "")
+
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named, and the recorded-stream files inside folders named, sorted."""
+    """Files named, and the tables and JSON-lines files inside folders named, sorted.
+
+    Inside folders, files with a recorded-stream suffix (:data:`SUFFIXES`) whose content is
+    a table or JSON lines are taken; text files (a README, prose) are left out. A path that
+    does not exist is a :class:`~streamseq.exceptions.UsageError`.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)))
+            for f in sorted(f for f in p.rglob("*") if f.is_file()
+                            and f.name.lower().endswith(SUFFIXES)):
+                kind = content_kind(f)
+                if kind in ("table", "jsonl"):
+                    out.append(f)
+                else:
+                    log.debug("skipping %s: %s, not a table", f, kind)
         elif p.exists():
             out.append(p)
         else:
-            raise FileNotFoundError(p)
+            raise UsageError(f"no such file or folder: {p}")
     return out
 
 
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+def _names(header: Sequence[str] | None, layout: FileLayout, width: int) -> list[str]:
+    """Column names: ``--columns``, else the header, else ``col1..colN``; blanks and
+    repeats made unique."""
+    n = max(width, len(header or ()), len(layout.columns or ()))
+    given = list(layout.columns or header or ())
+    names = [given[i].strip() if i < len(given) else "" for i in range(n)]
+    seen: Counter[str] = Counter()
+    out = []
+    for i, name in enumerate(names):
+        name = name or f"col{i + 1}"
+        seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name}.{seen[name] - 1}")
+    return out
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _number_parser(name: str, na_text: frozenset[str], na_numbers: frozenset[float],
+                   decimal: str) -> Callable[[str], float | None]:
+    """``cell -> float | None`` for one value column (None: a missing reading)."""
+    comma = decimal == ","
+
+    def parse(cell: str) -> float | None:
+        try:
+            x = float(cell.replace(",", ".") if comma else cell)
+        except ValueError:
+            if cell.strip().lower() in na_text:
+                return None
+            raise EventError("non_numeric",
+                             f"value {name!r} is not a number: {cell[:40]!r}") from None
+        if x != x or x in na_numbers:
+            return None
+        if x in _INFS:
+            raise EventError("non_finite", f"value {name!r} is {x}")
+        return x
+    return parse
 
 
-def _numeric_columns(header: Sequence[str], sample: Sequence[Sequence[str]]) -> list[str]:
-    numeric = []
-    for i, name in enumerate(header):
-        cells = [r[i].strip() for r in sample if i < len(r)]
-        seen = [c for c in cells if c and c.lower() not in ("na", "nan", "null", "none")]
-        if seen and all(_is_number(c) for c in seen):
-            numeric.append(name)
-    return numeric
+@dataclass
+class _Table:
+    """One table, opened, its dialect and columns resolved, positioned after the sample."""
 
+    path: Path
+    dialect: Dialect
+    columns: Columns
+    sample: list[tuple[int, list[str]]]
+    reader: Iterator[list[str]]
+    close: Callable[[], None]
 
-def _resolve_layout(path: Path, header: list[str], sample: list[list[str]], layout: FileLayout):
-    lower = {h.lower(): h for h in header}
-    key_col = layout.key_col or next((lower[c] for c in KEY_CANDIDATES if c in lower), None)
-    if layout.key_col and layout.key_col not in header:
-        raise ValueError(f"{path}: key column {layout.key_col!r} not in {header}")
-    time_col = layout.time_col or next((lower[c] for c in TIME_CANDIDATES if c in lower), None)
-    time_parts: tuple[str, ...] = ()
-    if time_col is None:
-        if all(p in lower for p in TIME_PARTS):
-            time_parts = tuple(lower[p] for p in TIME_PARTS)
-        else:
-            raise ValueError(f"{path}: no time column found in {header}; pass --time-col")
-    elif time_col not in header:
-        raise ValueError(f"{path}: time column {time_col!r} not in {header}")
-    naive_tz = layout.naive_tz or (
-        "America/New_York" if time_col and time_col.lower().endswith("_ny") else "UTC")
-    kind = layout.kind or ("price" if any(h.lower() in PRICE_HINTS or h.lower().endswith("_close")
-                                          for h in header) else "sensor")
-    if layout.value_cols:
-        missing = [c for c in layout.value_cols if c not in header]
-        if missing:
-            raise ValueError(f"{path}: value columns {missing} not in {header}")
-        value_cols = list(layout.value_cols)
-    else:
-        skip = {key_col, time_col, *time_parts}
-        numeric = [c for c in _numeric_columns(header, sample)
-                   if c not in skip and c.lower() not in INDEX_LIKE]
-        price_cols = [c for c in numeric if c.lower() in PRICE_FIELDS]
-        value_cols = price_cols if kind == "price" and price_cols else numeric
-        if not value_cols:
-            raise ValueError(f"{path}: no numeric value columns found in {header}")
-    return key_col, time_col, time_parts, naive_tz, kind, value_cols
-
-
-def _iter_csv(path: Path, layout: FileLayout, errors: RowErrors) -> Iterator[Event]:
-    with _open_text(path) as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip() for h in header]
-        sample: list[list[str]] = []
-        for row in reader:
-            sample.append(row)
-            if len(sample) >= SNIFF_ROWS:
-                break
-        key_col, time_col, parts, naive_tz, kind, value_cols = _resolve_layout(
-            path, header, sample, layout)
-        idx = {h: i for i, h in enumerate(header)}
-        key_i = idx[key_col] if key_col else None
-        time_i = idx[time_col] if time_col else None
-        part_i = [idx[p] for p in parts]
-        value_index = [(c, idx[c]) for c in value_cols]
-        decoder = EventDecoder(kind=kind, naive_tz=naive_tz)
-        file_key = _stem(path)
-        rows: Iterable[list[str]] = _chain(sample, reader)
+    def events(self, errors: RowErrors, limit: int | None) -> Iterator[Event]:
+        cols = self.columns
+        time_of = cols.time.reader(cols.naive_tz)
+        parsers = [(name, i, _number_parser(name, *cols.na[name], self.dialect.decimal))
+                   for name, i in cols.values]
+        key_i = cols.key
+        file_key = _stem(self.path)
+        kind = cols.kind
+        width = 1 + max([i for _, i in cols.values] + list(cols.time.indices)
+                        + ([key_i] if key_i is not None else []))
+        reader = self.reader
+        sample_lines = [line for line, _ in self.sample]
+        rows = itertools.chain((row for _, row in self.sample), reader)
         n = 0
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            try:
-                key = row[key_i] if key_i is not None else file_key
-                if time_i is not None:
-                    t: object = row[time_i]
-                else:
-                    y, mo, d, h = (int(float(row[i])) for i in part_i)
-                    t = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:00:00"
-                ev = decoder.from_row(row, key=key, time_value=t, value_index=value_index)
-            except EventError as err:
-                errors.add(err, f"{path.name}:{line}")
-                continue
-            except (ValueError, IndexError) as exc:
-                errors.add(EventError("bad_time", str(exc)), f"{path.name}:{line}")
-                continue
-            yield ev
-            n += 1
-            if layout.limit_per_file is not None and n >= layout.limit_per_file:
-                return
+        try:
+            for k, row in enumerate(rows):
+                if len(row) < width:
+                    if not row:
+                        continue
+                    row = row + [""] * (width - len(row))
+                try:
+                    key = row[key_i].strip() if key_i is not None else file_key
+                    if not key or len(key) > MAX_KEY_LEN:
+                        check_key(key, MAX_KEY_LEN)
+                    try:
+                        ts = time_of(row)
+                    except EventError:
+                        if not cols.time.text(row).strip(" :-"):
+                            raise EventError("missing_time", "the time cell is empty") from None
+                        raise
+                    values = {name: parse(row[i]) for name, i, parse in parsers}
+                    if all(v is None for v in values.values()):
+                        raise EventError("no_values", "every value of the row is missing")
+                except EventError as err:
+                    if not any(c.strip() for c in row):
+                        continue  # a row of empty cells is a blank line, not a reading
+                    line = sample_lines[k] if k < len(sample_lines) else getattr(
+                        reader, "line_num", 0)
+                    errors.add(err, f"{self.path.name}:{line}")
+                    continue
+                yield Event(kind, key, ts, values)
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+        finally:
+            self.close()
 
 
-def _chain(first: list[list[str]], rest: Iterator[list[str]]) -> Iterator[list[str]]:
-    yield from first
-    yield from rest
+def _narrow(path: Path, dialect: Dialect, source: TimeSource) -> tuple[str, ...]:
+    """Read on through the file until its times leave one candidate format.
+
+    A value decides only when some candidates read it and others do not (a value no
+    candidate reads is a bad row, not evidence)."""
+    parsers = [(f, TimeParser(f).parse) for f in source.formats]
+
+    def reads(parse: Callable[[str], int], text: str) -> bool:
+        try:
+            parse(text)
+        except EventError:
+            return False
+        return True
+
+    with open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=dialect.delimiter)
+        if dialect.header:
+            next(reader, None)
+        for row in reader:
+            text = source.text(row)
+            ok = [(f, p) for f, p in parsers if reads(p, text)]
+            if ok and len(ok) < len(parsers):
+                parsers = ok
+                if len(parsers) == 1:
+                    break
+    return tuple(f for f, _ in parsers)
+
+
+def _open_table(path: Path, layout: FileLayout, announce: Callable[[str, str], None]) -> _Table:
+    header_flag = layout.header
+    dialect = sniff_dialect(read_head(path), layout.delimiter, header_flag, layout.decimal)
+    fh = open_text(path)
+    try:
+        reader = csv.reader(fh, delimiter=dialect.delimiter)
+        header = next(reader, None) if dialect.header else None
+        names = _names(header, layout, dialect.width)
+        sample: list[tuple[int, list[str]]] = []
+        for row in reader:
+            sample.append((reader.line_num, row))
+            if len(sample) >= SAMPLE_ROWS:
+                break
+        rows = [r for _, r in sample]
+        columns = resolve_columns(
+            path, names, rows, key_col=layout.key_col, time_col=layout.time_col,
+            date_col=layout.date_col, time_format=layout.time_format,
+            value_cols=layout.value_cols, kind=layout.kind, naive_tz=layout.naive_tz,
+            decimal=dialect.decimal, na_values=layout.na_values)
+        if len(columns.time.formats) > 1:
+            formats = _narrow(path, dialect, columns.time)
+            if len(formats) > 1:
+                texts = [t for t in (columns.time.text(r) for r in rows) if t.strip()]
+                raise time_format_error(path, columns.time.label, texts, formats)
+            columns = replace(columns, time=replace(columns.time, formats=formats))
+    except BaseException:
+        fh.close()
+        raise
+    announce(path.name, _describe(dialect, columns, header is None))
+    return _Table(path, dialect, columns, sample, reader, fh.close)
+
+
+def _describe(dialect: Dialect, columns: Columns, no_header: bool) -> str:
+    t = columns.time
+    parts = [f"time from {t.label!r} ({t.how}, format {t.formats[0]}"
+             + (f", read in {columns.naive_tz})" if columns.naive_tz != "UTC" else ")")]
+    if dialect.delimiter != ",":
+        parts.append(f"delimiter {dialect.delimiter!r}")
+    if no_header:
+        parts.append("no header row")
+    if dialect.decimal != ".":
+        parts.append(f"decimal mark {dialect.decimal!r}")
+    parts.append(f"{len(columns.values)} value columns")
+    return ", ".join(parts)
 
 
 def _iter_jsonl(path: Path, layout: FileLayout, errors: RowErrors) -> Iterator[Event]:
     decoder = EventDecoder(kind=layout.kind or "sensor", naive_tz=layout.naive_tz or "UTC",
                            value_fields=layout.value_cols)
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         n = 0
         for line, text in enumerate(fh, start=1):
             if not text.strip():
@@ -222,14 +343,37 @@ def _iter_jsonl(path: Path, layout: FileLayout, errors: RowErrors) -> Iterator[E
                 return
 
 
-def iter_file(path: Path, layout: FileLayout = FileLayout(),
-              errors: RowErrors | None = None) -> Iterator[Event]:
-    """Events of one file in file order; bad rows go to ``errors``."""
+class _Announcer:
+    """Logs how each file is read: at INFO when it differs from the file before."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def __call__(self, name: str, description: str) -> None:
+        level = logging.DEBUG if description == self.last else logging.INFO
+        log.log(level, "%s: %s", name, description)
+        self.last = description
+
+
+def iter_file(path: Path, layout: FileLayout = FileLayout(), errors: RowErrors | None = None,
+              announce: Callable[[str, str], None] | None = None) -> Iterator[Event]:
+    """Events of one file in file order; bad rows go to ``errors``.
+
+    The layout is resolved now (a :class:`LayoutError` is raised here, before any event);
+    the rows are read as the iterator is consumed.
+    """
     errors = errors if errors is not None else RowErrors()
-    name = path.name.lower()
-    if ".jsonl" in name or name.endswith(".json.gz"):
+    kind = content_kind(path)
+    if kind == "jsonl":
         return _iter_jsonl(path, layout, errors)
-    return _iter_csv(path, layout, errors)
+    if kind == "empty":
+        return iter(())
+    if kind == "text" and layout.header is None and layout.delimiter is None:
+        raise LayoutError(f"{path.name} holds text, not a table of readings (no delimiter "
+                          "splits its lines into columns of numbers and times); for a text "
+                          "stream use streamseq backtest-text, for a table pass --delimiter")
+    table = _open_table(path, layout, announce or _Announcer())
+    return table.events(errors, layout.limit_per_file)
 
 
 def read_events(paths: Iterable[str | Path], layout: FileLayout = FileLayout(),
@@ -241,21 +385,17 @@ def read_events(paths: Iterable[str | Path], layout: FileLayout = FileLayout(),
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (d / "a.csv").write_text("timestamp,value\\n2024-01-01 00:00:00,1\\n2024-01-01 02:00:00,3\\n")
-    >>> _ = (d / "b.csv").write_text("timestamp,value\\n2024-01-01 01:00:00,2\\n2024-01-01 01:30:00,NA\\n")
+    >>> _ = (d / "b.txt").write_text("when;value\\n1/1/2024 1:00;2,5\\n1/13/2024 1:30;NA\\n")
     >>> errors = RowErrors()
     >>> [(e.key, e.values["value"]) for e in read_events([d], errors=errors)]
-    [('a', 1.0), ('b', 2.0), ('a', 3.0)]
+    [('a', 1.0), ('b', 2.5), ('a', 3.0)]
     >>> dict(errors.counts)  # a row with every value missing carries nothing to learn
     {'no_values': 1}
     """
     files = expand_paths(paths)
     errors = errors if errors is not None else RowErrors()
-    iters = [iter_file(p, layout, errors) for p in files]
+    announce = _Announcer()
+    iters = [iter_file(p, layout, errors, announce) for p in files]
     if len(iters) == 1:
         return iters[0]
     return heapq.merge(*iters, key=lambda e: e.ts_ms)
-
-
-def with_layout(layout: FileLayout, **changes: object) -> FileLayout:
-    """A copy of ``layout`` with some fields changed (used by the CLI)."""
-    return replace(layout, **changes)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 from streamseq.events.errors import EventError
 from streamseq.io.files import SUFFIXES as NUMERIC_SUFFIXES
+from streamseq.io.sniff import content_kind
 from streamseq.text.baselines import BigramCharModel
 from streamseq.text.config import ClassifierConfig, LMConfig, TextEngineConfig
 from streamseq.text.engine import TextEngine
@@ -187,17 +188,28 @@ def is_text_input(paths: Sequence[str | Path]) -> bool:
     """True if every file named (or found in the folders named) is a text layout, so
     ``streamseq backtest`` should hand the run to :func:`run_text_backtest`.
 
+    Decided by content, not suffix: a ``.txt`` or ``.tsv`` file that is a table of
+    readings (:func:`streamseq.io.sniff.content_kind`) is not text.
+
     Examples
     --------
     >>> is_text_input(["a.csv"]), is_text_input([])
     (False, False)
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "log.txt").write_text("time,value\\n2024-01-01 00:00,1\\n2024-01-01 00:01,2\\n")
+    >>> is_text_input([d / "log.txt"])
+    False
     """
+    def is_table(f: Path) -> bool:
+        return content_kind(f) == "table"
+
     files = expand_text_paths(paths)
     for p in map(Path, paths):  # a folder that also holds numeric recordings is not text
         if p.is_dir() and any(f.is_file() and f.name.lower().endswith(NUMERIC_SUFFIXES)
-                              and text_layout(f) is None for f in p.rglob("*")):
+                              and (text_layout(f) is None or is_table(f)) for f in p.rglob("*")):
             return False
-    return bool(files) and all(text_layout(f) is not None for f in files)
+    return bool(files) and all(text_layout(f) is not None and not is_table(f) for f in files)
 
 
 # -- reading ---------------------------------------------------------------------------

@@ -121,31 +121,6 @@ def test_time_formats_agree() -> None:
         assert parse_time(v) == ms
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("abc", "non_numeric"), ("nan", "non_finite"), ("inf", "non_finite"), ("1e999", "non_finite"),
-])
-def test_csv_row_errors(text: str, reason: str) -> None:
-    d = EventDecoder()
-    with pytest.raises(EventError) as info:
-        d.from_row(["2024-01-01", text], key="a", time_value="2024-01-01T00:00:00Z",
-                   value_index=[("x", 1)])
-    assert info.value.reason == reason
-
-
-def test_csv_row_missing_values() -> None:
-    d = EventDecoder()
-    e = d.from_row(["t", "1.5", "NA"], key="a", time_value="2024-01-01T00:00:00Z",
-                   value_index=[("x", 1), ("y", 2)])
-    assert e.values == {"x": 1.5, "y": None}
-    with pytest.raises(EventError) as info:
-        d.from_row(["t", "", "NA"], key="a", time_value="2024-01-01T00:00:00Z",
-                   value_index=[("x", 1), ("y", 2)])
-    assert info.value.reason == "no_values"
-    with pytest.raises(EventError) as info:
-        d.from_row(["t", "1"], key="a", time_value="not a time", value_index=[("x", 1)])
-    assert info.value.reason == "bad_time"
-
-
 def test_json_round_trip() -> None:
     e = Event("sensor", "s-1", 1_700_000_000_123, {"a": 0.1 + 0.2, "b": None}, id="m-7")
     back = decode_json(json.dumps(e.to_json_dict()).encode())
