@@ -191,6 +191,36 @@ def _number_parser(name: str, na_text: frozenset[str], na_numbers: frozenset[flo
     return parse
 
 
+def _values_parser(columns: Columns, decimal: str
+                   ) -> Callable[[Sequence[str]], dict[str, float | None]]:
+    """``row -> {name: value}``. Rows of plain finite numbers take one fast path; a row with
+    a missing marker, a sentinel or a bad cell is parsed cell by cell."""
+    names = [name for name, _ in columns.values]
+    index = [i for _, i in columns.values]
+    cells = [(name, i, _number_parser(name, *columns.na[name], decimal))
+             for name, i in columns.values]
+    sentinels = frozenset().union(*(columns.na[n][1] for n in names))
+    comma = decimal == ","
+
+    def slow(row: Sequence[str]) -> dict[str, float | None]:
+        values = {name: parse(row[i]) for name, i, parse in cells}
+        if all(v is None for v in values.values()):
+            raise EventError("no_values", "every value of the row is missing")
+        return values
+
+    def parse(row: Sequence[str]) -> dict[str, float | None]:
+        try:
+            xs = [float(row[i].replace(",", ".")) for i in index] if comma else [
+                float(row[i]) for i in index]
+        except ValueError:
+            return slow(row)
+        total = sum(xs)
+        if total - total != 0 or (sentinels and not sentinels.isdisjoint(xs)):
+            return slow(row)  # NaN, infinity or a sentinel among them
+        return dict(zip(names, xs, strict=True))
+    return parse
+
+
 @dataclass
 class _Table:
     """One table, opened, its dialect and columns resolved, positioned after the sample."""
@@ -205,8 +235,7 @@ class _Table:
     def events(self, errors: RowErrors, limit: int | None) -> Iterator[Event]:
         cols = self.columns
         time_of = cols.time.reader(cols.naive_tz)
-        parsers = [(name, i, _number_parser(name, *cols.na[name], self.dialect.decimal))
-                   for name, i in cols.values]
+        values_of = _values_parser(cols, self.dialect.decimal)
         key_i = cols.key
         file_key = _stem(self.path)
         kind = cols.kind
@@ -232,9 +261,7 @@ class _Table:
                         if not cols.time.text(row).strip(" :-"):
                             raise EventError("missing_time", "the time cell is empty") from None
                         raise
-                    values = {name: parse(row[i]) for name, i, parse in parsers}
-                    if all(v is None for v in values.values()):
-                        raise EventError("no_values", "every value of the row is missing")
+                    values = values_of(row)
                 except EventError as err:
                     if not any(c.strip() for c in row):
                         continue  # a row of empty cells is a blank line, not a reading

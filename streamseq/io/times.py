@@ -179,6 +179,14 @@ def _bad(text: str, why: str = "") -> EventError:
     return EventError("bad_time", f"cannot parse event time {text[:60]!r}{why}")
 
 
+def _frac_ms(digits: str) -> int:
+    """Milliseconds of a fraction of a second, rounded half up (``"6885"`` -> 689)."""
+    return int(digits[:3].ljust(3, "0")) + (len(digits) > 3 and digits[3] >= "5")
+
+
+_DIGITS = re.compile(r"\d{1,9}")
+
+
 class _Part:
     """One compiled half of a format: its regex and a function of the match's groups."""
 
@@ -191,6 +199,14 @@ class _Part:
             raise UsageError("a time format with a date needs a year (%Y or %y)")
         if ("I" in self.fields) != ("p" in self.fields):
             raise UsageError("%I (12-hour clock) and %p (AM/PM) go together")
+        # the separator of a fraction of a second, if no other literal holds it: the clock
+        # cache is keyed without the fraction (tick times differ, their seconds repeat)
+        self.frac_sep: str | None = None
+        if ("dir", "f") in tokens:
+            before = tokens[list(tokens).index(("dir", "f")) - 1]
+            lits = [t for k, t in tokens if k == "lit"]
+            if before[1] in (".", ",") and sum(before[1] in t for t in lits) == 1:
+                self.frac_sep = before[1]
 
     def match(self, text: str) -> dict[str, str]:
         m = self.regex.match(text)
@@ -237,8 +253,7 @@ class _Part:
         frac = g.get("f")
         ms = ((h * 60 + mi) * 60 + s) * 1000
         if frac:
-            ms += round(int(frac) * 10 ** (3 - len(frac))) if len(frac) <= 3 else round(
-                int(frac) / 10 ** (len(frac) - 3))
+            ms += _frac_ms(frac)
         offset: int | None = None
         z = g.get("z")
         if z is not None:
@@ -297,6 +312,7 @@ class TimeParser:
         # DST change are not cached), clock text -> ms since midnight minus its own offset
         self._dates: dict[str, int] = {}
         self._clocks: dict[str, int] = {}
+        self._days: dict[str, int] = {}  # date text -> days since 1970 (the slow path)
         self.parse: Callable[[str], int]
         if self._epoch is not None:
             self.has_date = self.has_time = True
@@ -337,6 +353,9 @@ class TimeParser:
         """The per-row path: split, two cache look-ups, one addition."""
         dates, clocks, sep, slow = self._dates, self._clocks, self._sep, self._parse_split
         lo, hi = MIN_TS_MS, MAX_TS_MS
+        assert self._clock is not None
+        fsep = self._clock.frac_sep
+        digits = _DIGITS.match
 
         def parse(text: str) -> int:
             date_text, _, clock_text = text.strip().partition(sep)
@@ -346,7 +365,33 @@ class TimeParser:
                 if off is not None and lo <= base + off <= hi:
                     return base + off
             return slow(text)
-        return parse
+
+        def parse_fraction(text: str) -> int:
+            date_text, _, clock_text = text.strip().partition(sep)
+            base = dates.get(date_text)
+            if base is not None:
+                head, found, rest = clock_text.partition(fsep)  # type: ignore[arg-type]
+                if found and rest.isdigit():  # the common case: the fraction ends the value
+                    off = clocks.get(head)
+                    if off is not None:
+                        ms = base + off + (int(rest[:3]) + (rest[3:4] >= "5") if len(rest) >= 3
+                                           else int(rest.ljust(3, "0")))
+                        if lo <= ms <= hi:
+                            return ms
+                    return slow(text)
+                m = digits(rest) if found else None
+                if m is not None:
+                    off = clocks.get(head + rest[m.end():])
+                    if off is not None:
+                        ms = base + off + _frac_ms(m.group())
+                        if lo <= ms <= hi:
+                            return ms
+                elif not found:
+                    off = clocks.get(clock_text)
+                    if off is not None and lo <= base + off <= hi:
+                        return base + off
+            return slow(text)
+        return parse_fraction if fsep else parse
 
     def _parse_epoch(self, text: str) -> int:
         t = text.strip()
@@ -374,7 +419,12 @@ class TimeParser:
         """Parse both parts (filling the caches); on failure try the whole-value regex."""
         assert self._date is not None and self._clock is not None
         try:
-            day = self._date.day(self._date.match(date_text), date_text)
+            day = self._days.get(date_text)
+            if day is None:
+                day = self._date.day(self._date.match(date_text), date_text)
+                if len(self._days) >= _CACHE_CAP:
+                    self._days.clear()
+                self._days[date_text] = day
             clock_ms, offset = self._clock.clock(self._clock.match(clock_text), clock_text)
         except EventError:
             if whole is not None:
@@ -385,11 +435,17 @@ class TimeParser:
             self._dates.clear()
         if len(self._clocks) >= _CACHE_CAP:
             self._clocks.clear()
+        key, frac = clock_text, 0
+        if self._clock.frac_sep:
+            head, found, rest = clock_text.partition(self._clock.frac_sep)
+            m = _DIGITS.match(rest) if found else None
+            if m is not None:
+                key, frac = head + rest[m.end():], _frac_ms(m.group())
         if self._clock.has_zone:
             self._dates[date_text] = day * DAY_MS
-            self._clocks[clock_text] = clock_ms - (offset or 0)
+            self._clocks[key] = clock_ms - frac - (offset or 0)
         else:
-            self._clocks[clock_text] = clock_ms
+            self._clocks[key] = clock_ms - frac
             day_offset = self._offset_on(day)
             if day_offset is not None:
                 self._dates[date_text] = day * DAY_MS - day_offset
