@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from streamseq.io.times import detect_formats
@@ -114,26 +115,36 @@ def _clean_share(rows: list[list[str]]) -> float:
 
 
 def _delimiter(lines: Sequence[str]) -> tuple[str, int] | None:
-    """The delimiter that splits the lines into the same number (>= 2) of fields."""
-    best: tuple[float, float, int, str] | None = None
+    """The delimiter that splits the lines into the same number (>= 2) of fields; between
+    several, the one whose cells are cleanest (``1,5;2,5`` is split by ``;``)."""
+    qualified: list[tuple[float, int, str, list[list[str]]]] = []
     for d in DELIMITERS:
         rows = _rows(lines, d)
         if not rows:
             continue
-        widths = Counter(len(r) for r in rows)
-        width, count = widths.most_common(1)[0]
+        width, count = Counter(len(r) for r in rows).most_common(1)[0]
         consistency = count / len(rows)
-        if width < 2 or consistency < 0.9:
-            continue
-        score = (consistency, _clean_share(rows), width, d)
-        if best is None or score[:3] > best[:3]:
-            best = score
-    return None if best is None else (best[3], best[2])
+        if width >= 2 and consistency >= 0.9:
+            qualified.append((consistency, width, d, rows))
+    if not qualified:
+        return None
+    if len(qualified) > 1:
+        qualified.sort(key=lambda q: (q[0], _clean_share(q[3]), q[1]), reverse=True)
+    return qualified[0][2], qualified[0][1]
 
 
 def _data_like(cell: str, decimal: str) -> bool:
     s = cell.strip()
     return bool(s) and (is_number(s, decimal) or bool(detect_formats([s])))
+
+
+def _column_like_data(cells: list[str], decimal: str) -> bool:
+    """Whether a column's cells are numbers (90%) or times."""
+    if not cells:
+        return False
+    if sum(is_number(c, decimal) for c in cells) >= 0.9 * len(cells):
+        return True
+    return bool(detect_formats(cells))
 
 
 def _has_header(rows: list[list[str]], decimal: str) -> bool:
@@ -144,8 +155,8 @@ def _has_header(rows: list[list[str]], decimal: str) -> bool:
     first, below = rows[0], rows[1:]
     for i, cell in enumerate(first):
         if cell.strip() and not _data_like(cell, decimal):
-            col = [r[i] for r in below[:50] if i < len(r) and r[i].strip()]
-            if col and sum(_data_like(c, decimal) for c in col) >= 0.9 * len(col):
+            col = [r[i].strip() for r in below[:50] if i < len(r) and r[i].strip()]
+            if _column_like_data(col, decimal):
                 return True
     return not any(_data_like(c, decimal) for c in first)
 
@@ -188,6 +199,13 @@ def _words(cells: list[str]) -> float:
 
 
 def content_kind(path: Path) -> str:
+    """See :func:`_content_kind` (cached while the file is unchanged)."""
+    st = path.stat()
+    return _content_kind(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=1024)
+def _content_kind(path: Path, _mtime_ns: int, _size: int) -> str:
     """``"table"``, ``"jsonl"``, ``"text"`` or ``"empty"``, from the file's first lines.
 
     A table splits into the same number of fields on every line, has no column of prose

@@ -319,12 +319,8 @@ class TimeParser:
             self._sep, self._date, self._clock = "", None, None
             self.parse = self._parse_epoch
             return
-        tokens = _tokens(fmt)
-        self._whole = _Part(tokens)
+        self._whole, self._sep, self._date, self._clock = _compile(fmt)
         self.has_date, self.has_time = self._whole.has_date, self._whole.has_time
-        if not self.has_date and not self.has_time:
-            raise UsageError(f"time format {fmt!r} has no date or time directive")
-        self._sep, self._date, self._clock = _split_format(tokens)
         self.parse = self._fast() if self._date is not None else self._parse_whole
 
     def __call__(self, text: str) -> int:
@@ -491,6 +487,16 @@ def _checked(ms: int, text: str) -> int:
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
         raise EventError("bad_time", f"event time {text[:60]!r} is outside 1970..2200")
     return ms
+
+
+@lru_cache(maxsize=256)
+def _compile(fmt: str) -> tuple[_Part, str, _Part | None, _Part | None]:
+    """The compiled whole format and its date/clock split (parts hold no per-file state)."""
+    tokens = _tokens(fmt)
+    whole = _Part(tokens)
+    if not whole.has_date and not whole.has_time:
+        raise UsageError(f"time format {fmt!r} has no date or time directive")
+    return (whole, *_split_format(tokens))
 
 
 def _split_format(tokens: list[tuple[str, str]]) -> tuple[str, _Part | None, _Part | None]:

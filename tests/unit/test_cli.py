@@ -144,3 +144,23 @@ def test_stderr_of_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1 and proc.stdout == ""
     assert "Traceback" not in proc.stderr
     assert len(_error_lines(proc.stderr)) == 1
+
+
+def test_the_readme_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The two flagged examples of the README's backtest section, on fixtures of the same
+    layouts (HistData minutes; UCI air quality)."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Backtest from files"):readme.index("### The service")]
+    block = section.split("```bash")[2].split("```")[0].replace("\\\n", " ")
+    commands = [shlex.split(ln) for ln in block.splitlines()
+                if ln.strip().startswith("streamseq backtest")]
+    assert len(commands) == 2
+    files = {"EURUSD_M1_2011.csv": FIXTURES / "histdata_noheader.csv",
+             "AirQualityUCI.csv": FIXTURES / "sentinel_semicolon.csv"}
+    for argv in commands:
+        argv = [str(files.get(a, a)) for a in argv[1:]]
+        report = tmp_path / "r.json"
+        assert main([*argv, "--report-json", str(report), *FAST]) == 0, capsys.readouterr().err
+        assert json.loads(report.read_text())["overall"]["events"] == 6
