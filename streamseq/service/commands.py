@@ -25,11 +25,10 @@ __all__ = ["register", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
 
-NO_BROKER = (
-    "no Kafka bootstrap servers configured.\n"
-    "  Pass --bootstrap HOST:PORT (or set STREAMSEQ_BOOTSTRAP).\n"
-    "  For a local broker: `streamseq broker --port 9092` in another terminal\n"
-    "  (needs `pip install 'streamseq[broker]'`), or try everything at once: `streamseq demo`."
+NO_BROKER = (  # one line, as every CLI error (streamseq.cli)
+    "no Kafka bootstrap servers configured: pass --bootstrap HOST:PORT or set "
+    "STREAMSEQ_BOOTSTRAP (a local broker: `streamseq broker --port 9092` in another terminal, "
+    "needs `pip install 'streamseq[broker]'`; everything at once: `streamseq demo`)"
 )
 
 
@@ -79,7 +78,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(a, os.environ)
     except ConfigError as exc:
-        print(f"streamseq run: configuration error: {exc}", file=sys.stderr)
+        print(f"streamseq run: configuration error: {' '.join(str(exc).split())}",
+              file=sys.stderr)
         return 2
     if not cfg.bootstrap:
         print(f"streamseq run: {NO_BROKER}", file=sys.stderr)

@@ -5,6 +5,8 @@ code (2 usage, 1 data), never a traceback, never a report of nothing."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +166,22 @@ def test_the_readme_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
         report = tmp_path / "r.json"
         assert main([*argv, "--report-json", str(report), *FAST]) == 0, capsys.readouterr().err
         assert json.loads(report.read_text())["overall"]["events"] == 6
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["run"], 2),  # no broker configured
+    (["generate", "--checkpoint", "{dir}/nope.ckpt"], 1),
+    (["backtest-text", "{dir}/nope.bin"], 1),
+])
+def test_other_commands_fail_on_one_line_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, argv: list[str], code: int) -> None:
+    for name in [k for k in os.environ if k.startswith("STREAMSEQ_")]:
+        monkeypatch.delenv(name)
+    with caplog.at_level(logging.ERROR):
+        assert main([a.format(dir=tmp_path) for a in argv]) == code
+    printed = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = printed + logged  # commands print their error line or log it (one record)
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "Traceback" not in lines[0]
