@@ -20,7 +20,6 @@ with a message that names the column, a sample value and the flag to pass.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from streamseq.io.sniff import is_number
 from streamseq.io.times import TimeParser, category, detect_formats, near_miss
 
 __all__ = ["Columns", "TimeSource", "DEFAULT_NA", "resolve_columns", "time_format_error"]
-
-log = logging.getLogger(__name__)
 
 KEY_CANDIDATES = ("key", "sensor_id", "symbol", "station")
 TIME_CANDIDATES = ("ts", "timestamp", "time", "date", "datetime", "event_time",
@@ -226,7 +223,8 @@ class _Finder:
                 continue
             fmts = self.formats(vals, allow_numbers)
             if not fmts:
-                near = near_miss(vals, allow_numbers=allow_numbers) if not self.time_format else None
+                near = (near_miss(vals, allow_numbers=allow_numbers)
+                        if self.time_format is None else None)
                 if allow_numbers or near:
                     self.failed.append((n, vals, near, allow_numbers))
                 continue
@@ -282,7 +280,7 @@ class _Finder:
         if date_col not in self.index:
             raise LayoutError(f"{self.path.name}: no column {date_col!r} (columns: "
                               f"{', '.join(self.names)})")
-        others = [n for n in _time_names(self.names, self.skip | {date_col})]
+        others = _time_names(self.names, self.skip | {date_col})
         clocks = self.classify(others, allow_numbers=False)["clock"]
         if clocks:
             return self.pair(date_col, clocks[0][0], "as named, with the clock column by name")

@@ -24,7 +24,8 @@ def _ms(text: str, fmt: str) -> int:
 
 def _read(name: str, **layout: object) -> tuple[list, RowErrors]:
     errors = RowErrors()
-    events = list(read_events([FIXTURES / name], FileLayout(**layout), errors))  # type: ignore[arg-type]
+    given = FileLayout(**layout)  # type: ignore[arg-type]
+    events = list(read_events([FIXTURES / name], given, errors))
     return events, errors
 
 
