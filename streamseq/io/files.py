@@ -273,8 +273,14 @@ class _Table:
                 n += 1
                 if limit is not None and n >= limit:
                     return
+        except csv.Error as exc:
+            raise _unreadable(self.path, getattr(reader, "line_num", 0), exc) from None
         finally:
             self.close()
+
+
+def _unreadable(path: Path, line: int, exc: csv.Error) -> LayoutError:
+    return LayoutError(f"{path.name}:{line}: cannot be read as a table ({exc})")
 
 
 def _narrow(path: Path, dialect: Dialect, source: TimeSource) -> tuple[str, ...]:
@@ -295,13 +301,16 @@ def _narrow(path: Path, dialect: Dialect, source: TimeSource) -> tuple[str, ...]
         reader = csv.reader(fh, delimiter=dialect.delimiter)
         if dialect.header:
             next(reader, None)
-        for row in reader:
-            text = source.text(row)
-            ok = [(f, p) for f, p in parsers if reads(p, text)]
-            if ok and len(ok) < len(parsers):
-                parsers = ok
-                if len(parsers) == 1:
-                    break
+        try:
+            for row in reader:
+                text = source.text(row)
+                ok = [(f, p) for f, p in parsers if reads(p, text)]
+                if ok and len(ok) < len(parsers):
+                    parsers = ok
+                    if len(parsers) == 1:
+                        break
+        except csv.Error as exc:
+            raise _unreadable(path, reader.line_num, exc) from None
     return tuple(f for f, _ in parsers)
 
 
@@ -330,6 +339,9 @@ def _open_table(path: Path, layout: FileLayout, announce: Callable[[str, str], N
                 texts = [t for t in (columns.time.text(r) for r in rows) if t.strip()]
                 raise time_format_error(path, columns.time.label, texts, formats)
             columns = replace(columns, time=replace(columns.time, formats=formats))
+    except csv.Error as exc:
+        fh.close()
+        raise _unreadable(path, reader.line_num, exc) from None
     except BaseException:
         fh.close()
         raise

@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 from streamseq.io.times import detect_formats
 
@@ -61,13 +63,39 @@ class Dialect:
     width: int = 1
 
 
+def _binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def encoding_of(head: bytes) -> str:
+    """The text encoding of a file from its first bytes: UTF-16 by its byte-order mark,
+    UTF-8 (a mark dropped) when the bytes decode as UTF-8, else Windows-1252 (which every
+    byte decodes in: ``°C`` in a header stays ``°C``).
+
+    Examples
+    --------
+    >>> encoding_of("Temp (°C)".encode("utf-8")), encoding_of("Temp (°C)".encode("cp1252"))
+    ('utf-8-sig', 'cp1252')
+    >>> encoding_of("time".encode("utf-16"))
+    'utf-16'
+    """
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the head
+            return "cp1252"
+    return "utf-8-sig"
+
+
 def open_text(path: Path) -> io.TextIOBase:
-    """The file as text (gzip by suffix; UTF-8, a byte-order mark dropped, bad bytes
-    replaced), with universal newlines left to the CSV reader."""
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace",
-                                newline="")
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
+    """The file as text (gzip by suffix; the encoding from :func:`encoding_of`, any bad
+    byte later in the file replaced), with newlines left to the CSV reader."""
+    with _binary(path) as fh:
+        head = fh.read(HEAD_BYTES)
+    return io.TextIOWrapper(_binary(path), encoding=encoding_of(head), errors="replace",
+                            newline="")
 
 
 def read_head(path: Path, max_bytes: int = HEAD_BYTES, max_lines: int = HEAD_LINES) -> list[str]:

@@ -224,3 +224,11 @@ def test_layout_errors_name_the_column_a_sample_and_the_flag(
 def test_event_error_reasons_are_known() -> None:
     with pytest.raises(ValueError):
         EventError("no_such_reason")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "cp1252"])
+def test_encodings(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "enc.csv"
+    path.write_text("time;Temp (°C)\n2024-01-01 00:00;1,5\n2024-01-01 00:01;2,0\n",
+                    encoding=encoding)
+    assert [e.values for e in read_events([path])] == [{"Temp (°C)": 1.5}, {"Temp (°C)": 2.0}]
