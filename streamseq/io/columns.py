@@ -256,7 +256,8 @@ class _Finder:
 
     def named(self, spec: str, date_col: str | None) -> TimeSource:
         """The columns the user named."""
-        date, _, clock = spec.partition("+") if "+" in spec else ("", "", spec)
+        date, _, clock = (spec.partition("+") if "+" in spec and spec not in self.index
+                          else ("", "", spec))
         if date_col:
             date, clock = date_col, spec
         for n in (date, clock):
