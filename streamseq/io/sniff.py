@@ -84,7 +84,7 @@ def encoding_of(head: bytes) -> str:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:  # not just a character cut at the end of the head
+        if exc.reason != "unexpected end of data":  # not just a character cut by the head
             return "cp1252"
     return "utf-8-sig"
 
