@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO, cast
 
 from streamseq.io.times import detect_formats
 
@@ -63,8 +63,10 @@ class Dialect:
     width: int = 1
 
 
-def _binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+def _binary(path: Path) -> BinaryIO:
+    if path.name.lower().endswith(".gz"):
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    return open(path, "rb")  # noqa: SIM115
 
 
 def encoding_of(head: bytes) -> str:
