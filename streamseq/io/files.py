@@ -253,8 +253,9 @@ class _Table:
                     row = row + [""] * (width - len(row))
                 try:
                     key = row[key_i].strip() if key_i is not None else file_key
-                    if not key or len(key) > MAX_KEY_LEN:
-                        check_key(key, MAX_KEY_LEN)
+                    if not key or len(key) > MAX_KEY_LEN or not (key.isascii()
+                                                                 and key.isprintable()):
+                        check_key(key, MAX_KEY_LEN)  # the one key rule (raises bad_key)
                     try:
                         ts = time_of(row)
                     except EventError:

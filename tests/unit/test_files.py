@@ -175,6 +175,16 @@ def test_cells_missing_non_numeric_and_non_finite(tmp_path: Path) -> None:
     assert errors.examples[0].startswith("cells.csv:3: non_numeric")
 
 
+def test_keys_follow_the_one_key_rule(tmp_path: Path) -> None:
+    path = tmp_path / "keys.csv"
+    path.write_text('key,time,v\na,2024-01-01 00:00,1\n"b\x1bc",2024-01-01 00:01,2\n'
+                    '\u6e29,2024-01-01 00:02,3\n,2024-01-01 00:03,4\n')
+    errors = RowErrors()
+    assert [e.key for e in read_events([path], errors=errors)] == ["a", "\u6e29"]
+    assert dict(errors.counts) == {"bad_key": 2}
+    assert "control character U+001B" in errors.examples[0]
+
+
 def test_folders_take_tables_by_content(tmp_path: Path) -> None:
     (tmp_path / "README.txt").write_text("These readings come from a sensor on the roof.\n"
                                          "Ask the caretaker before climbing up there.\n")
