@@ -459,9 +459,9 @@ class TimeParser:
         if offset is not None:
             return _checked(local - offset, text)
         day_offset = self._offset_on(day)
-        if day_offset is None:  # a DST change happens on this day: exact
-            return _checked(int(_naive(local).replace(tzinfo=self.zone).timestamp() * 1000
-                                + 0.5), text)
+        if day_offset is None:  # a DST change happens on this day: this time's own offset
+            offset_td = _naive(local).replace(tzinfo=self.zone).utcoffset() or timedelta(0)
+            return _checked(local - offset_td // timedelta(milliseconds=1), text)
         return _checked(local - day_offset, text)
 
     def _offset_on(self, day: int) -> int | None:
