@@ -1,419 +1,441 @@
-"""Engine speed: events/s of predict + learn, against a windowed per-event baseline.
+"""Engine speed and memory next to the real peers, in one run (issue 11).
 
-    python -m bench.engine_speed            # full run (a few minutes on 2 shared cores)
-    python -m bench.engine_speed --quick    # smaller counts, same report
+    bash bench/peers_env.sh                                   # once: deep-river + river
+    bench/.venv-peers/bin/python -m bench.engine_speed        # full run (~10 minutes)
+    bench/.venv-peers/bin/python -m bench.engine_speed --quick
+    ... --before /tmp/engine-before   # also the engine of another checkout (subprocess)
 
-Prints and writes ``bench/results/engine_speed.md``:
+Writes ``bench/results/engine_speed.md``. Every rate is events per CPU second of the
+process that ran it (torch and numba on one thread), the median of ``--repeats`` runs with
+the spread (min..max); the machine's load is recorded before and after.
 
-* single key, hidden 64, 7 values, learning on: the engine with ``k1 = 1`` and ``k1 = 8``
-  (one optimizer step per due window) next to a *windowed baseline* written here in plain
-  torch: on every event it re-runs the last 32 steps from a zero state to forecast and runs
-  them again with gradients to learn (what per-event deep-learning libraries such as
-  deep-river's rolling regressors do), same GRU size and head;
-* 1,000 keys interleaved, hidden 64, 7 values, learning on, for a few learner settings;
-* where the time goes: cProfile of the engine runs.
-
-Rates are given per wall-clock second and per CPU second of this process (torch runs one
-thread): on a machine shared with other work the CPU rate is the one that does not depend
-on what else runs, the wall rate is what a user would see right now.
+* single key, GRU 64, one value: the engine with its defaults and with learning off;
+  deep-river's ``LSTMForecaster`` (the package, window 10, hidden 16: ``learn_one`` +
+  ``forecast``); a hand-rolled stateful ``nn.GRU(64)`` loop (forecast each event, TBPTT
+  every event / every 8 events, Adam); river ``SNARIMAX(p=10)``;
+* 1,000 keys x 30 events interleaved: the engine with its defaults; ``SNARIMAX(p=10)``,
+  one model per key;
+* memory per key at 10k, 100k and 1M keys (a fresh process each: RSS growth and the key
+  table's own bytes);
+* the arithmetic limit: FLOPs per event of the configuration (forward + backward) at
+  the machine's measured float32 rate (a large torch matmul), beside each figure;
+* ``--before``: the same engine runs from another checkout (e.g. ``git worktree add
+  /tmp/engine-before 2297f0b``) in a subprocess, for a before/after table.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import datetime as dt
+import json
+import math
 import os
 import platform
-import pstats
+import statistics
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from bench.common import cpu_model
-from streamseq.config import EngineConfig, LearnerConfig, ModelConfig
-from streamseq.engine import Engine
-from streamseq.events import Event
-
-N_VALUES = 7
-HIDDEN = 64
-WINDOW = 32
-NAMES = tuple(f"v{i}" for i in range(N_VALUES))
 REPORT = Path(__file__).resolve().parent / "results" / "engine_speed.md"
-SINGLE_TARGET = 5.0
-KEYS_TARGET = 100_000.0
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = 64
 
 
 # ---------------------------------------------------------------------------- inputs
-def make_events(n: int, keys: int, seed: int = 0) -> list[Event]:
-    """``n`` events of ``keys`` keys in round-robin, 7 correlated random walks each."""
+def series(n: int, seed: int = 0) -> np.ndarray:
+    """A noisy daily-ish sine with a random walk: one sensor's values."""
     rng = np.random.default_rng(seed)
-    steps = rng.normal(size=(n, N_VALUES)) * 0.05
-    level = np.zeros((keys, N_VALUES))
-    out = []
+    t = np.arange(n)
+    return (np.sin(2 * np.pi * t / 48) + 0.3 * np.cumsum(rng.normal(size=n)) * 0.05
+            + 0.1 * rng.normal(size=n))
+
+
+def key_events(n: int, keys: int, seed: int = 0) -> list[Any]:
+    """``n`` events, ``keys`` keys in round-robin, one value each, one minute apart."""
+    from streamseq.events import Event
+
+    vals = series(n, seed)
     t0 = 1_700_000_000_000
-    for i in range(n):
-        k = i % keys
-        level[k] += steps[i]
-        vals = level[k] + np.sin(i / (keys * 24.0))
-        out.append(Event("sensor", f"key-{k:05d}", t0 + 60_000 * (i // keys),
-                         dict(zip(NAMES, vals.tolist(), strict=True))))
-    return out
+    return [Event("sensor", f"key-{i % keys:07d}", t0 + 60_000 * (i // keys),
+                  {"x": float(vals[i])}) for i in range(n)]
 
 
-def engine_config(k1: int, k2: int, batch_windows: int, learn: bool = True) -> EngineConfig:
-    return EngineConfig(values=NAMES, model=ModelConfig(cell="gru", hidden=HIDDEN),
-                        learner=LearnerConfig(learn=learn, k1=k1, k2=k2,
-                                              batch_windows=batch_windows))
+def cpu_rate(fn: Callable[[], int]) -> float:
+    """Events per CPU second of ``fn`` (which returns how many events it processed)."""
+    c0 = time.process_time()
+    n = fn()
+    return n / max(time.process_time() - c0, 1e-9)
 
 
-# ---------------------------------------------------------------------------- timing
-@dataclass
-class Rate:
-    name: str
-    events: int
-    wall_s: float
-    cpu_s: float
-    note: str = ""
-
-    @property
-    def wall(self) -> float:
-        return self.events / self.wall_s
-
-    @property
-    def cpu(self) -> float:
-        return self.events / self.cpu_s
+def repeat(fn: Callable[[], float], times: int) -> dict[str, float]:
+    vals = [fn() for _ in range(times)]
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
 
-def timed(name: str, n: int, fn: Callable[[], None], note: str = "",
-          profile: cProfile.Profile | None = None) -> Rate:
-    c0, t0 = time.process_time(), time.perf_counter()
-    if profile is not None:
-        profile.enable()
-    fn()
-    if profile is not None:
-        profile.disable()
-    return Rate(name, n, time.perf_counter() - t0, time.process_time() - c0, note)
+# ---------------------------------------------------------------------------- the engine
+def engine_rate(n: int, keys: int, learn: bool = True, warm: int = 0,
+                chunk: int = 256, **learner: Any) -> float:
+    import torch
 
+    from streamseq.config import EngineConfig, LearnerConfig, ModelConfig
+    from streamseq.engine import Engine
 
-def run_engine(name: str, config: EngineConfig, events: Sequence[Event], warm: int,
-               chunk: int, profile: cProfile.Profile | None = None) -> tuple[Rate, Engine]:
-    """Warm up on ``events[:warm]`` (untimed: first-call costs, table growth), then time
-    the rest fed in chunks of ``chunk`` (a poll's worth)."""
-    eng = Engine(config)
-    for i in range(0, warm, chunk):
+    torch.set_num_threads(1)
+    lc = LearnerConfig(**{**LearnerConfig().__dict__, "learn": learn, **learner})
+    eng = Engine(EngineConfig(values=("x",), model=ModelConfig(hidden=HIDDEN), learner=lc))
+    events = key_events(n + warm, keys)
+    for i in range(0, warm, chunk):  # first-call costs, table growth: not timed
         eng.process(events[i:min(i + chunk, warm)])
 
-    def go() -> None:
+    def go() -> int:
         for i in range(warm, len(events), chunk):
             eng.process(events[i:i + chunk])
+        return n
 
-    lc = config.learner
-    note = f"k1={lc.k1} k2={lc.k2} batch_windows={lc.batch_windows} chunk={chunk}"
-    rate = timed(name, len(events) - warm, go, note, profile)
-    rate.note += f", {eng.stats.updates_applied} optimizer steps"
-    return rate, eng
+    return cpu_rate(go)
 
 
-class WindowedBaseline:
-    """Per-event learning the windowed way: keep the last ``WINDOW`` input rows; for each
-    event learn from the forecast made one event earlier (forward + backward over the
-    window from a zero state, one Adam step), then forecast the next value by re-running
-    the window (with the new row) from a zero state. Same GRU and head as the engine."""
+# ---------------------------------------------------------------------------- peers
+def deep_river_rate(n: int) -> float:
+    from deep_river.forecasting import LSTMForecaster
 
-    def __init__(self, n_inputs: int, n_targets: int, seed: int = 0) -> None:
-        torch.manual_seed(seed)
-        self.rnn = nn.GRU(n_inputs, HIDDEN, batch_first=True)
-        self.head = nn.Linear(HIDDEN, n_targets)
-        self.params = list(self.rnn.parameters()) + list(self.head.parameters())
-        self.opt = torch.optim.Adam(self.params, lr=1e-3)
-        self.rows: deque[np.ndarray] = deque(maxlen=WINDOW)
-        self.n_inputs = n_inputs
-        self.mean = np.zeros(n_targets)
-        self.count = 0
+    model = LSTMForecaster(window_size=10, hidden_size=16)
+    ys = series(n + 20).tolist()
+    for y in ys[:20]:
+        model.learn_one(y)
 
-    def _forward(self, rows: Sequence[np.ndarray]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(rows))[None]
-        out, _ = self.rnn(x, torch.zeros(1, 1, HIDDEN))
-        return self.head(out[:, -1])
+    def go() -> int:
+        for y in ys[20:]:
+            model.forecast(1)
+            model.learn_one(y)
+        return n
 
-    def learn_predict_one(self, values: np.ndarray) -> np.ndarray:
-        self.count += 1
-        self.mean += (values - self.mean) / self.count
-        z = (values - self.mean).astype(np.float32)
-        if self.rows:  # learn: the window that ended one event ago, target = this event
-            self.opt.zero_grad(set_to_none=True)
-            loss = nn.functional.mse_loss(self._forward(self.rows)[0], torch.from_numpy(z))
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-        row = np.zeros(self.n_inputs, dtype=np.float32)
-        row[: len(z)] = z
-        self.rows.append(row)
-        with torch.no_grad():  # predict: re-run the whole window from a zero state
-            return self._forward(self.rows)[0].numpy() + self.mean
+    return cpu_rate(go)
 
 
-def run_baseline(events: Sequence[Event], warm: int, n_inputs: int) -> Rate:
-    model = WindowedBaseline(n_inputs, N_VALUES)
-    values = [np.array([e.values[n] for n in NAMES]) for e in events]
-    for v in values[:warm]:
-        model.learn_predict_one(v)
+def stateful_gru_rate(n: int, every: int) -> float:
+    """The hand-rolled loop: a stateful ``nn.GRU(64)`` that forecasts each event from its
+    carried state and learns by truncated BPTT every ``every`` events (Adam)."""
+    import torch
+    from torch import nn
 
-    def go() -> None:
-        for v in values[warm:]:
-            model.learn_predict_one(v)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rnn, head = nn.GRU(1, HIDDEN, batch_first=True), nn.Linear(HIDDEN, 1)
+    params = [*rnn.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    ys = torch.tensor(series(n + 1), dtype=torch.float32)
 
-    return timed("windowed baseline", len(events) - warm, go,
-                 f"window={WINDOW} from zero state, learn + predict per event")
+    def go() -> int:
+        h = torch.zeros(1, 1, HIDDEN)
+        loss = torch.zeros(())
+        for i in range(n):
+            out, h = rnn(ys[i].view(1, 1, 1), h)
+            pred = head(out[0, -1])
+            loss = loss + (pred[0] - ys[i + 1]) ** 2
+            if (i + 1) % every == 0:
+                opt.zero_grad()
+                (loss / every).backward()
+                nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                h = h.detach()
+                loss = torch.zeros(())
+        return n
 
-
-# ---------------------------------------------------------------------------- profile
-WATCH = (
-    ("Engine.process (all)", "engine.py", "process"),
-    ("  _scan (validate, order; Python per event)", "engine.py", "_scan"),
-    ("  _run_segment (waves)", "engine.py", "_run_segment"),
-    ("    _step (features, forecast, bookkeeping)", "engine.py", "_step"),
-    ("      model.step (per-event GRU cell)", "recurrent.py", "step"),
-    ("      _capture (copy TBPTT windows)", "engine.py", "_capture"),
-    ("  _update_point", "engine.py", "_update_point"),
-    ("    OnlineLearner.update (train step)", "tbptt.py", "update"),
-    ("      backward", "~", "<method 'run_backward' of 'torch._C._EngineBase' objects>"),
-    ("      optimizer step", "adam.py", "step"),
-    ("    _evict", "engine.py", "_evict"),
-)
-
-
-def profile_lines(prof: cProfile.Profile, top: int = 12) -> tuple[list[str], list[str]]:
-    """Share of the engine functions we watch (cumulative) and the top functions by own
-    time."""
-    st = pstats.Stats(prof)
-    raw = st.stats  # type: ignore[attr-defined]
-    total = max(ct for (_f, _l, _n), (_cc, _nc, _tt, ct, _c) in raw.items())
-    watch = []
-    for label, fname, func in WATCH:
-        ct = sum(v[3] for (f, _l, n), v in raw.items() if n == func and f.endswith(fname))
-        if ct:
-            watch.append(f"| {label} | {ct:.2f} s | {100 * ct / total:.0f}% |")
-    rows = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    own = []
-    for (f, line, func), (_cc, nc, tt, ct, _c) in rows:
-        where = f"{Path(f).name}:{line}" if f != "~" else "builtin"
-        own.append(f"| `{func[:60]}` ({where}) | {nc} | {tt:.2f} s | {ct:.2f} s |")
-    return watch, own
+    return cpu_rate(go)
 
 
-# ---------------------------------------------------------------------------- machine
+def snarimax_rate(n: int, keys: int) -> float:
+    from river.time_series import SNARIMAX
+
+    models = [SNARIMAX(p=10, d=0, q=0) for _ in range(keys)]
+    ys = series(n).tolist()
+
+    def go() -> int:
+        for i, y in enumerate(ys):
+            m = models[i % keys]
+            m.forecast(horizon=1)
+            m.learn_one(y)
+        return n
+
+    return cpu_rate(go)
+
+
+# ---------------------------------------------------------------------------- memory
+MEMORY_CHILD = r'''
+import json, os, sys, resource
+sys.path.insert(0, sys.argv[1])
+import numpy as np, torch
+torch.set_num_threads(1)
+from streamseq.config import EngineConfig, ModelConfig, StateConfig
+from streamseq.engine import Engine
+from streamseq.events import Event
+keys = int(sys.argv[2])
+
+def rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+eng = Engine(EngineConfig(values=("x",), model=ModelConfig(hidden=64),
+                          state=StateConfig(max_keys=max(keys, 100_000))))
+eng.process([Event("sensor", "warm", 0, {"x": 0.0})])
+base = rss()
+t0 = 1_700_000_000_000
+chunk = 4096
+for rnd in range(2):
+    for lo in range(0, keys, chunk):
+        eng.process([Event("sensor", f"k{i:07d}", t0 + 60_000 * rnd, {"x": float(i % 7)})
+                     for i in range(lo, min(lo + chunk, keys))])
+table = eng.table
+nbytes = table.nbytes() if hasattr(table, "nbytes") else 0
+print(json.dumps({"keys": len(table), "rss_growth": rss() - base, "table_bytes": nbytes,
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "rss": rss()}))
+'''
+
+
+def memory(root: Path, keys: int) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(root), str(keys)],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        return {"keys": keys, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- before
+BEFORE_CHILD = r'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from bench.engine_speed import engine_rate, repeat
+spec = json.loads(sys.argv[3])
+print(json.dumps({name: repeat(lambda: engine_rate(**kw), spec["repeats"])
+                  for name, kw in spec["runs"].items()}))
+'''
+
+
+def before_rates(path: Path, runs: dict[str, dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """Engine rates of another checkout (its own streamseq, this file's harness)."""
+    bench_dir = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", BEFORE_CHILD, str(path), bench_dir,
+                           json.dumps({"runs": runs, "repeats": repeats})],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- limits
+def matmul_gflops() -> float:
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    c0 = time.process_time()
+    for _ in range(8):
+        a @ b
+    return 8 * 2 * 1024 ** 3 / (time.process_time() - c0) / 1e9
+
+
+def flops_per_event(k1: int, k2: int, learn: bool, inputs: int = 7, hidden: int = HIDDEN
+                    ) -> float:
+    """GRU forward of one step (3 gates over inputs and state, the head) and, learning,
+    ``k2 / k1`` window steps of forward + backward (backward ~ 2 x forward)."""
+    step = 2 * 3 * hidden * (inputs + hidden) + 2 * hidden
+    return step + (3 * step * k2 / k1 if learn else 0)
+
+
+# ---------------------------------------------------------------------------- report
 def machine() -> dict[str, str]:
-    model = cpu_model()
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        nproc = str(os.cpu_count())
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
-                                "streamseq"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        head, dirty = "unknown", ""
-    rev = head + (" + uncommitted changes in streamseq/" if dirty else "")
-    return {"nproc": nproc, "cpu": model, "python": platform.python_version(), "rev": rev,
-            "torch": torch.__version__, "threads": str(torch.get_num_threads()),
+    from bench.common import cpu_model
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+    return {"cpu": cpu_model(), "nproc": str(os.cpu_count()), "rev": head,
+            "python": platform.python_version(),
             "load": " / ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
-# ---------------------------------------------------------------------------- main
-def verdict(value: float, target: float) -> str:
-    return "**met**" if value >= target else "**not met**"
+def fmt(r: dict[str, float]) -> str:
+    return f"{r['median']:,.0f} ({r['min']:,.0f}..{r['max']:,.0f})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engine_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
+    p.add_argument("--quick", action="store_true", help="fewer events, 10k/100k keys only")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--before", type=Path, help="another checkout to compare (subprocess)")
     p.add_argument("--out", type=Path, default=REPORT)
     a = p.parse_args(argv)
-    torch.set_num_threads(1)  # 2 cores shared with other work: one thread is fastest here
-    scale = 0.25 if a.quick else 1.0
+    import torch
+
+    from streamseq.config import LearnerConfig
+
+    torch.set_num_threads(1)
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    info_before = machine()
-    log: list[str] = []
+    info = machine()
+    s = 0.3 if a.quick else 1.0
+    lc = LearnerConfig()
+    r = a.repeats
+    say = print
+    say(f"engine speed {started}: {info['cpu']}, load {info['load']}, rev {info['rev']}")
 
-    def say(text: str) -> None:
-        print(text, flush=True)
-        log.append(text)
+    # first call: numba loads its cache (or compiles) -- what a service start pays
+    c0 = time.perf_counter()
+    engine_rate(10, 1)
+    first_call = time.perf_counter() - c0
+    say(f"  first engine call (JIT cache load or compile): {first_call:.1f} s")
 
-    say(f"engine speed, {started}: {info_before['cpu']}, nproc {info_before['nproc']}, "
-        f"load {info_before['load']}, torch {info_before['torch']} ({info_before['threads']} "
-        "thread)")
-
-    # -- single key
-    n1 = int(1600 * scale) + 100
-    single_events = make_events(n1, 1)
-    n_base = int(600 * scale) + 50
-    n_inputs = Engine(engine_config(1, 16, 1)).n_inputs
-    single: list[Rate] = []
-    for k1, k2 in ((1, 16), (8, 16), (1, 32), (8, 32)):
-        events = single_events if k1 > 1 else single_events[: n1 // 2 + 100]
-        rate, _ = run_engine(f"engine k1={k1} k2={k2}", engine_config(k1, k2, 1), events,
-                             warm=100, chunk=64)
-        single.append(rate)
-        say(f"  single key  {rate.name:<24} {rate.wall:>9,.0f} ev/s wall "
-            f"{rate.cpu:>9,.0f} ev/CPU-s   ({rate.note})")
-    rate, _ = run_engine("engine, no learning", engine_config(8, 16, 1, learn=False),
-                         single_events, warm=100, chunk=64)
-    single.append(rate)
-    say(f"  single key  {rate.name:<24} {rate.wall:>9,.0f} ev/s wall "
-        f"{rate.cpu:>9,.0f} ev/CPU-s   (the per-event path alone)")
-    base = run_baseline(single_events[:n_base], warm=50, n_inputs=n_inputs)
-    say(f"  single key  {base.name:<24} {base.wall:>9,.0f} ev/s wall "
-        f"{base.cpu:>9,.0f} ev/CPU-s   ({base.note})")
-
-    # -- 1,000 keys
-    keys = 1000
-    n_keys = int(64_000 * scale) + 8_000
-    many_events = make_events(n_keys, keys, seed=1)
-    many: list[Rate] = []
-    settings = [(4, 16, 16, True), (4, 16, 256, True), (8, 16, 1000, True),
-                (16, 16, 1000, True), (4, 16, 16, False)]
-    for k1, k2, bw, learn in settings:
-        name = f"k1={k1} bw={bw}" + ("" if learn else " no learning")
-        events = many_events if (bw > 16 or not learn) else many_events[: 8_000 + n_keys // 4]
-        rate, eng = run_engine(name, engine_config(k1, k2, bw, learn), events, warm=8_000,
-                               chunk=2048)
-        assert eng.keys_held == keys
-        many.append(rate)
-        say(f"  {keys} keys  {rate.name:<24} {rate.wall:>9,.0f} ev/s wall "
-            f"{rate.cpu:>9,.0f} ev/CPU-s   ({rate.note})")
-
-    # -- where the time goes: separate, shorter runs under the profiler
-    prof_single, prof_many = cProfile.Profile(), cProfile.Profile()
-    run_engine("profile", engine_config(1, 16, 1), single_events[: n1 // 3 + 100], warm=100,
-               chunk=64, profile=prof_single)
-    run_engine("profile", engine_config(8, 16, 1000), many_events[: 8_000 + n_keys // 2],
-               warm=8_000, chunk=2048, profile=prof_many)
-    watch_s, own_s = profile_lines(prof_single)
-    watch_m, own_m = profile_lines(prof_many)
-    for title, watch, own in (("single key k1=1 k2=16", watch_s, own_s),
-                              (f"{keys} keys k1=8 bw=1000", watch_m, own_m)):
-        say(f"\nprofile, {title}:")
-        for line in watch + own[:8]:
-            say("  " + line)
+    n1 = int(6000 * s)
+    runs: dict[str, dict[str, float]] = {}
+    runs["engine defaults"] = repeat(lambda: engine_rate(n1, 1, warm=200), r)
+    runs["engine learning off"] = repeat(lambda: engine_rate(n1, 1, learn=False, warm=200), r)
+    runs["deep-river LSTMForecaster"] = repeat(lambda: deep_river_rate(int(1500 * s)), r)
+    runs["stateful nn.GRU, TBPTT every event"] = repeat(
+        lambda: stateful_gru_rate(int(2000 * s), 1), r)
+    runs["stateful nn.GRU, TBPTT every 8 events"] = repeat(
+        lambda: stateful_gru_rate(int(3000 * s), 8), r)
+    runs["river SNARIMAX(p=10)"] = repeat(lambda: snarimax_rate(int(20000 * s), 1), r)
+    for name, v in runs.items():
+        say(f"  single key  {name:<40} {fmt(v)} ev/CPU-s")
+    n_k = 30_000
+    many: dict[str, dict[str, float]] = {}
+    many["engine defaults"] = repeat(lambda: engine_rate(n_k, 1000, warm=2000, chunk=2048), r)
+    many["river SNARIMAX(p=10), one per key"] = repeat(lambda: snarimax_rate(n_k, 1000), r)
+    for name, v in many.items():
+        say(f"  1,000 keys  {name:<40} {fmt(v)} ev/CPU-s")
+    before: dict[str, Any] = {}
+    if a.before is not None:
+        before = before_rates(a.before, {
+            "single key, defaults": {"n": n1, "keys": 1, "warm": 200},
+            "single key, learning off": {"n": n1, "keys": 1, "learn": False, "warm": 200},
+            "1,000 keys, defaults": {"n": n_k, "keys": 1000, "warm": 2000, "chunk": 2048},
+        }, r)
+        for name, v in before.items():
+            say(f"  before      {name:<40} {fmt(v)} ev/CPU-s")
+    gflops = matmul_gflops()
+    fl_learn = flops_per_event(lc.k1, lc.k2, True)
+    fl_infer = flops_per_event(lc.k1, lc.k2, False)
+    say(f"  matmul {gflops:.1f} GFLOP/s; FLOPs per event {fl_learn:,.0f} learning, "
+        f"{fl_infer:,.0f} inference")
+    mem = [memory(ROOT, k) for k in ((10_000, 100_000) if a.quick else
+                                     (10_000, 100_000, 1_000_000))]
+    mem_before = [memory(a.before, k) for k in (10_000, 100_000)] if a.before else []
+    for m in mem + mem_before:
+        say(f"  memory {json.dumps(m)}")
     info_after = machine()
 
-    # -- report
-    def ratio_rows() -> list[str]:
-        rows = []
-        for r in single:
-            rows.append(f"| single key, {r.name} | {r.wall:,.0f} | {r.cpu:,.0f} | "
-                        f"{r.wall / base.wall:.1f}x | {r.cpu / base.cpu:.1f}x | {r.note} |")
-        rows.append(f"| single key, {base.name} | {base.wall:,.0f} | {base.cpu:,.0f} | 1.0x | "
-                    f"1.0x | {base.note} |")
-        return rows
+    def limit(fl: float) -> float:
+        return gflops * 1e9 / fl
 
-    def many_rows() -> list[str]:
-        return [f"| {keys} keys, {r.name} | {r.wall:,.0f} | {r.cpu:,.0f} | "
-                f"{r.wall / KEYS_TARGET:.2f} | {r.cpu / KEYS_TARGET:.2f} | {r.note} |"
-                for r in many]
+    dr = runs["deep-river LSTMForecaster"]["median"]
+    gru1 = runs["stateful nn.GRU, TBPTT every event"]["median"]
+    gru8 = runs["stateful nn.GRU, TBPTT every 8 events"]["median"]
+    eng1 = runs["engine defaults"]["median"]
+    off1 = runs["engine learning off"]["median"]
+    engk = many["engine defaults"]["median"]
+    snk = many["river SNARIMAX(p=10), one per key"]["median"]
 
-    k1_8 = next(r for r in single if r.name == "engine k1=8 k2=16")
-    k1_1 = next(r for r in single if r.name == "engine k1=1 k2=16")
-    best_many = max((r for r in many if "no learning" not in r.name), key=lambda r: r.cpu)
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    rows = [f"| single key, {k} | {fmt(v)} |" for k, v in runs.items()]
+    rows += [f"| 1,000 keys, {k} | {fmt(v)} |" for k, v in many.items()]
+    targets = [
+        f"| single key defaults vs deep-river LSTMForecaster | >= 10x | {eng1 / dr:.1f}x | "
+        f"{verdict(eng1 >= 10 * dr)} |",
+        f"| single key defaults vs stateful GRU loop (TBPTT every event) | >= 2x | "
+        f"{eng1 / gru1:.1f}x | {verdict(eng1 >= 2 * gru1)} |",
+        f"| (same, vs the loop with TBPTT every 8 events) | | {eng1 / gru8:.1f}x | |",
+        f"| single key, learning off | >= 50,000 ev/CPU-s | {off1:,.0f} | "
+        f"{verdict(off1 >= 50_000)} |",
+        f"| 1,000 keys defaults | >= 100,000 ev/CPU-s | {engk:,.0f} | "
+        f"{verdict(engk >= 100_000)} |",
+        f"| 1,000 keys defaults vs SNARIMAX per key | >= 2x | {engk / snk:.1f}x | "
+        f"{verdict(engk >= 2 * snk)} |",
+    ]
+    limits = [
+        f"| learning (k1={lc.k1}, k2={lc.k2}) | {fl_learn:,.0f} | {limit(fl_learn):,.0f} | "
+        f"single key {eng1 / limit(fl_learn):.1%}, 1,000 keys {engk / limit(fl_learn):.1%} |",
+        f"| learning off | {fl_infer:,.0f} | {limit(fl_infer):,.0f} | "
+        f"{off1 / limit(fl_infer):.1%} |",
+    ]
+    mem_rows = []
+    for label, ms in (("engine", mem), ("before", mem_before)):
+        for m in ms:
+            if "error" in m:
+                mem_rows.append(f"| {label} | {m['keys']:,} | error: {m['error']} | | |")
+                continue
+            per_rss = m["rss_growth"] / m["keys"]
+            per_tab = m["table_bytes"] / m["keys"] if m["table_bytes"] else math.nan
+            mem_rows.append(f"| {label} | {m['keys']:,} | {per_rss:,.0f} | {per_tab:,.0f} | "
+                            f"{m['rss'] / 2**30:.2f} GiB |")
+    before_rows = []
+    if before:
+        now = {"single key, defaults": runs["engine defaults"],
+               "single key, learning off": runs["engine learning off"],
+               "1,000 keys, defaults": many["engine defaults"]}
+        for name, b in before.items():
+            before_rows.append(f"| {name} | {fmt(b)} | {fmt(now[name])} | "
+                               f"{now[name]['median'] / b['median']:.1f}x |")
     md = [
-        "# Engine speed",
+        "# Engine speed and memory",
         "",
-        f"Command: `python -m bench.engine_speed{' --quick' if a.quick else ''}`  ",
-        f"Date: {started}  ",
-        f"Engine revision: {info_before['rev']}  ",
-        f"Machine: `nproc` = {info_before['nproc']}, CPU: {info_before['cpu']}, Python "
-        f"{info_before['python']}, torch {info_before['torch']} with "
-        f"{info_before['threads']} thread  ",
-        f"Load average (1/5/15 min) before: {info_before['load']}, after: "
-        f"{info_after['load']} (the 2 cores are shared with other work: wall rates vary "
-        "with it; rates per CPU second of this process vary less, but "
-        "still by up to ~25% between runs at a load of 7-10 on 2 cores)",
+        f"Command: `bench/.venv-peers/bin/python -m bench.engine_speed"
+        f"{' --quick' if a.quick else ''}{f' --before {a.before}' if a.before else ''}`  ",
+        f"Date: {started}; revision {info['rev']}  ",
+        f"Machine: {info['cpu']}, {info['nproc']} CPUs, Python {info['python']}, one thread  ",
+        f"Load average (1/5/15 min) before: {info['load']}, after: {info_after['load']} "
+        "(shared machine: rates are per CPU second of the process that ran them)  ",
+        f"Repeats: {r}; figures are the median (min..max). First engine call in a fresh "
+        f"process (numba cache load): {first_call:.1f} s.",
         "",
-        "Model: GRU, 1 layer, hidden 64, 7 values per event (model inputs "
-        f"{n_inputs}: 7 scaled values, 7 missing flags, dt, 4 calendar), horizon 1, Adam.",
+        f"Model: GRU, 1 layer, hidden {HIDDEN}, one value (inputs: value, missing flag, time "
+        f"gap, 4 calendar), horizon 1, defaults k1={lc.k1} k2={lc.k2} "
+        f"batch_windows={lc.batch_windows}.",
         "",
-        "## Single key: engine vs the windowed baseline",
+        "## Rates (events per CPU second)",
         "",
-        "| run | ev/s (wall) | ev/CPU-s | vs baseline (wall) | vs baseline (CPU) | setting |",
-        "|---|---:|---:|---:|---:|---|",
-        *ratio_rows(),
+        "| run | ev/CPU-s |",
+        "|---|---:|",
+        *rows,
         "",
-        f"Target: single key >= {SINGLE_TARGET:.0f}x the windowed baseline. "
-        f"k1=8 (k2=16): {k1_8.cpu / base.cpu:.1f}x per CPU second, "
-        f"{k1_8.wall / base.wall:.1f}x wall-clock -> {verdict(k1_8.cpu / base.cpu, SINGLE_TARGET)}"
-        f" (CPU), {verdict(k1_8.wall / base.wall, SINGLE_TARGET)} (wall). "
-        f"k1=1 (k2=16): {k1_1.cpu / base.cpu:.1f}x per CPU second, "
-        f"{k1_1.wall / base.wall:.1f}x wall-clock -> {verdict(k1_1.cpu / base.cpu, SINGLE_TARGET)}"
-        ": with k1=1 the engine runs one k2-step forward and backward pass per event, the "
-        "same kind of work as the baseline's 32-step pass, so its gain is bounded by the "
-        "steps per event (baseline: two forward passes and one backward pass over 32 steps; "
-        "engine: one step forward, plus one forward and one backward pass over k2 steps); "
-        "k1 > 1 shares one backward pass among k1 events, which is what truncated BPTT is "
-        "for.",
+        "## Targets (issue 11)",
         "",
-        f"## {keys} keys interleaved, learning on",
+        "| target | wanted | measured | |",
+        "|---|---:|---:|---|",
+        *targets,
         "",
-        "| run | ev/s (wall) | ev/CPU-s | of target (wall) | of target (CPU) | setting |",
-        "|---|---:|---:|---:|---:|---|",
-        *many_rows(),
+        "## Arithmetic limit",
         "",
-        f"Target: >= {KEYS_TARGET:,.0f} events/s with learning on. Best setting "
-        f"{best_many.name}: {best_many.cpu:,.0f} ev per CPU second -> "
-        f"{verdict(best_many.cpu, KEYS_TARGET)}; {best_many.wall:,.0f} ev/s wall-clock at the "
-        f"load above -> {verdict(best_many.wall, KEYS_TARGET)}. With the default learner "
-        "settings (k1=4, batch_windows=16) the shard makes one optimizer step every ~64 "
-        "events, and the optimizer steps dominate: throughput at 1,000 keys is set by "
-        "batch_windows (windows per step) more than by the per-event path.",
+        f"float32 matmul rate of this machine (1024x1024, one thread): {gflops:.1f} GFLOP/s.",
         "",
-        "## Where the time goes (cProfile, cumulative time of engine functions)",
+        "| configuration | FLOPs per event | limit ev/s | measured, share of the limit |",
+        "|---|---:|---:|---|",
+        *limits,
         "",
-        "Single key, k1=1 k2=16:",
+        "## Memory per key (a fresh process per size; GRU 64, one value)",
         "",
-        "| function | time | share |",
-        "|---|---:|---:|",
-        *watch_s,
-        "",
-        "| top own time | calls | own | cumulative |",
-        "|---|---:|---:|---:|",
-        *own_s,
-        "",
-        f"{keys} keys, k1=8 batch_windows=1000:",
-        "",
-        "| function | time | share |",
-        "|---|---:|---:|",
-        *watch_m,
-        "",
-        "| top own time | calls | own | cumulative |",
-        "|---|---:|---:|---:|",
-        *own_m,
-        "",
-        "(Separate, shorter runs under the profiler, slower than the timed runs by its "
-        "overhead: the shares are what matter.)",
-        "",
-        "## Console output",
-        "",
-        "```",
-        *log,
-        "```",
+        "| engine | keys | RSS growth per key (bytes) | table bytes per key | RSS |",
+        "|---|---:|---:|---:|---:|",
+        *mem_rows,
         "",
     ]
+    if before_rows:
+        md += ["## Before / after", "", f"Before: `{a.before}` (its own streamseq package, "
+               "the same harness), in the same run.", "",
+               "| run | before ev/CPU-s | now ev/CPU-s | ratio |", "|---|---:|---:|---:|",
+               *before_rows, ""]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(md))
-    print(f"\nreport written to {a.out}")
+    say(f"report written to {a.out}")
     return 0
 
 

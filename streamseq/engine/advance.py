@@ -21,7 +21,7 @@ import numpy as np
 from streamseq.evaluation.drift import page_hinkley_update
 from streamseq.evaluation.scoring import record_forecast, score_event
 from streamseq.features.pipeline import featurize
-from streamseq.learner.windows import capture, record_step
+from streamseq.learner.windows import capture, from_half, record_step, to_half
 from streamseq.models.kernels import cell_step, forecast_head
 
 __all__ = ["advance_segment", "DRIFT_NONE", "DRIFT_RESET", "DRIFT_BOOST"]
@@ -59,6 +59,7 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
     horizon = yhat.shape[1]
     n_in = ring_x.shape[2]
     x = np.zeros(n_in, np.float32)
+    x_half = np.zeros(n_in, np.uint16)
     z = np.zeros(v + 1)
     std = np.zeros(v + 1)
     filled = np.zeros(v)
@@ -93,7 +94,10 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
                     hidden[slot] = 0.0
                 elif drift_action == DRIFT_BOOST:
                     totals[4] += 1
-        # (3) keep the step for TBPTT, advance the key's state
+        # (3) inputs at float16 precision (what the window ring keeps), the step kept
+        # for TBPTT, the key's state advanced
+        to_half(x, x_half)
+        from_half(x_half, x)
         for c in range(n_t):
             # training targets: levels as wide as the base; returns and sizes at clip
             target[c] = z[c] if level_targets[c] else min(max(z[c], -clip), clip)

@@ -23,7 +23,7 @@ import torch
 from streamseq.state.table import SlotArrays
 
 __all__ = ["WindowRings", "PendingWindows", "record_step", "capture", "is_window_start",
-           "start_index"]
+           "start_index", "to_half", "from_half"]
 
 
 class WindowRings:
@@ -35,27 +35,30 @@ class WindowRings:
         TBPTT cadence, window length and forecast steps.
     n_inputs, n_targets, layers, state_size
         Sizes of a step's inputs and targets and of a recurrent state.
-    state_dtype
-        Storage type of the start states (float16 halves them; the window then starts from
-        the state rounded to it).
+
+    Inputs and start states are kept as float16 (the engine rounds a step's inputs to
+    float16 before the model sees them, so a window replays exactly the inputs of its
+    steps; a window starts from its state rounded to float16, ~5e-4 relative).
 
     Examples
     --------
     >>> w = WindowRings(4, 16, 1, 7, 1, 1, 64)
     >>> w.length, w.n_starts, w.arrays.nbytes_per_slot
-    (17, 6, 2121)
+    (17, 5, 983)
     """
 
     def __init__(self, k1: int, k2: int, horizon: int, n_inputs: int, n_targets: int,
-                 layers: int, state_size: int, state_dtype: Any = np.float32) -> None:
+                 layers: int, state_size: int) -> None:
         self.k1, self.k2, self.horizon = k1, k2, horizon
         self.length = k2 + horizon
-        self.n_starts = (k2 + horizon - 1 + k1 - 1) // k1 + 2
+        # live starts: those of windows not yet captured (a window is captured horizon
+        # steps after its end, its start is k2 - 1 before the end)
+        self.n_starts = (k2 + horizon - 1 + k1 - 1) // k1 + 1
         self.arrays = SlotArrays({
-            "x": ((self.length, n_inputs), np.float32, 0.0),
+            "x": ((self.length, n_inputs), np.uint16, 0),  # float16 bits
             "y": ((self.length, n_targets), np.float32, 0.0),
             "mask": ((self.length, n_targets), np.bool_, False),
-            "start_state": ((self.n_starts, layers, state_size), state_dtype, 0.0),
+            "start_state": ((self.n_starts, layers, state_size), np.uint16, 0),  # float16
             "start_at": ((self.n_starts,), np.int32, -1),
         })
 
@@ -110,6 +113,47 @@ class PendingWindows:
         self.count[0] = n
 
 
+@nb.njit(cache=True, nogil=True)
+def to_half(src: np.ndarray, dst: np.ndarray) -> None:
+    """float32 -> float16 bits, rounding to nearest even (NaN/inf kept, no numba float16).
+
+    >>> x = np.array([0.1, -2.5, 1e-6, 7e4, 3.0e-8], np.float32)
+    >>> h = np.zeros(5, np.uint16); to_half(x, h)
+    >>> bool((h == x.astype(np.float16).view(np.uint16)).all())
+    True
+    """
+    bits = src.view(np.uint32)
+    for k in range(src.shape[0]):
+        f = np.int64(bits[k])
+        sign = (f >> 16) & 0x8000
+        a = f & 0x7FFFFFFF
+        if a >= 0x47800000:  # beyond float16: inf, NaN stays NaN
+            o = 0x7E00 if a > 0x7F800000 else 0x7C00
+        elif a < 0x38800000:  # subnormal float16 (or zero): multiples of 2^-24
+            o = np.int64(np.rint(abs(np.float64(src[k])) * 16777216.0))
+        else:
+            o = (a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
+        dst[k] = np.uint16(o | sign)
+
+
+@nb.njit(cache=True, nogil=True)
+def from_half(src: np.ndarray, dst: np.ndarray) -> None:
+    """float16 bits -> float32 (exact)."""
+    bits = dst.view(np.uint32)
+    for k in range(src.shape[0]):
+        h = np.int64(src[k])
+        sign = (h & 0x8000) << 16
+        e = (h >> 10) & 0x1F
+        m = h & 0x3FF
+        if e == 0:
+            v = np.float32(m * 5.960464477539063e-08)
+            dst[k] = -v if sign else v
+        elif e == 31:
+            bits[k] = np.uint32(sign | 0x7F800000 | (m << 13))
+        else:
+            bits[k] = np.uint32(sign | ((e + 112) << 23) | (m << 13))
+
+
 @nb.njit(inline="always", cache=True, nogil=True)
 def is_window_start(position: int, k1: int, k2: int) -> bool:
     """Whether a window starts at ``position``: 0, or ``e - k2 + 1`` for a window end
@@ -132,14 +176,13 @@ def record_step(slot: int, position: int, x: np.ndarray, target: np.ndarray,
     """Keep step ``position`` of the key: inputs, scaled target, target mask and, where a
     window starts, the recurrent state before the step."""
     at = position % ring_x.shape[1]
-    ring_x[slot, at] = x
+    to_half(x, ring_x[slot, at])
     ring_y[slot, at] = target
     ring_mask[slot, at] = mask
     if is_window_start(position, k1, k2):
         k = start_index(position, k1, start_state.shape[1])
         for layer in range(state.shape[0]):
-            for j in range(state.shape[1]):
-                start_state[slot, k, layer, j] = state[layer, j]
+            to_half(state[layer], start_state[slot, k, layer])
         start_at[slot, k] = position
 
 
@@ -160,7 +203,8 @@ def capture(slot: int, due: int, k1: int, k2: int, horizon: int, ring_x: np.ndar
     k = start_index(s, k1, start_state.shape[1])
     if start_at[slot, k] != s:
         raise RuntimeError("window start state overwritten (ring too short)")
-    ph0[i] = start_state[slot, k]
+    for layer in range(ph0.shape[1]):
+        from_half(start_state[slot, k, layer], ph0[i, layer])
     plengths[i] = length
     for step in range(k2):
         if step >= length:
@@ -170,7 +214,7 @@ def capture(slot: int, due: int, k1: int, k2: int, horizon: int, ring_x: np.ndar
             pbase[i, step] = 0.0
             continue
         at = (s + step) % length_ring
-        px[i, step] = ring_x[slot, at]
+        from_half(ring_x[slot, at], px[i, step])
         pbase[i, step] = ring_y[slot, at]
         learned = step >= learn_from
         for j in range(1, horizon + 1):

@@ -31,7 +31,7 @@ class FlatWeights:
     >>> m = RecurrentForecaster(3, 1, ModelConfig(hidden=4))
     >>> w = FlatWeights(m)
     >>> w.theta[:] = 0.5; w.refresh()
-    >>> float(m.rnn.weight_hh_l0[0, 0]), w.layout.size == sum(p.numel() for p in m.parameters())
+    >>> float(m.rnn.weight_hh_l0[0, 0].detach()), w.layout.size == sum(p.numel() for p in m.parameters())
     (0.5, True)
     """
 

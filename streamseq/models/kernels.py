@@ -244,15 +244,15 @@ def forecast_head(top: np.ndarray, theta: np.ndarray, theta_t: np.ndarray, head_
 
 # ---------------------------------------------------------------------------- training
 @nb.njit(**_JIT)
-def _layer_backward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
-                    c_prev: np.ndarray, c_new: np.ndarray, acts: np.ndarray, dh: np.ndarray,
-                    dc: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, g_w_ih: np.ndarray,
-                    g_w_hh: np.ndarray, g_b_ih: np.ndarray, g_b_hh: np.ndarray,
-                    dgi: np.ndarray, dgh: np.ndarray, d_inp: np.ndarray, dh_prev: np.ndarray,
+def _layer_backward(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarray,
+                    c_new: np.ndarray, acts: np.ndarray, dh: np.ndarray, dc: np.ndarray,
+                    w_ih: np.ndarray, w_hh: np.ndarray, dgi: np.ndarray, dgh: np.ndarray,
+                    need_inp: bool, d_inp: np.ndarray, dh_prev: np.ndarray,
                     dc_prev: np.ndarray) -> None:
     """Backward of one layer step. ``dh`` (and ``dc`` for LSTM) is the gradient of the
-    layer's new state; writes ``d_inp``, ``dh_prev``, ``dc_prev`` and accumulates the
-    weight gradients (torch layout)."""
+    layer's new state; writes the gate gradients ``dgi``/``dgh`` (their outer products with
+    the step's inputs are the weight gradients, summed per window by
+    :func:`_weight_gradients`), ``dh_prev``, ``dc_prev`` and, if ``need_inp``, ``d_inp``."""
     hd = hidden
     one = np.float32(1.0)
     if cell == GRU:
@@ -281,18 +281,28 @@ def _layer_backward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
             dh_prev[j] = 0.0
         dgh[:] = dgi
     gates = dgi.shape[0]
-    n_in = inp.shape[0]
-    d_inp[:n_in] = 0.0
-    for j in range(gates):  # one output stream per loop: they vectorise
-        g_b_ih[j] += dgi[j]
-        g_b_hh[j] += dgh[j]
-    for j in range(gates):
-        _axpy(g_w_ih[j], dgi[j], inp)
-        _axpy(d_inp[:n_in], dgi[j], w_ih[j])
-    for j in range(gates):
-        _axpy(g_w_hh[j], dgh[j], h_prev)
+    if need_inp:
+        d_inp[:] = 0.0
+        for j in range(gates):
+            _axpy(d_inp, dgi[j], w_ih[j])
     for j in range(gates):
         _axpy(dh_prev, dgh[j], w_hh[j])
+
+
+@nb.njit(**_JIT)
+def _weight_gradients(length: int, dg: np.ndarray, inputs: np.ndarray, g_w: np.ndarray,
+                      g_b: np.ndarray) -> None:
+    """``g_w += sum_t dg[t] (x) inputs[t]`` and ``g_b += sum_t dg[t]`` over one window's
+    steps, latest first (the order of the per-step backward): each weight row is read
+    and written once per window, not once per step."""
+    for j in range(g_w.shape[0]):
+        row = g_w[j]
+        b = g_b[j]
+        for t in range(length - 1, -1, -1):
+            a = dg[t, j]
+            b += a
+            _axpy(row, a, inputs[t])
+        g_b[j] = b
 
 
 @nb.njit(**_JIT)
@@ -342,8 +352,10 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
     dpred = np.zeros((T, n_out), np.float32)
     gi = np.zeros(gates, np.float32)
     gh = np.zeros(gates, np.float32)
-    dgi = np.zeros(gates, np.float32)
-    dgh = np.zeros(gates, np.float32)
+    dgi_st = np.zeros((layers, T, gates), np.float32)  # gate gradients of every step
+    dgh_st = np.zeros((layers, T, gates), np.float32)
+    inp_l = np.zeros((layers, T, max_in), np.float32)  # layer-major copies for the sums
+    hprev_l = np.zeros((layers, T, hidden), np.float32)
     h_cur = np.zeros((layers, hidden), np.float32)
     c_cur = np.zeros((layers, hidden), np.float32)
     dh_rec = np.zeros((layers, hidden), np.float32)
@@ -424,17 +436,15 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                 n_in = F if layer == 0 else hidden
                 for k in range(hidden):
                     dh[k] += dh_rec[layer, k]
-                o_ih, o_hh, o_bih, o_bhh = offs[layer, 0], offs[layer, 1], offs[layer, 2], \
-                    offs[layer, 3]
-                _layer_backward(cell, hidden, inp_st[t, layer, :n_in], hprev_st[t, layer],
-                                cprev_st[t, layer], cnew_st[t, layer], acts_st[t, layer], dh,
-                                dc_rec[layer],
+                o_ih, o_hh = offs[layer, 0], offs[layer, 1]
+                _layer_backward(cell, hidden, hprev_st[t, layer], cprev_st[t, layer],
+                                cnew_st[t, layer], acts_st[t, layer], dh, dc_rec[layer],
                                 theta[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
                                 theta[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
-                                grad[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
-                                grad[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
-                                grad[o_bih:o_bih + gates], grad[o_bhh:o_bhh + gates],
-                                dgi, dgh, d_inp, dh_prev, dc_prev)
+                                dgi_st[layer, t], dgh_st[layer, t], layer > 0,
+                                d_inp[:n_in], dh_prev, dc_prev)
+                inp_l[layer, t, :n_in] = inp_st[t, layer, :n_in]
+                hprev_l[layer, t] = hprev_st[t, layer]
                 dh_rec[layer] = dh_prev
                 if cell == LSTM:
                     dc_rec[layer] = dc_prev
@@ -442,6 +452,16 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                     for k in range(hidden):
                         v = d_inp[k]
                         dh[k] = v * drop_layers[i, t, layer - 1, k] if dropout else v
+        for layer in range(layers):
+            n_in = F if layer == 0 else hidden
+            o_ih, o_hh, o_bih, o_bhh = offs[layer, 0], offs[layer, 1], offs[layer, 2], \
+                offs[layer, 3]
+            _weight_gradients(length, dgi_st[layer], inp_l[layer, :, :n_in],
+                              grad[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
+                              grad[o_bih:o_bih + gates])
+            _weight_gradients(length, dgh_st[layer], hprev_l[layer],
+                              grad[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
+                              grad[o_bhh:o_bhh + gates])
     return total / has
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from streamseq.config import ModelConfig
+from streamseq.learner.windows import from_half, to_half
 from streamseq.models import RecurrentForecaster
 from streamseq.models.kernels import (
     ParamLayout,
@@ -202,6 +203,26 @@ def test_optimizer_steps_match_torch(name: str) -> None:
             adam_step(theta, g, m, v, step, 1e-2, 0.9, 0.999, 1e-8,
                       1e-2 if name == "adamw" else 1e-3, name == "adamw")
     np.testing.assert_allclose(theta, p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_float16_storage_matches_numpy() -> None:
+    """Window inputs and start states are stored as float16 bits (numba has no float16):
+    the conversion rounds as numpy does, subnormals, overflow and NaN included."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-9, 6, size=5000),
+                        [0.0, -0.0, 65504.0, 65520.0, 1e9, -1e9, np.inf, 6.1e-5, 5.9e-8]]
+                       ).astype(np.float32)
+    bits = np.zeros(x.size, np.uint16)
+    with np.errstate(over="ignore"):
+        expect = x.astype(np.float16)
+    to_half(x, bits)
+    assert np.array_equal(bits, expect.view(np.uint16))
+    back = np.zeros(x.size, np.float32)
+    from_half(bits, back)
+    assert np.array_equal(back, expect.astype(np.float32))
+    nan = np.array([np.nan], np.float32)
+    to_half(nan, bits[:1])
+    assert np.isnan(bits[:1].view(np.float16)).all()
 
 
 def test_clip_reports_a_non_finite_norm_and_leaves_gradients() -> None:
