@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model  # noqa: E402
+from streamseq.config import LearnerConfig  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Message,
     ServiceProcess,
@@ -66,6 +67,7 @@ from tests.integration.harness import (  # noqa: E402
 )
 
 REPORT = ROOT / "bench" / "results" / "e2e.md"
+_LC = LearnerConfig()  # the service's learner defaults
 
 
 # ---------------------------------------------------------------------------- machine
@@ -524,7 +526,7 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         f"Workload: {n:,} sensor events of {ctx['keys']:,} keys (1 value each, "
         f"~{n // ctx['keys']} per key), {ctx['partitions']} partitions, one service process, "
         f"GRU hidden {ctx['hidden']}, service defaults otherwise (max.poll.records 2000; "
-        "k1 4, k2 16, an optimizer step every 16 due windows).",
+        f"k1 {_LC.k1}, k2 {_LC.k2}, an optimizer step every {_LC.batch_windows} due windows).",
         "",
         "## Throughput",
         "",

@@ -294,8 +294,9 @@ def settings_section(reps: list[dict[str, Any]]) -> list[str]:
     names = list(main["datasets"])
     L = ["## Engine settings across the peer datasets (MASE, lower is better)", "",
          "Same events, same metric; only the engine's settings differ. The learning cadence "
-         "per key is what matters on these few-key streams: with k1=4 and batch_windows=16 a "
-         "single key's weights move once every 64 of its events.", "",
+         "per key is what matters on these few-key streams: an update point comes before a "
+         "key's second due window, so a lone key's weights move once every k1 of its "
+         "events.", "",
          *[f"- ({chr(65 + i)}) {r['_file']}: {_engine_label(r).split(', ', 1)[1]}"
            for i, r in enumerate(reps)], "",
          "| dataset | " + " | ".join(f"{c} ({chr(65 + i)})" for i, _ in enumerate(reps)

@@ -293,16 +293,26 @@ def _layer_backward(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarr
 def _weight_gradients(length: int, dg: np.ndarray, inputs: np.ndarray, g_w: np.ndarray,
                       g_b: np.ndarray) -> None:
     """``g_w += sum_t dg[t] (x) inputs[t]`` and ``g_b += sum_t dg[t]`` over one window's
-    steps, latest first (the order of the per-step backward): each weight row is read
-    and written once per window, not once per step."""
-    for j in range(g_w.shape[0]):
-        row = g_w[j]
-        b = g_b[j]
-        for t in range(length - 1, -1, -1):
-            a = dg[t, j]
-            b += a
-            _axpy(row, a, inputs[t])
-        g_b[j] = b
+    steps, latest first: each weight row is read and written once per window, not once
+    per step (a fixed order: the sums depend on the window only)."""
+    gates, n_in = g_w.shape
+    for t in range(length - 1, -1, -1):
+        _axpy(g_b, np.float32(1.0), dg[t])
+    if n_in >= 16:
+        for j in range(gates):
+            row = g_w[j]
+            for t in range(length - 1, -1, -1):
+                _axpy(row, dg[t, j], inputs[t])
+        return
+    # few inputs (the first layer): sum the window in [in, gates] layout, where the long
+    # axis is contiguous, then add it once
+    acc = np.zeros((n_in, gates), np.float32)
+    for t in range(length - 1, -1, -1):
+        for k in range(n_in):
+            _axpy(acc[k], inputs[t, k], dg[t])
+    for j in range(gates):
+        for k in range(n_in):
+            g_w[j, k] += acc[k, j]
 
 
 @nb.njit(**_JIT)
