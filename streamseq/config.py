@@ -110,9 +110,9 @@ class LearnerConfig(ConfigBase):
 
     learn: bool = field(default=True, metadata=flag("--no-learn", "forecast with fixed "
                                                                 "weights"))
-    k1: int = field(default=8, metadata=flag(help="a key's window falls due every k1 of "
+    k1: int = field(default=4, metadata=flag(help="a key's window falls due every k1 of "
                                                     "its events"))
-    k2: int = field(default=8, metadata=flag(help="backprop length"))
+    k2: int = field(default=4, metadata=flag(help="backprop length"))
     batch_windows: int = field(default=16, metadata=flag(
         help="optimizer step after this many due windows in the shard"))
     max_segment: int = 4096

@@ -109,6 +109,8 @@ class Shard:
         # [segment id, events in segment, windows in segment, stream sequence number]
         self.counters = np.zeros(4, dtype=np.int64)
         self.max_ts = np.iinfo(np.int64).min
+        self._args: tuple[Any, ...] = ()
+        self._args_generation = -1
 
     # ------------------------------------------------------------------ one call
     def process(self, events: Sequence[Event], stats: EngineStats, learning: bool,
@@ -167,33 +169,45 @@ class Shard:
         out.keep(applied)
         return out
 
+    def _kernel_args(self) -> tuple[Any, ...]:
+        """The parts' arrays and settings as the compiled path takes them (rebuilt only when
+        the table replaced its arrays)."""
+        if self._args_generation != self.table.generation:
+            cfg = self.config
+            fc, lc, dc = cfg.features, cfg.learner, cfg.drift
+            f, s, d, w = (self.features.arrays, self.scoring.arrays, self.drift.arrays,
+                          self.windows.arrays)
+            wts, lay = self.weights, self.weights.layout
+            self._args = (
+                (self.features.codes, f["last_raw"], f["count"], f["mean"], f["m2"],
+                 f["frozen"], f["gap_ema"]),
+                (self.features.fixed, int(fc.fixed_warmup), float(fc.clip),
+                 float(fc.target_clip), bool(fc.dt), bool(fc.calendar), self.level_targets),
+                (s["forecast"], s["unit"], s["persistence"], s["m_abs"], s["m_sq"],
+                 s["p_abs"], s["p_sq"], s["cnt"]),
+                (d["n"], d["stats"]),
+                (self.drift.enabled, _DRIFT_ACTIONS[dc.action], *self.drift.params),
+                (wts.theta, wts.theta_t, lay.offsets, lay.t_offsets, wts.residual),
+                (lay.cell, lay.hidden, lay.head_offsets[0], lay.head_t_offset),
+                (w["x"], w["y"], w["mask"], w["start_state"], w["start_at"]),
+                lc.k1, lc.k2, self.learner.pending.arrays())
+            self._args_generation = self.table.generation
+        return self._args
+
     def _advance(self, poll: Poll, rows: np.ndarray, plan: tuple[np.ndarray, ...],
                  out: EngineOutput, stats: EngineStats, scoring: bool) -> None:
         """Run the compiled per-event path over one segment's applied events."""
-        cfg = self.config
-        fc, lc, dc = cfg.features, cfg.learner, cfg.drift
+        dc = self.config.drift
         slot, position, gap, seq, due = plan
         ev = (rows, slot[rows], position[rows], gap[rows], poll.ts[rows], seq[rows], due[rows])
-        f, s, d, w = (self.features.arrays, self.scoring.arrays, self.drift.arrays,
-                      self.windows.arrays)
-        wts, lay = self.weights, self.weights.layout
+        feat, feat_opts, score, drift, drift_opts, model, model_opts, win, k1, k2, pend = \
+            self._kernel_args()
         # running sums continue in the kernel, event by event: the same bits however the
         # stream was cut into calls and segments
         totals = np.array([stats.z_abs_model, stats.z_abs_persistence, 0.0, 0.0, 0.0])
         advance_segment(
-            ev, poll.raw, self.table.hidden,
-            (self.features.codes, f["last_raw"], f["count"], f["mean"], f["m2"], f["frozen"],
-             f["gap_ema"]),
-            (self.features.fixed, int(fc.fixed_warmup), float(fc.clip), float(fc.target_clip),
-             bool(fc.dt), bool(fc.calendar), self.level_targets),
-            (s["forecast"], s["unit"], s["persistence"], s["m_abs"], s["m_sq"], s["p_abs"],
-             s["p_sq"], s["cnt"]), scoring,
-            (d["n"], d["stats"]), (self.drift.enabled, _DRIFT_ACTIONS[dc.action],
-                                   *self.drift.params),
-            (wts.theta, wts.theta_t, lay.offsets, lay.t_offsets, wts.residual),
-            (lay.cell, lay.hidden, lay.head_offsets[0], lay.head_t_offset),
-            (w["x"], w["y"], w["mask"], w["start_state"], w["start_at"]),
-            (bool(due.any()), lc.k1, lc.k2), self.learner.pending.arrays(),
+            ev, poll.raw, self.table.hidden, feat, feat_opts, score, scoring, drift,
+            drift_opts, model, model_opts, win, (bool(ev[6].any()), k1, k2), pend,
             (out.yhat, out.yhat_z, out.err_model, out.err_persistence, out.scale,
              out.target_ts, out.version, out.z_mean, out.z_std),
             totals, self.learner.applied)

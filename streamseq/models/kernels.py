@@ -290,26 +290,27 @@ def _layer_backward(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarr
 
 
 @nb.njit(**_JIT)
-def _weight_gradients(length: int, dg: np.ndarray, inputs: np.ndarray, g_w: np.ndarray,
+def _weight_gradients(dg: np.ndarray, inputs: np.ndarray, g_w: np.ndarray,
                       g_b: np.ndarray) -> None:
-    """``g_w += sum_t dg[t] (x) inputs[t]`` and ``g_b += sum_t dg[t]`` over one window's
-    steps, latest first: each weight row is read and written once per window, not once
-    per step (a fixed order: the sums depend on the window only)."""
+    """``g_w += sum_r dg[r] (x) inputs[r]`` and ``g_b += sum_r dg[r]`` over the rows of an
+    update (window by window, each window's steps latest first): each weight row is read
+    and written once per update, not once per step, in a fixed order."""
     gates, n_in = g_w.shape
-    for t in range(length - 1, -1, -1):
-        _axpy(g_b, np.float32(1.0), dg[t])
+    rows = dg.shape[0]
+    for r in range(rows):
+        _axpy(g_b, np.float32(1.0), dg[r])
     if n_in >= 16:
         for j in range(gates):
             row = g_w[j]
-            for t in range(length - 1, -1, -1):
-                _axpy(row, dg[t, j], inputs[t])
+            for r in range(rows):
+                _axpy(row, dg[r, j], inputs[r])
         return
-    # few inputs (the first layer): sum the window in [in, gates] layout, where the long
-    # axis is contiguous, then add it once
+    # few inputs (the first layer): sum in [in, gates] layout, where the long axis is
+    # contiguous, then add it once
     acc = np.zeros((n_in, gates), np.float32)
-    for t in range(length - 1, -1, -1):
+    for r in range(rows):
         for k in range(n_in):
-            _axpy(acc[k], inputs[t, k], dg[t])
+            _axpy(acc[k], inputs[r, k], dg[r])
     for j in range(gates):
         for k in range(n_in):
             g_w[j, k] += acc[k, j]
@@ -362,10 +363,15 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
     dpred = np.zeros((T, n_out), np.float32)
     gi = np.zeros(gates, np.float32)
     gh = np.zeros(gates, np.float32)
-    dgi_st = np.zeros((layers, T, gates), np.float32)  # gate gradients of every step
-    dgh_st = np.zeros((layers, T, gates), np.float32)
-    inp_l = np.zeros((layers, T, max_in), np.float32)  # layer-major copies for the sums
-    hprev_l = np.zeros((layers, T, hidden), np.float32)
+    # every step of every window, in backward order, for the weight-gradient sums
+    first_row = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        first_row[i + 1] = first_row[i] + (lengths[i] if wsum[i] > 0 else 0)
+    rows = first_row[n]
+    dgi_all = np.zeros((layers, rows, gates), np.float32)
+    dgh_all = np.zeros((layers, rows, gates), np.float32)
+    inp_all = np.zeros((layers, rows, max_in), np.float32)
+    hprev_all = np.zeros((layers, rows, hidden), np.float32)
     h_cur = np.zeros((layers, hidden), np.float32)
     c_cur = np.zeros((layers, hidden), np.float32)
     dh_rec = np.zeros((layers, hidden), np.float32)
@@ -447,14 +453,15 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                 for k in range(hidden):
                     dh[k] += dh_rec[layer, k]
                 o_ih, o_hh = offs[layer, 0], offs[layer, 1]
+                r = first_row[i] + length - 1 - t
                 _layer_backward(cell, hidden, hprev_st[t, layer], cprev_st[t, layer],
                                 cnew_st[t, layer], acts_st[t, layer], dh, dc_rec[layer],
                                 theta[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
                                 theta[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
-                                dgi_st[layer, t], dgh_st[layer, t], layer > 0,
+                                dgi_all[layer, r], dgh_all[layer, r], layer > 0,
                                 d_inp[:n_in], dh_prev, dc_prev)
-                inp_l[layer, t, :n_in] = inp_st[t, layer, :n_in]
-                hprev_l[layer, t] = hprev_st[t, layer]
+                inp_all[layer, r, :n_in] = inp_st[t, layer, :n_in]
+                hprev_all[layer, r] = hprev_st[t, layer]
                 dh_rec[layer] = dh_prev
                 if cell == LSTM:
                     dc_rec[layer] = dc_prev
@@ -462,16 +469,16 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                     for k in range(hidden):
                         v = d_inp[k]
                         dh[k] = v * drop_layers[i, t, layer - 1, k] if dropout else v
-        for layer in range(layers):
-            n_in = F if layer == 0 else hidden
-            o_ih, o_hh, o_bih, o_bhh = offs[layer, 0], offs[layer, 1], offs[layer, 2], \
-                offs[layer, 3]
-            _weight_gradients(length, dgi_st[layer], inp_l[layer, :, :n_in],
-                              grad[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
-                              grad[o_bih:o_bih + gates])
-            _weight_gradients(length, dgh_st[layer], hprev_l[layer],
-                              grad[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
-                              grad[o_bhh:o_bhh + gates])
+    for layer in range(layers):
+        n_in = F if layer == 0 else hidden
+        o_ih, o_hh, o_bih, o_bhh = offs[layer, 0], offs[layer, 1], offs[layer, 2], \
+            offs[layer, 3]
+        _weight_gradients(dgi_all[layer], inp_all[layer, :, :n_in],
+                          grad[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
+                          grad[o_bih:o_bih + gates])
+        _weight_gradients(dgh_all[layer], hprev_all[layer],
+                          grad[o_hh:o_hh + gates * hidden].reshape(gates, hidden),
+                          grad[o_bhh:o_bhh + gates])
     return total / has
 
 

@@ -138,6 +138,7 @@ class KeyTable:
                                 "newest_ts": ((), np.int64, _NEVER),
                                 "last_seen": ((), np.int64, 0)})
         self.parts: dict[str, SlotArrays] = {}
+        self.generation = 0  # changes whenever the arrays are replaced (grow, load)
         self.grow(capacity)
 
     def __len__(self) -> int:
@@ -177,6 +178,7 @@ class KeyTable:
         self.free = free
         self.n_free += fresh.size
         self.capacity = new_cap
+        self.generation += 1
 
     def register(self, keys: Sequence[str], slots: np.ndarray) -> None:
         """Record slots taken from the free stack (by a compiled planner) for ``keys``."""
@@ -235,6 +237,8 @@ class KeyTable:
     def eviction_candidates(self, max_keys: int, idle_ttl_ms: int | None,
                             now_ts: int) -> np.ndarray:
         """Slots to evict: idle longer than the TTL, then least recently seen over the cap."""
+        if idle_ttl_ms is None and len(self.keys) <= max_keys:
+            return np.zeros(0, dtype=np.int64)
         live = self.live_slots()
         if live.size == 0:
             return live
