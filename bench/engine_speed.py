@@ -209,10 +209,14 @@ def memory(root: Path, keys: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- before
 BEFORE_CHILD = r'''
-import json, sys
-sys.path.insert(0, sys.argv[1])
-sys.path.insert(0, sys.argv[2])
-from bench.engine_speed import engine_rate, repeat
+import importlib.util, json, sys
+sys.path.insert(0, sys.argv[1])  # that checkout's streamseq; this file's harness by path
+spec_ = importlib.util.spec_from_file_location("harness", sys.argv[2])
+harness = importlib.util.module_from_spec(spec_)
+spec_.loader.exec_module(harness)
+engine_rate, repeat = harness.engine_rate, harness.repeat
+import streamseq
+assert streamseq.__file__.startswith(sys.argv[1]), streamseq.__file__
 spec = json.loads(sys.argv[3])
 print(json.dumps({name: repeat(lambda: engine_rate(**kw), spec["repeats"])
                   for name, kw in spec["runs"].items()}))
@@ -221,8 +225,8 @@ print(json.dumps({name: repeat(lambda: engine_rate(**kw), spec["repeats"])
 
 def before_rates(path: Path, runs: dict[str, dict[str, Any]], repeats: int) -> dict[str, Any]:
     """Engine rates of another checkout (its own streamseq, this file's harness)."""
-    bench_dir = str(Path(__file__).resolve().parents[1])
-    proc = subprocess.run([sys.executable, "-c", BEFORE_CHILD, str(path), bench_dir,
+    proc = subprocess.run([sys.executable, "-c", BEFORE_CHILD, str(path.resolve()),
+                           str(Path(__file__).resolve()),
                            json.dumps({"runs": runs, "repeats": repeats})],
                           capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -308,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_k = 30_000
     many: dict[str, dict[str, float]] = {}
     many["engine defaults"] = repeat(lambda: engine_rate(n_k, 1000, warm=2000, chunk=2048), r)
+    many["engine batch_windows=64"] = repeat(
+        lambda: engine_rate(n_k, 1000, warm=2000, chunk=2048, batch_windows=64), r)
+    many["engine learning off"] = repeat(
+        lambda: engine_rate(n_k, 1000, learn=False, warm=2000, chunk=2048), r)
     many["river SNARIMAX(p=10), one per key"] = repeat(lambda: snarimax_rate(n_k, 1000), r)
     for name, v in many.items():
         say(f"  1,000 keys  {name:<40} {fmt(v)} ev/CPU-s")
