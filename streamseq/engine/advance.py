@@ -35,8 +35,9 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
                     drift_opts: tuple, model: tuple, model_opts: tuple, win: tuple,
                     win_opts: tuple, pend: tuple, out: tuple, totals: np.ndarray,
                     version: int) -> None:
-    """Apply the segment's events ``ev`` (arrays: poll positions, slots, positions in the
-    key's stream, time gaps, times, sequence numbers, due flags) in order.
+    """Apply the segment's events in order: ``ev`` is the poll positions of the applied
+    events and the planner's per-poll arrays (slots, positions in the key's stream, time
+    gaps, times, sequence numbers, due flags).
 
     ``totals`` accumulates ``[z_abs_model, z_abs_persistence, z_scored, drift events,
     boost requests]`` (the first two are running sums carried across calls); output rows in ``out`` are indexed by poll position.
@@ -72,10 +73,10 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
     scratch = np.zeros(16 * hidden_size + n_in, np.float32)
     for e in range(positions.shape[0]):
         row = positions[e]
-        slot = slots[e]
-        n = key_pos[e]
+        slot = slots[row]
+        n = key_pos[row]
         # (1) features
-        featurize(slot, raw[row], n, gaps[e], times[e], codes, last_raw, count, mean, m2,
+        featurize(slot, raw[row], n, gaps[row], times[row], codes, last_raw, count, mean, m2,
                   frozen, fixed, fixed_warmup, clip, target_clip, use_gap, use_calendar, x,
                   z, std, filled, unknown)
         # (2) score the forecasts whose target this is; drift on the one-step error
@@ -119,12 +120,12 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
         record_forecast(slot, n, y_scaled, mean[slot, :n_t], std[:n_t], filled[:n_t],
                         unknown[:n_t], codes[:n_t], forecast, unit, persistence, yhat[row])
         version_out[row] = version
-        g = gaps[e]
+        g = gaps[row]
         ema = 0.9 * gap_ema[slot] + 0.1 * g if n >= 2 else (np.float64(g) if n == 1 else 0.0)
         gap_ema[slot] = ema
         for j in range(horizon):
-            target_ts[row, j] = times[e] + np.int64(np.rint(ema * (j + 1)))
+            target_ts[row, j] = times[row] + np.int64(np.rint(ema * (j + 1)))
         # (5) capture the TBPTT window that fell due
-        if learn and dues[e]:
+        if learn and dues[row]:
             capture(slot, n + 1 - horizon, k1, k2, horizon, ring_x, ring_y, ring_mask,
                     start_state, start_at, px, py, pw, ph0, plen, pbase, pcount)

@@ -128,25 +128,25 @@ class Shard:
         plan = tuple(np.zeros(n, dtype=np.int64) for _ in range(4)) + (
             np.zeros(n, dtype=np.bool_),)
         n_free = np.zeros(1, dtype=np.int64)
+        applied_rows = np.zeros(n, dtype=np.int64)
+        new_keys = np.zeros(len(poll.keys), dtype=np.int64)
         start = 0
         while True:
-            known = slot_of_key >= 0
             n_free[0] = self.table.n_free
             o, c = self.ordering.arrays, self.table.core
-            stop, reason = plan_segment(
+            stop, reason, n_applied, n_new = plan_segment(
                 start, slot_of_key, poll.key_index, poll.ts, poll.values_digest,
                 poll.id_digest, valid, c["count"], c["newest_ts"], c["last_seen"],
                 o["due_segment"], o["recent_ts"], o["recent_values"], o["recent_ids"],
                 o["cursor"], self.table.free, n_free, self.counters,
                 self.ordering.tolerance, learning, lc.k1, cfg.model.horizon,
-                lc.batch_windows, lc.max_segment, verdict, *plan)
+                lc.batch_windows, lc.max_segment, verdict, *plan, applied_rows, new_keys)
             self.table.n_free = int(n_free[0])
-            new = np.flatnonzero((slot_of_key >= 0) & ~known)
-            if new.size:
+            if n_new:
+                new = new_keys[:n_new]
                 self.table.register([poll.keys[k] for k in new.tolist()], slot_of_key[new])
-            rows = np.flatnonzero(verdict[start:stop] == APPLIED) + start
-            if rows.size:
-                self._advance(poll, rows, plan, out, stats, scoring)
+            if n_applied:
+                self._advance(poll, applied_rows[:n_applied], plan, out, stats, scoring)
             start = stop
             if reason == NEED_SLOTS:
                 self.table.grow(self.table.capacity * 2)
@@ -199,7 +199,7 @@ class Shard:
         """Run the compiled per-event path over one segment's applied events."""
         dc = self.config.drift
         slot, position, gap, seq, due = plan
-        ev = (rows, slot[rows], position[rows], gap[rows], poll.ts[rows], seq[rows], due[rows])
+        ev = (rows, slot, position, gap, poll.ts, seq, due)
         feat, feat_opts, score, drift, drift_opts, model, model_opts, win, k1, k2, pend = \
             self._kernel_args()
         # running sums continue in the kernel, event by event: the same bits however the
@@ -207,7 +207,7 @@ class Shard:
         totals = np.array([stats.z_abs_model, stats.z_abs_persistence, 0.0, 0.0, 0.0])
         advance_segment(
             ev, poll.raw, self.table.hidden, feat, feat_opts, score, scoring, drift,
-            drift_opts, model, model_opts, win, (bool(ev[6].any()), k1, k2), pend,
+            drift_opts, model, model_opts, win, (True, k1, k2), pend,
             (out.yhat, out.yhat_z, out.err_model, out.err_persistence, out.scale,
              out.target_ts, out.version, out.z_mean, out.z_std),
             totals, self.learner.applied)

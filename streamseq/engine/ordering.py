@@ -118,7 +118,9 @@ def read_poll(events: Sequence[Event], kind: str, names: Sequence[str], max_abs:
     index: dict[str, int] = {}
     key_index = np.empty(n, dtype=np.int64)
     ts = np.empty(n, dtype=np.int64)
-    rows: list[list[float | None]] = []
+    # one flat list of floats (not a list per event: fewer objects for the garbage
+    # collector to walk, which costs more than the pass itself on a large heap)
+    flat: list[float | None] = []
     rejected: list[EventError | None] = [None] * n
     ids = np.zeros(n, dtype=np.uint64)
     blank = [None] * n_names
@@ -128,23 +130,23 @@ def read_poll(events: Sequence[Event], kind: str, names: Sequence[str], max_abs:
         vals = ev.values
         if ev.kind != kind:
             rejected[i] = EventError("bad_kind", f"{ev.kind!r} event on a {kind} shard")
-            rows.append(blank)
+            flat.extend(blank)
         elif len(vals) > n_names or not value_set.issuperset(vals):
             extra = sorted(set(vals) - value_set)
             rejected[i] = EventError("unknown_fields", f"values {extra[:5] or sorted(vals)[:5]} "
                                                        f"differ from the shard's {list(names)[:5]}")
-            rows.append(blank)
+            flat.extend(blank)
         else:
-            rows.append([vals.get(name) for name in names])
+            flat.extend([vals.get(name) for name in names])
         if ev.id is not None:
             ids[i] = id_digest(ev.id)
-    raw = np.array(rows, dtype=np.float64).reshape(n, n_names)  # None -> NaN
+    raw = np.array(flat, dtype=np.float64).reshape(n, n_names)  # None -> NaN
     with np.errstate(invalid="ignore"):
         bad_rows = np.flatnonzero(~(np.abs(raw) <= max_abs).all(axis=1))
     for i in bad_rows.tolist():  # NaN here is a missing value or a NaN reading: look
         if rejected[i] is not None:
             continue
-        row = rows[i]
+        row = flat[i * n_names:(i + 1) * n_names]
         bad = next((x for x in row if x is not None and not -max_abs <= x <= max_abs), None)
         if bad is not None:
             rejected[i] = EventError("out_of_range" if math.isfinite(bad) else "non_finite",
@@ -191,23 +193,27 @@ def plan_segment(start: int, slot_of_key: np.ndarray, key_index: np.ndarray, ts:
                  n_free: np.ndarray, counters: np.ndarray, tolerance: int, learn: bool,
                  k1: int, horizon: int, batch_windows: int, max_segment: int,
                  verdict: np.ndarray, slot_out: np.ndarray, position: np.ndarray,
-                 gap_ms: np.ndarray, seq_out: np.ndarray, due_out: np.ndarray
-                 ) -> tuple[int, int]:
+                 gap_ms: np.ndarray, seq_out: np.ndarray, due_out: np.ndarray,
+                 applied: np.ndarray, new_keys: np.ndarray) -> tuple[int, int, int, int]:
     """Walk events from ``start`` until an update point falls or the poll ends.
 
     ``counters`` = ``[segment id, events in segment, windows in segment, seq]`` (updated).
     Writes per event: ``verdict``, and for applied events their ``slot``, ``position`` (the
     key's event count before it), ``gap_ms`` (time since the key's newest event, 0 for its
     first), ``seq`` (stream sequence number) and ``due`` (a TBPTT window falls due).
-    A new key takes a slot from the ``free`` stack. Returns ``(next position, reason)``.
+    A new key takes a slot from the ``free`` stack. ``applied`` receives the positions of
+    the applied events, ``new_keys`` the poll key indices that took a slot. Returns ``(next
+    position, reason, applied count, new key count)``.
     """
     n = ts.shape[0]
     r_events = recent_ts.shape[1]
     segment = counters[0]
     i = start
+    n_applied = 0
+    n_new = 0
     while i < n:
         if counters[1] >= max_segment or counters[2] >= batch_windows:
-            return i, FULL
+            return i, FULL, n_applied, n_new
         if not valid[i]:
             verdict[i] = REJECTED
             i += 1
@@ -245,14 +251,18 @@ def plan_segment(start: int, slot_of_key: np.ndarray, key_index: np.ndarray, ts:
         if due and slot >= 0 and due_segment[slot] == segment:
             # the key's previous window is not learned yet: an update point comes first,
             # so a key with few companions still learns every k1 of its events
-            return i, CLOSED
+            return i, CLOSED, n_applied, n_new
         if slot < 0:
             if n_free[0] == 0:
-                return i, NEED_SLOTS
+                return i, NEED_SLOTS, n_applied, n_new
             n_free[0] -= 1
             slot = free[n_free[0]]
             slot_of_key[key] = slot
+            new_keys[n_new] = key
+            n_new += 1
         verdict[i] = APPLIED
+        applied[n_applied] = i
+        n_applied += 1
         slot_out[i] = slot
         position[i] = n_before
         gap_ms[i] = max(t - newest[slot], 0) if n_before > 0 else 0
@@ -277,5 +287,5 @@ def plan_segment(start: int, slot_of_key: np.ndarray, key_index: np.ndarray, ts:
             due_segment[slot] = segment
         i += 1
     if counters[1] >= max_segment or counters[2] >= batch_windows:
-        return n, FULL
-    return n, DONE
+        return n, FULL, n_applied, n_new
+    return n, DONE, n_applied, n_new
