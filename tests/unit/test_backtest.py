@@ -115,10 +115,10 @@ def test_save_checkpoint_then_resume_equals_one_run(data_dir: Path, tmp_path: Pa
 
 
 def test_warmup_epochs_do_not_evict_keys_that_are_never_idle() -> None:
-    """Bug: ``Engine.reset_streams`` (between warm-up epochs) forgets every key's last event
-    time but keeps the shard's ``max_ts``, so in the second epoch every key looks idle for
-    the whole span of the data and ``idle_ttl_s`` evicts them at each update point (their
-    state, scalers and buffers are thrown away mid warm-up)."""
+    """Regression test: ``Engine.reset_streams`` (between warm-up epochs) once forgot every
+    key's last event time but kept the shard's ``max_ts``, so in the second epoch every key
+    looked idle for the whole span of the data and ``idle_ttl_s`` evicted them at each update
+    point (their state, scalers and buffers were thrown away mid warm-up)."""
     events = [Event("sensor", f"k{i % 2}", 60_000 * (i // 2), {"x": float(np.sin(i / 10))})
               for i in range(400)]
     config = EngineConfig(model=ModelConfig(hidden=8),

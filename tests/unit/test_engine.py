@@ -331,8 +331,9 @@ def test_missing_values_carry_and_never_reach_the_model() -> None:
 
 def test_forecast_of_a_value_the_key_never_showed_is_nan() -> None:
     """EngineOutput documents yhat as NaN "where the key has never shown a value of that
-    target" (published as null). Bug: a level target without any value yet gets the model's
-    raw output on a default mean 0 / std 1 scale, a made-up number in original units."""
+    target" (published as null). Regression test: a level target without any value yet once
+    got the model's raw output on a default mean 0 / std 1 scale, a made-up number in
+    original units."""
     eng = Engine(make_config())
     out = eng.process([Event("sensor", "a", 1_000 * i, {"x": None, "y": 1.0 + i})
                        for i in range(5)])
@@ -488,9 +489,10 @@ def test_same_seed_same_output_different_seed_different_weights(cell: str) -> No
 @pytest.mark.parametrize("cell", CELLS)
 def test_chunking_invariance_with_dropout_and_stacked_layers(cell: str) -> None:
     """With dropout the windows' order inside an update decides which dropout mask each
-    window gets. Bug: windows are appended to ``learner.pending`` in wave order (the j-th
-    event of every key of a chunk), which depends on how the stream was chunked, so results
-    depend on the polls (differences of ~0.05 in forecasts here, not 1e-7)."""
+    window gets. Regression test: windows were once appended to ``learner.pending`` in wave
+    order (the j-th event of every key of a chunk), which depends on how the stream was
+    chunked, so results depended on the polls (differences of ~0.05 in forecasts here, not
+    1e-7)."""
     events = multi_key_stream(150, keys=3, seed=10)
     cfg = make_config(cell, 2).replace(**{"model.layers": 2, "model.dropout": 0.2})
     a, b = Run(cfg, events, chunk=1), Run(cfg, events, chunk=150)
@@ -543,9 +545,9 @@ def test_same_time_different_values_is_not_a_duplicate() -> None:
 
 def test_duplicate_with_a_missing_value_is_dropped_however_the_stream_is_chunked() -> None:
     """A re-delivered event that has a missing reading must be dropped as a duplicate both
-    when it arrives in the same poll as the original and in the next poll. Bug: inside a
-    chunk ``_scan`` compares the raw lists (None == None), across chunks it compares with
-    the table's carried-forward ``last_raw``, so only the first case is dropped."""
+    when it arrives in the same poll as the original and in the next poll. Regression test:
+    inside a chunk ``_scan`` once compared the raw lists (None == None) and across chunks the
+    table's carried-forward ``last_raw``, so only the first case was dropped."""
     t0 = 1_700_000_000_000
     events = []
     for i in range(30):

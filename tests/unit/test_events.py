@@ -129,7 +129,8 @@ def test_json_round_trip() -> None:
 
 def test_huge_integer_time_is_a_typed_error() -> None:
     """A 400-digit event time must be ``bad_time``, not an ``OverflowError`` (a crash of the
-    consumer loop on one message). Bug: parse_time calls math.isfinite on an int."""
+    consumer loop on one message). Regression test: parse_time once called math.isfinite on
+    an int."""
     assert _reason(_doc(ts=10 ** 400)) == "bad_time"
 
 
