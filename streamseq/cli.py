@@ -35,7 +35,8 @@ from typing import Any, NoReturn
 from streamseq.exceptions import ConfigError, StreamseqError, UsageError
 from streamseq.logsafe import EscapingFormatter, escape
 
-__all__ = ["main", "build_parser", "CommandParser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
+__all__ = ["main", "build_parser", "CommandParser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
+           "configure_logging", "KafkaRetryNoise"]
 
 log = logging.getLogger("streamseq")
 
@@ -119,6 +120,58 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class KafkaRetryNoise(logging.Filter):
+    """Drops kafka-python's records of expected connection retries (below DEBUG level).
+
+    kafka-python logs every refused connection attempt at ERROR and every wait for the
+    bootstrap server at WARNING. A broker that is still starting, or briefly away, is waited
+    out by design, and the service reports it in its own words (a WARNING per retry,
+    ``streamseq_broker_connected``, ``/readyz``), so these lines are noise that reads like a
+    failure. So are kafka-python's note that one of its I/O tasks ran for more than 100 ms,
+    and its report of a metadata refresh cut short because the client or its connection is
+    closing (``Cancelled``, ``Transport closed for writes``).
+    Everything else kafka-python says at WARNING or above (TLS, authentication, protocol
+    errors) is kept. ``--log-level DEBUG`` shows them all.
+
+    Examples
+    --------
+    >>> def record(name, level, msg):
+    ...     return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+    >>> noise = KafkaRetryNoise()
+    >>> noise.filter(record("kafka.net.manager", logging.ERROR,
+    ...                     "Connection failed: KafkaConnectionError: 111 ECONNREFUSED"))
+    False
+    >>> noise.filter(record("kafka.net.manager", logging.ERROR, "SSL handshake failed"))
+    True
+    >>> noise.filter(record("streamseq.service.app", logging.WARNING, "broker 111 ECONNREFUSED"))
+    True
+    """
+
+    RETRY_MARKERS = ("ECONNREFUSED", "not ready; waiting", "Unable to bootstrap",
+                     "It is blocking the event loop", "Metadata refresh: failed Cancelled",
+                     "Metadata refresh: failed Transport closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.name == "kafka" or record.name.startswith("kafka.")):
+            return True
+        message = record.getMessage()
+        return not any(marker in message for marker in self.RETRY_MARKERS)
+
+
+def configure_logging(level: str) -> None:
+    """Log records at ``level`` and above to stderr, control characters escaped
+    (:class:`~streamseq.logsafe.EscapingFormatter`), kafka-python's at WARNING and above
+    without its expected connection retries (:class:`KafkaRetryNoise`); DEBUG shows all."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if level != "DEBUG":
+        handler.addFilter(KafkaRetryNoise())
+        # kafka-python logs every reconnect at INFO, WARNING or ERROR
+        logging.getLogger("kafka").setLevel(logging.CRITICAL if level == "ERROR"
+                                            else logging.WARNING)
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code (see the module docstring). Never raises."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -127,12 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error already printed (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
-    if args.log_level != "DEBUG":  # kafka-python logs every reconnect at INFO/ERROR
-        logging.getLogger("kafka").setLevel(logging.CRITICAL if args.log_level == "ERROR"
-                                            else logging.WARNING)
+    configure_logging(args.log_level)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
