@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 # Pin what the venv holds (make setup: runtime + dev) into constraints.txt, keeping its header.
 lock: $(STAMP)
-	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } \
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//'; } \
 		> constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
