@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "ROOT",
     "DASHBOARDS",
     "ALERTS",
+    "PENDING_METRICS",
     "Expression",
     "PrometheusError",
     "PrometheusServer",
@@ -49,6 +50,16 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+#: Metrics the alert rules watch that the service does not expose yet: their names were agreed
+#: in issue 15 and the service adds them in its phase 2 (name -> label names). Remove an entry
+#: when the service exposes the metric (tests/unit/test_deploy_static.py fails until then).
+PENDING_METRICS: dict[str, set[str]] = {
+    "streamseq_rebalances_total": set(),
+    "streamseq_producer_send_errors_total": {"topic"},
+    "streamseq_checkpoint_restores_total": {"topic", "outcome"},
+    "streamseq_offset_commits_total": {"outcome"},
+}
 
 
 class PrometheusError(RuntimeError):
@@ -229,12 +240,12 @@ def _free_port() -> int:
 
 
 class PrometheusServer:
-    """A Prometheus child process scraping one target, with our alert rules loaded.
+    """A Prometheus child process scraping streamseq targets, with our alert rules loaded.
 
     Parameters
     ----------
     target
-        ``host:port`` of the /metrics endpoint to scrape.
+        ``host:port`` of the /metrics endpoint to scrape, or several (one job).
     job
         Job label of the target; the alert rules select ``job="streamseq"``.
     scrape_interval
@@ -253,9 +264,11 @@ class PrometheusServer:
             prom.query('rate(streamseq_events_consumed_total[30s])')
     """
 
-    def __init__(self, target: str, *, job: str = "streamseq", scrape_interval: str = "1s",
-                 rules: tuple[Path, ...] = (ALERTS,), binary: str | None = None) -> None:
-        self.target = target
+    def __init__(self, target: str | Sequence[str], *, job: str = "streamseq",
+                 scrape_interval: str = "1s", rules: tuple[Path, ...] = (ALERTS,),
+                 binary: str | None = None) -> None:
+        self.targets_scraped = [target] if isinstance(target, str) else list(target)
+        self.target = ", ".join(self.targets_scraped)
         self.job = job
         self.scrape_interval = scrape_interval
         self.rules = tuple(Path(r) for r in rules)
@@ -284,7 +297,7 @@ class PrometheusServer:
                        "scrape_timeout": self.scrape_interval},
             "rule_files": [r.name for r in self.rules],
             "scrape_configs": [{"job_name": self.job, "metrics_path": "/metrics",
-                                "static_configs": [{"targets": [self.target]}]}],
+                                "static_configs": [{"targets": self.targets_scraped}]}],
         }
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:
@@ -392,12 +405,13 @@ class PrometheusServer:
                 for rule in group["rules"]]
 
     def wait_for_target(self, timeout: float = 30.0) -> None:
-        """Block until the target has been scraped successfully (``up == 1``)."""
+        """Block until every target has been scraped successfully (``up == 1``)."""
         deadline = time.monotonic() + timeout
         last: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             last = self.targets()
-            if last and all(t.get("health") == "up" for t in last):
+            if len(last) == len(self.targets_scraped) and all(
+                    t.get("health") == "up" for t in last):
                 return
             time.sleep(0.25)
         raise PrometheusError(f"target {self.target} not up after {timeout:.0f}s: "

@@ -49,15 +49,6 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 METRICS_PORT = 9400  # docs/CONTRACTS.md
 SEVERITIES = {"critical", "warning", "info"}
 TARGET_LABELS = {"job", "instance"}
-#: Metrics the alerts watch that the service does not expose yet: their names were agreed in
-#: issue 15 and the service adds them in its phase 2 (name -> label names). Remove an entry
-#: when the service exposes the metric (test_pending_metrics_are_not_exposed_yet fails then).
-PENDING_METRICS: dict[str, set[str]] = {
-    "streamseq_rebalances_total": set(),
-    "streamseq_producer_send_errors_total": {"topic"},
-    "streamseq_checkpoint_restores_total": {"topic", "outcome"},
-    "streamseq_offset_commits_total": {"outcome"},
-}
 GRAFANA_BUILTIN_VARS = {"__rate_interval", "__interval", "__range", "__interval_ms",
                         "__range_s", "__range_ms", "__dashboard", "__from", "__to", "__all"}
 
@@ -74,6 +65,7 @@ def _load_prom() -> ModuleType:
 
 
 prom = _load_prom()
+PENDING_METRICS: dict[str, set[str]] = prom.PENDING_METRICS
 
 
 def _yaml(path: Path) -> Any:
