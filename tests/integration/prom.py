@@ -14,12 +14,14 @@ Only the standard library is used (urllib, subprocess), plus PyYAML already requ
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -28,6 +30,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -45,6 +48,7 @@ __all__ = [
     "alert_expressions",
     "promql_selectors",
     "substitute_grafana_variables",
+    "load_mixin",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +87,22 @@ class Expression:
     source: str
     name: str
     expr: str
+
+
+# ------------------------------------------------------------------------- the mixin
+
+
+def load_mixin() -> ModuleType:
+    """deploy/mixin/build.py (the monitoring mixin that renders alerts.yml), imported by path:
+    ``load_mixin().render_alerts(load_mixin().MixinConfig(...))``."""
+    name = "streamseq_deploy_mixin"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "mixin" / "build.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 # ------------------------------------------------------------------------- expressions

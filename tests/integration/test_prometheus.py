@@ -36,6 +36,7 @@ from prom import (
     PrometheusServer,
     alert_expressions,
     dashboard_expressions,
+    load_mixin,
     prometheus_binary,
     promql_selectors,
     substitute_grafana_variables,
@@ -275,14 +276,7 @@ def test_dashboards_and_alerts_against_a_real_prometheus(
 
 def _mixin_rules(directory: Path, **config: Any) -> Path:
     """alerts.yml rendered by deploy/mixin/build.py with ``config`` (thresholds)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "streamseq_mixin", Path(__file__).resolve().parents[2] / "deploy" / "mixin" / "build.py")
-    assert spec is not None and spec.loader is not None
-    mixin = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mixin
-    spec.loader.exec_module(mixin)
+    mixin = load_mixin()
     path = directory / "alerts.yml"
     path.write_text(mixin.render_alerts(mixin.MixinConfig(**config)))
     return path

@@ -10,7 +10,6 @@ exists, every host:port it names agrees with the service, Prometheus and Grafana
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -20,7 +19,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamseq.metrics import ServiceMetrics
+from tests.integration import prom
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -53,18 +52,6 @@ GRAFANA_BUILTIN_VARS = {"__rate_interval", "__interval", "__range", "__interval_
                         "__range_s", "__range_ms", "__dashboard", "__from", "__to", "__all"}
 
 
-def _load_prom() -> ModuleType:
-    """tests/integration/prom.py (the PromQL helpers), imported by path."""
-    path = ROOT / "tests" / "integration" / "prom.py"
-    spec = importlib.util.spec_from_file_location("streamseq_tests_prom", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-prom = _load_prom()
 PENDING_METRICS: dict[str, set[str]] = prom.PENDING_METRICS
 
 

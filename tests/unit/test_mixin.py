@@ -5,14 +5,12 @@ everywhere and keep every target label."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
@@ -22,17 +20,7 @@ from tests.unit.test_deploy_static import ALERTS, ROOT, _promtool, prom
 DEFAULT_SELECTOR = 'job="streamseq"'
 
 
-def _load_mixin() -> ModuleType:
-    path = ROOT / "deploy" / "mixin" / "build.py"
-    spec = importlib.util.spec_from_file_location("streamseq_mixin", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mixin = _load_mixin()
+mixin = prom.load_mixin()
 
 
 def test_committed_files_are_the_mixin_output() -> None:
