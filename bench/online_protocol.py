@@ -25,9 +25,15 @@ every other column numeric; all of them go in and all are forecast):
   (each once all its H targets have arrived), as in the published test loop. Scored are the forecasts made at origins ``o`` with
   ``o >= A + B - 1`` and ``o + H < C``: ``H`` targets each, rows ``o+1 .. o+H``.
 * **Metric.** MSE and MAE over all scored (origin, step, column) on the z-scored scale,
-  computed here from the published forecasts ``yhat`` (original units) and the file's
-  values: ``z_err = (truth - yhat) / std_train``. Persistence (the last value, repeated H
-  times) is scored on the very same cells. Mean and sample standard deviation over seeds.
+  computed here from the forecasts (original units) and the file's values: ``z_err =
+  (truth - yhat) / std_train``. Persistence (the last value, repeated H times) is scored
+  on the very same cells. Mean and sample standard deviation over seeds.
+* **Model and mixture.** ``model`` is the recurrent model's own forecast
+  (``EngineOutput.model_yhat``: what the engine publishes with the aggregation off,
+  ``--no-experts``); it alone is validated for early stopping and it is the figure
+  comparable to the published methods. ``mixture`` is what the engine publishes with its
+  defaults: the per-key mixture of the model and the experts (:mod:`streamseq.forecast`),
+  scored on the same cells. The model does not see the experts, so one run gives both.
 
 At horizon 1 the numbers are comparable to the published table in shared/data/README.md.
 At horizons 24 and 48 the published methods learn, after each step, from a window whose
@@ -241,6 +247,8 @@ class SeedResult:
     elapsed_s: float
     errors: np.ndarray = field(repr=False)  # [origins, H, columns] z errors
     yhat_rows: np.ndarray = field(repr=False)
+    mixture_mse: float = math.nan
+    mixture_mae: float = math.nan
 
 
 def protocol_config(base: EngineConfig, names: Sequence[str], clip_z: float,
@@ -293,17 +301,23 @@ class ProtocolRun:
         eng.fit_scaler(self.train_events)
         return eng
 
-    def feed(self, eng: Engine, lo: int, hi: int, yhat_rows: np.ndarray | None) -> None:
-        """Process rows ``[lo, hi)`` in stream order; record each row's forecast."""
+    def feed(self, eng: Engine, lo: int, hi: int, yhat_rows: np.ndarray | None,
+             mixture_rows: np.ndarray | None = None) -> None:
+        """Process rows ``[lo, hi)`` in stream order; record each row's model forecast (and
+        the published mixture)."""
         for a in range(lo, hi, CHUNK):
             b = min(a + CHUNK, hi)
             out = eng.process(self._events[a:b])
             if yhat_rows is not None and len(out.index):
-                yhat_rows[a + out.index] = out.yhat
+                yhat_rows[a + out.index] = out.model_yhat
+            if mixture_rows is not None and len(out.index):
+                mixture_rows[a + out.index] = out.yhat
 
-    def online(self, model: Engine, ctx_lo: int, first_target: int, end: int) -> np.ndarray:
+    def online(self, model: Engine, ctx_lo: int, first_target: int, end: int,
+               mixture_rows: np.ndarray | None = None) -> np.ndarray:
         """Predict-then-learn over ``[first_target, end)`` after context ``[ctx_lo,
-        first_target)`` (fed, not learned) on a copy of ``model``; forecasts by row.
+        first_target)`` (fed, not learned) on a copy of ``model``; model forecasts by row
+        (and the mixture's into ``mixture_rows``).
 
         Only forecasts from origins ``>= first_target - 1`` are learned: at horizon H the
         first window is taken when row ``first_target + H - 1`` arrives."""
@@ -317,9 +331,9 @@ class ProtocolRun:
         # the span): the engine captures a window when its last target arrives
         on = min(first_target + h - 1, end)
         eng.learning = False
-        self.feed(eng, ctx_lo, on, yhat_rows)
+        self.feed(eng, ctx_lo, on, yhat_rows, mixture_rows)
         eng.learning = True
-        self.feed(eng, on, end, yhat_rows)
+        self.feed(eng, on, end, yhat_rows, mixture_rows)
         return yhat_rows
 
     def validate(self, model: Engine) -> float:
@@ -359,12 +373,16 @@ class ProtocolRun:
         t0 = time.perf_counter()
         s = self.split
         model, hist = self.warm_up(seed)
-        yhat = self.online(model, s.test_start, s.val_end, s.test_end)
+        mixture = np.full((len(self.table), s.horizon, len(self.table.names)), np.nan)
+        yhat = self.online(model, s.test_start, s.val_end, s.test_end, mixture)
         origins = self.origins()
         err = z_errors(self.table.values, yhat, origins, s.horizon, self.sd)
         mse, mae = _mse_mae(err)
+        mix_mse, mix_mae = _mse_mae(z_errors(self.table.values, mixture, origins, s.horizon,
+                                             self.sd))
         epochs = int(np.argmin(hist)) if hist else self.epochs
-        return SeedResult(seed, mse, mae, epochs, hist, time.perf_counter() - t0, err, yhat)
+        return SeedResult(seed, mse, mae, epochs, hist, time.perf_counter() - t0, err, yhat,
+                          mix_mse, mix_mae)
 
     def origins(self) -> np.ndarray:
         s = self.split
@@ -397,6 +415,8 @@ def build_report(run: ProtocolRun, results: list[SeedResult], command: str) -> d
     s = run.split
     mses = np.array([r.mse for r in results])
     maes = np.array([r.mae for r in results])
+    mix_mses = np.array([r.mixture_mse for r in results])
+    mix_maes = np.array([r.mixture_mae for r in results])
     p_mse, p_mae, p_err = run.persistence()
     ddof = 1 if len(results) > 1 else 0
     first = results[0]
@@ -414,10 +434,15 @@ def build_report(run: ProtocolRun, results: list[SeedResult], command: str) -> d
         "data": run.table.key,
         "model": {"mse": float(mses.mean()), "mae": float(maes.mean()),
                   "mse_std": float(mses.std(ddof=ddof)), "mae_std": float(maes.std(ddof=ddof))},
+        "mixture": {"mse": float(mix_mses.mean()), "mae": float(mix_maes.mean()),
+                    "mse_std": float(mix_mses.std(ddof=ddof)),
+                    "mae_std": float(mix_maes.std(ddof=ddof))},
         "persistence": {"mse": p_mse, "mae": p_mae},
         "horizon": s.horizon,
         "seeds": [r.seed for r in results],
-        "per_seed": [{"seed": r.seed, "mse": r.mse, "mae": r.mae, "epochs": r.epochs,
+        "per_seed": [{"seed": r.seed, "mse": r.mse, "mae": r.mae,
+                      "mixture_mse": r.mixture_mse, "mixture_mae": r.mixture_mae,
+                      "epochs": r.epochs,
                       "val_mse": r.val_history, "elapsed_s": r.elapsed_s} for r in results],
         "split": {"train": [0, s.train], "val": [s.train, s.val_end],
                   "test_fed": [s.test_start, s.test_end], "scored_targets": [s.val_end,
@@ -480,7 +505,8 @@ def run(a: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
         results.append(r)
         if log:
             print(f"  {table.key} H={split.horizon} seed {seed}: MSE {r.mse:.4f} MAE "
-                  f"{r.mae:.4f} (epochs {r.epochs}, {r.elapsed_s:.0f}s)", file=log, flush=True)
+                  f"{r.mae:.4f}, mixture MSE {r.mixture_mse:.4f} (epochs {r.epochs}, "
+                  f"{r.elapsed_s:.0f}s)", file=log, flush=True)
     rep = build_report(pr, results, command or "python -m bench.online_protocol " +
                        " ".join(sys.argv[1:]))
     return rep
@@ -490,9 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     cmd = "python -m bench.online_protocol " + " ".join(sys.argv[1:] if argv is None else argv)
     rep = run(a, cmd)
-    m, p = rep["model"], rep["persistence"]
+    m, x, p = rep["model"], rep["mixture"], rep["persistence"]
     print(f"{rep['data']} H={rep['horizon']} seeds={rep['seeds']}: model MSE {m['mse']:.4f} "
-          f"+- {m['mse_std']:.4f}  MAE {m['mae']:.4f} +- {m['mae_std']:.4f} | persistence "
+          f"+- {m['mse_std']:.4f}  MAE {m['mae']:.4f} +- {m['mae_std']:.4f} | mixture MSE "
+          f"{x['mse']:.4f} +- {x['mse_std']:.4f} MAE {x['mae']:.4f} | persistence "
           f"MSE {p['mse']:.4f} MAE {p['mae']:.4f}")
     pub = rep["published_h1"]
     if pub:

@@ -8,7 +8,11 @@ cold (no warm-up, no tuning on the data). Methods:
 
 * ``gru``, ``lstm``: the streamseq engine (:class:`streamseq.engine.Engine`) with the
   service defaults of ``streamseq/config.py`` (online scaling, TBPTT), one shard per
-  dataset (weights shared by its keys, one hidden state per key).
+  dataset (weights shared by its keys, one hidden state per key), the aggregation off
+  (``--no-experts``): the bare recurrent model.
+* ``mixture``: the same engine with its defaults: what it publishes, the per-key mixture
+  of the GRU and the experts (:mod:`streamseq.forecast`); its prediction interval is
+  scored too (coverage, mean width and Winkler score in the report's ``interval``).
 * ``persistence``: the last value (for prices: the random walk, a zero return).
 * ``seasonal``: seasonal naive, the value one period ago (sensor sets with a period).
 * ``snarimax``, ``holtwinters``: river ``time_series`` models, one per key and channel, on
@@ -61,6 +65,7 @@ from streamseq.events.schema import Event
 from streamseq.features.calendar import calendar_features
 
 __all__ = ["DatasetSpec", "Dataset", "DATASETS", "TUNING", "load_dataset", "evaluate",
+           "evaluate_interval", "scored_cells", "as_target",
            "METHODS", "engine_config", "run_engine", "run_peers", "main"]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -454,10 +459,13 @@ def engine_config(ds: Dataset, base: EngineConfig, cell: str | None = None) -> E
     return base.replace(kind=ds.spec.kind, values=list(ds.spec.columns), targets=None, **ch)
 
 
-def run_engine(ds: Dataset, config: EngineConfig) -> np.ndarray:
-    """The engine's one-step forecasts (returns for prices), in stream order."""
+def run_engine(ds: Dataset, config: EngineConfig,
+               intervals: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The engine's one-step forecasts (returns for prices), in stream order; with
+    ``intervals`` also its one-step ``lo`` and ``hi`` (same space)."""
     eng = Engine(config)
     yhat = np.full_like(ds.values, np.nan)
+    lo_hi = np.full((2, *ds.values.shape), np.nan)
     chunk = 2048
     for lo in range(0, len(ds), chunk):
         out = eng.process(ds.events[lo:lo + chunk])
@@ -465,19 +473,37 @@ def run_engine(ds: Dataset, config: EngineConfig) -> np.ndarray:
             raise RuntimeError(f"{ds.spec.name}: engine refused events: "
                                f"{out.rejected[:3]} {out.dropped[:3]}")
         yhat[lo + out.index] = out.yhat[:, 0, :]
+        lo_hi[0, lo + out.index] = out.lo[:, 0, :]
+        lo_hi[1, lo + out.index] = out.hi[:, 0, :]
+    if intervals is not None:
+        intervals["lo"], intervals["hi"] = as_target(ds, lo_hi[0]), as_target(ds, lo_hi[1])
+    return as_target(ds, yhat, fill=0.0)
+
+
+def as_target(ds: Dataset, level: np.ndarray, fill: float = math.nan) -> np.ndarray:
+    """Forecasts of the next value (original units) in the compared space: prices as the
+    log return from the origin's last price (``fill`` where that is not finite)."""
     if not ds.is_price:
-        return yhat
-    last = carried(ds)
+        return level
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.log(yhat / last)
-    return np.where(np.isfinite(r), r, 0.0)
+        r = np.log(level / carried(ds))
+    return np.where(np.isfinite(r), r, fill)
 
 
 def engine_method(cell: str) -> Method:
     def run(ds: Dataset, a: argparse.Namespace, notes: dict[str, Any]) -> np.ndarray:
         cfg = engine_config(ds, engine_config_from_args(a), cell)
-        return run_engine(ds, cfg)
+        return run_engine(ds, cfg.replace(**{"forecast.experts": ()}))
     return run
+
+
+def mixture(ds: Dataset, a: argparse.Namespace, notes: dict[str, Any]) -> np.ndarray:
+    cfg = engine_config(ds, engine_config_from_args(a), "gru")
+    intervals: dict[str, np.ndarray] = {}
+    f = run_engine(ds, cfg, intervals)
+    notes["_interval"] = intervals
+    notes["coverage_nominal"] = cfg.forecast.coverage
+    return f
 
 
 class WindowedLSTM:
@@ -566,21 +592,22 @@ METHODS: dict[str, Method] = {
     "snarimax": snarimax,
     "holtwinters": holtwinters,
     "windowed": windowed,
+    "mixture": mixture,
 }
 
 
 # ---------------------------------------------------------------------- metrics
-def evaluate(ds: Dataset, forecasts: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Metrics of each method on the cells every method forecast (see module doc)."""
+def scored_cells(ds: Dataset, forecasts: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The cells every method forecast: ``(prev, truth, mask, scale)`` for the events that
+    have a previous one (``prev`` their origin, ``scale`` the reporting scale: the std of
+    each (key, channel) series over the scored cells)."""
     y = targets(ds)
-    ok_rows = ds.prev >= 0
-    idx = np.flatnonzero(ok_rows)
+    idx = np.flatnonzero(ds.prev >= 0)
     prev = ds.prev[idx]
     truth = y[idx]
     mask = ~np.isnan(truth)
     for f in forecasts.values():
         mask &= np.isfinite(f[prev])
-    # reporting scale: std of each (key, channel) series over the scored cells
     scale = np.ones_like(truth)
     for k in range(len(ds.keys)):
         rows = ds.key_idx[idx] == k
@@ -588,6 +615,28 @@ def evaluate(ds: Dataset, forecasts: dict[str, np.ndarray]) -> dict[str, dict[st
             cells = rows & mask[:, c]
             s = float(np.std(truth[cells, c])) if cells.sum() > 1 else 1.0
             scale[rows, c] = s if s > 1e-12 else 1.0
+    return prev, truth, mask, scale
+
+
+def evaluate_interval(ds: Dataset, forecasts: dict[str, np.ndarray], lo: np.ndarray,
+                      hi: np.ndarray, coverage: float) -> dict[str, float]:
+    """Empirical coverage, mean width and mean Winkler score (reporting-scale units) of a
+    one-step interval ``[lo, hi]`` (made at each origin) on the cells of :func:`evaluate`."""
+    prev, truth, mask, scale = scored_cells(ds, forecasts)
+    lo, hi = lo[prev], hi[prev]
+    mask = mask & np.isfinite(lo) & np.isfinite(hi)
+    a = 1.0 - coverage
+    width = (hi - lo) / scale
+    wink = width + 2.0 / a * (np.maximum(lo - truth, 0.0) + np.maximum(truth - hi, 0.0)) / scale
+    inside = (truth >= lo) & (truth <= hi)
+    return {"nominal": coverage, "coverage": float(inside[mask].mean()),
+            "width": float(width[mask].mean()), "winkler": float(wink[mask].mean()),
+            "cells": int(mask.sum())}
+
+
+def evaluate(ds: Dataset, forecasts: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Metrics of each method on the cells every method forecast (see module doc)."""
+    prev, truth, mask, scale = scored_cells(ds, forecasts)
     base = persistence(ds, argparse.Namespace(), {})[prev]
     base_mae = float(np.abs((truth - base) / scale)[mask].mean()) if mask.any() else math.nan
     res: dict[str, dict[str, float]] = {}
@@ -633,6 +682,10 @@ def run_peers(a: argparse.Namespace, log: Any = None) -> dict[str, Any]:
         metrics = evaluate(ds, forecasts)
         for m in methods:
             metrics[m]["events_per_s"] = speed[m]
+            iv = notes[m].pop("_interval", None)
+            if iv is not None:
+                metrics[m]["interval"] = evaluate_interval(
+                    ds, forecasts, iv["lo"], iv["hi"], notes[m].pop("coverage_nominal"))
             metrics[m].update(notes[m])
         y = targets(ds)
         entry: dict[str, Any] = {
@@ -664,7 +717,8 @@ def _samples(ds: Dataset, y: np.ndarray, forecasts: dict[str, np.ndarray],
     k = 0
     rows = np.flatnonzero((ds.key_idx == k) & (ds.prev >= 0))[-n:]
     prev = ds.prev[rows]
-    shown = [m for m in ("gru", "persistence", "windowed", "snarimax") if m in forecasts]
+    shown = [m for m in ("mixture", "gru", "persistence", "windowed", "snarimax")
+             if m in forecasts]
     return [{"key": ds.keys[k], "channel": ds.spec.columns[0], "ts": ds.ts[rows].tolist(),
              "truth": _clean(y[rows, 0]),
              **{m: _clean(forecasts[m][prev, 0]) for m in shown}}]
@@ -703,6 +757,12 @@ def format_markdown(rep: dict[str, Any], command: str) -> str:
             lines.append(f"| {m} | {r['mae']:.4f} | {r['rmse']:.4f} | {r['mase']:.3f} |"
                          + (f" {r['direction']:.3f} |" if price else "")
                          + f" {r['events_per_s']:,.0f} |")
+        iv = d["metrics"].get("mixture", {}).get("interval")
+        if iv:
+            lines.append("")
+            lines.append(f"mixture's {100 * iv['nominal']:.0f}% interval: coverage "
+                         f"{100 * iv['coverage']:.1f}%, mean width {iv['width']:.3f}, "
+                         f"Winkler score {iv['winkler']:.3f} (std units)")
         lines.append("")
     return "\n".join(lines)
 

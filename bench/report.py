@@ -61,6 +61,10 @@ def summary_section(protocol: list[dict[str, Any]], peer_reps: list[dict[str, An
                                                    if k != "persistence")
         elif pub:
             line += "; published H>1 numbers are not comparable (they leak labels)"
+        x = r.get("mixture")
+        if x:
+            line += (f"; published by default (the mixture with the experts): MSE "
+                     f"{x['mse']:.4f}, MAE {x['mae']:.4f}")
         L.append(line + ".")
     for rep in sorted(peer_reps, key=lambda r: r["_file"] != "peers.json"):
         wins, rw = [], []
@@ -81,6 +85,13 @@ def summary_section(protocol: list[dict[str, Any]], peer_reps: list[dict[str, An
         L.append(f"- Peers ({rep['_file']}, engine {_engine_label(rep).split(', ', 1)[1]}): "
                  "best engine MASE (gru or lstm) "
                  + "; ".join(wins) + ".")
+        mix = [(n, d["metrics"]["mixture"]) for n, d in rep["datasets"].items()
+               if "mixture" in d["metrics"]]
+        if mix:
+            L.append("  Published by default (the mixture of the GRU and the experts): MASE "
+                     + "; ".join(f"{n} {m['mase']:.3f}" + (
+                         f" (90% interval covers {100 * m['interval']['coverage']:.1f}%)"
+                         if "interval" in m else "") for n, m in mix) + ".")
         if rw:
             L.append(f"  Nothing beats the random walk on MAE on: {', '.join(rw)}.")
     L.append("")
@@ -100,9 +111,12 @@ def protocol_section(runs: list[dict[str, Any]], figs: list[str]) -> list[str]:
          "one step at a time, every forecast recorded before its target is learned. MSE/MAE "
          "over all scored cells (origin x step x channel) on the z-scored scale; model = "
          "mean ± sample std over seeds; persistence = the last value on the same cells.", "",
-         "| data | H | model MSE | model MAE | persistence MSE | persistence MAE | "
-         "published MSE (H=1 only) | seeds | epochs |",
-         "|---|---:|---:|---:|---:|---:|---|---|---|"]
+         "The model columns are the recurrent model alone (the engine with `--no-experts`); "
+         "mixture is what the engine publishes by default (the model mixed per key with the "
+         "experts, which start cold at the test span), scored on the same cells.", "",
+         "| data | H | model MSE | model MAE | mixture MSE | mixture MAE | persistence MSE | "
+         "persistence MAE | published MSE (H=1 only) | seeds | epochs |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in runs:
         m, p = r["model"], r["persistence"]
         pub = PUBLISHED_H1.get(r["data"])
@@ -111,9 +125,12 @@ def protocol_section(runs: list[dict[str, Any]], figs: list[str]) -> list[str]:
         else:
             pubs = "not comparable (published H>1 leaks labels)" if pub else "-"
         epochs = ",".join(str(s["epochs"]) for s in r["per_seed"])
+        x = r.get("mixture")
+        mix = (f"{_pm(x['mse'], x['mse_std'])} | {_pm(x['mae'], x['mae_std'])}" if x
+               else "- | -")
         L.append(f"| {r['data']} | {r['horizon']} | {_pm(m['mse'], m['mse_std'])} | "
-                 f"{_pm(m['mae'], m['mae_std'])} | {p['mse']:.4f} | {p['mae']:.4f} | {pubs} | "
-                 f"{len(r['seeds'])} | {epochs} |")
+                 f"{_pm(m['mae'], m['mae_std'])} | {mix} | {p['mse']:.4f} | {p['mae']:.4f} | "
+                 f"{pubs} | {len(r['seeds'])} | {epochs} |")
     L.append("")
     h1 = [r for r in runs if r["horizon"] == 1 and r["data"] in PUBLISHED_H1]
     for r in h1:
@@ -224,6 +241,11 @@ def peers_section(rep: dict[str, Any], title: str, figs: list[str]) -> list[str]
             L.append(f"| {m}{extra} | {r['mae']:.4f} | {r['rmse']:.4f} | {r['mase']:.3f} |"
                      + (f" {r['direction']:.3f} |" if price else "")
                      + f" {r['events_per_s']:,.0f} |")
+        iv = d["metrics"].get("mixture", {}).get("interval")
+        if iv:
+            L += ["", f"The mixture's {100 * iv['nominal']:.0f}% prediction interval: coverage "
+                      f"{100 * iv['coverage']:.1f}%, mean width {iv['width']:.3f}, Winkler "
+                      f"score {iv['winkler']:.3f} (std units, {iv['cells']:,} cells)."]
         L.append("")
     L.append(_peer_summary(rep))
     L.append("")

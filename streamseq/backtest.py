@@ -25,6 +25,7 @@ from streamseq.engine import Engine
 from streamseq.evaluation.metrics import ErrorTotals, summarize
 from streamseq.events.schema import Event
 from streamseq.exceptions import DataError
+from streamseq.forecast import EXPERTS, add_totals, summarize_totals
 from streamseq.io.files import RowErrors, read_events
 from streamseq.io.options import add_layout_args, layout_from_args
 from streamseq.pipeline import InputRecord, apply_events
@@ -34,6 +35,7 @@ from streamseq.state.checkpoint import load_file, save_file
 __all__ = ["Backtest", "run_backtest", "register", "engine_config_from_args", "add_engine_args"]
 
 log = logging.getLogger(__name__)
+MAX_ANOMALIES = 10_000  # anomalies listed in the report (all are counted)
 CHUNK = 2048
 
 
@@ -61,6 +63,8 @@ class Backtest:
     elapsed: float = 0.0
     online_events: int = 0
     predictions_out: TextIO | None = None
+    anomalies: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_ANOMALIES
+    anomalies_total: int = 0
     _seen: int = 0
 
     @property
@@ -102,6 +106,10 @@ class Backtest:
             self._seen += 1
         for shard, evs, sources in groups.values():
             step = apply_events(evs, sources, shard)
+            if step.anomalies and shard.engine.scoring:
+                self.anomalies_total += len(step.anomalies)
+                room = MAX_ANOMALIES - len(self.anomalies)
+                self.anomalies += [json.loads(a.value) for a in step.anomalies[:max(room, 0)]]
             if self.predictions_out is not None and step.predictions:
                 self.predictions_out.write(
                     b"\n".join(p.value for p in step.predictions).decode() + "\n")
@@ -172,9 +180,21 @@ class Backtest:
         z_n = 0
         rejected: Counter[str] = Counter()
         dropped: Counter[str] = Counter()
+        forecast: dict[str, np.ndarray] | None = None
         for eng in self.engines.values():
             for key, tot in eng.key_totals().items():
                 keys[key] = {**summarize(tot), "events": int(tot.cnt[0].max(initial=0))}
+                ft = eng.forecast_totals(key)
+                w = eng.key_weights(key)
+                if ft is not None and w is not None:
+                    mix = summarize_totals(ft, self.config.forecast.coverage)
+                    keys[key]["mixture"] = mix["forecasters"]["mixture"]
+                    keys[key]["weights"] = {
+                        name: dict(zip(EXPERTS, w[0, j].round(4).tolist(), strict=True))
+                        for j, name in enumerate(eng.target_names)}
+            ft = eng.forecast_totals()
+            if ft is not None:
+                forecast = add_totals(forecast, ft)
             tot = eng.totals()
             if overall is None or overall.cnt.shape != tot.cnt.shape:
                 overall = tot if overall is None else _merge_flat(overall, tot)
@@ -187,11 +207,16 @@ class Backtest:
             dropped.update(eng.stats.dropped)
         summary = summarize(overall) if overall is not None else summarize(ErrorTotals.zeros(1, 1))
         eps = self.online_events / self.elapsed if self.elapsed > 0 else 0.0
+        experts = ({} if forecast is None
+                   else summarize_totals(forecast, self.config.forecast.coverage))
         return {
             "overall": {**summary, "events": self.online_events, "events_per_s": eps,
                         "scaled_mae": {"model": z_m / z_n if z_n else None,
-                                       "persistence": z_p / z_n if z_n else None}},
+                                       "persistence": z_p / z_n if z_n else None},
+                        "aggregation": bool(self.config.forecast.experts), **experts},
             "keys": keys,
+            "anomalies": self.anomalies,
+            "anomalies_total": self.anomalies_total,
             "rejected": dict(rejected),
             "dropped": dict(dropped),
             "config": self.config.to_dict(),
@@ -267,6 +292,16 @@ def format_table(report: dict[str, Any], max_keys: int = 50) -> str:
     lines.append(f"events/s: {o['events_per_s']:,.0f}   scaled MAE model "
                  f"{_fmt(o['scaled_mae']['model'])} vs persistence "
                  f"{_fmt(o['scaled_mae']['persistence'])}")
+    if o.get("forecasters"):
+        fc = o["forecasters"]
+        shown = "published" if o["aggregation"] else "not published: --no-experts"
+        lines.append("MASE by forecaster: " + "  ".join(
+            f"{name} {_fmt(r['mase'])}" for name, r in fc.items()) + f" (mixture {shown})")
+        iv = o["interval"]
+        if iv["coverage"] is not None:
+            lines.append(f"{100 * iv['nominal']:.0f}% interval: coverage "
+                         f"{100 * iv['coverage']:.1f}%, mean width {iv['width']:.5g}, "
+                         f"Winkler {iv['winkler']:.5g}; anomalies flagged: {o['anomalies']}")
     if report["rejected"] or report["dropped"]:
         lines.append(f"rejected: {report['rejected']}  dropped: {report['dropped']}")
     return "\n".join(lines)

@@ -17,10 +17,12 @@ __all__ = [
     "LearnerConfig",
     "DriftConfig",
     "StateConfig",
+    "ForecastConfig",
     "EngineConfig",
 ]
 
 CELLS = ("gru", "lstm")
+EXPERTS = ("persistence", "smoother", "seasonal", "linear")
 TRANSFORMS = ("level", "logret", "log1p")
 
 
@@ -183,6 +185,78 @@ class StateConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class ForecastConfig(ConfigBase):
+    """Per-key aggregation of experts, prediction intervals and anomaly flags
+    (:mod:`streamseq.forecast`).
+
+    Parameters
+    ----------
+    experts
+        Experts mixed with the recurrent model: any of ``persistence``, ``smoother``,
+        ``seasonal``, ``linear``. Empty: the published forecast is the bare model (the
+        experts still run and are scored, intervals and anomaly flags still apply).
+    smoother_alpha, smoother_beta, smoother_phi
+        Level, trend and damping of the smoother expert (damped Holt).
+    period
+        Events per season for the seasonal expert and the linear expert's seasonal term:
+        ``None`` detects each key's daily period from its event times (with evidence),
+        ``0`` turns seasonality off.
+    max_period
+        Longest period kept (a ring of ``max_period + 1`` values per key and channel).
+    ar_lags, ar_forgetting
+        The linear expert: lags of the change, and the RLS forgetting factor.
+    share
+        Fixed-share rate of the mixture (prior probability of a switch per event).
+    coverage, anomaly_coverage
+        Nominal coverage of the published interval and of the anomaly interval.
+    aci_rate, spread_rate
+        Step of adaptive conformal inference, and the rate of the residual spread.
+    weights
+        Give each forecast's mixing weights (the prediction record's optional ``weights``).
+    """
+
+    experts: tuple[str, ...] = field(default=EXPERTS, metadata=flag(
+        "--no-experts", "publish the bare recurrent model instead of its per-key mixture "
+        "with the experts", const=()))
+    smoother_alpha: float = 0.1
+    smoother_beta: float = 0.05
+    smoother_phi: float = 0.9
+    period: int | None = field(default=None, metadata=flag(
+        help="events per season (default: each key's daily period, detected with "
+        "evidence; 0: none)"))
+    max_period: int = 288
+    ar_lags: int = 4
+    ar_forgetting: float = 0.999
+    share: float = 0.01
+    coverage: float = field(default=0.9, metadata=flag(
+        help="nominal coverage of the prediction interval (lo, hi)"))
+    anomaly_coverage: float = field(default=0.99, metadata=flag(
+        help="an arriving value outside this interval of its forecast is an anomaly"))
+    aci_rate: float = 0.01
+    spread_rate: float = 0.01
+    weights: bool = field(default=False, metadata=flag(
+        "--prediction-weights", "give the mixing weights in each prediction record"))
+
+    def __post_init__(self) -> None:
+        bad = set(self.experts) - set(EXPERTS)
+        _check(not bad, f"unknown experts {sorted(bad)}; choose from {EXPERTS}")
+        for name in ("smoother_alpha", "smoother_beta", "smoother_phi"):
+            _check(0.0 < getattr(self, name) <= 1.0, f"{name} must be in (0, 1]")
+        _check(self.period is None or self.period == 0 or self.period >= 2,
+               "period must be None (detect), 0 (none) or >= 2 events")
+        _check(self.max_period >= 0, "max_period must be >= 0")
+        _check(self.period is None or self.period <= self.max_period,
+               "period must not exceed max_period")
+        _check(self.ar_lags >= 1, "ar_lags must be >= 1")
+        _check(0.9 <= self.ar_forgetting <= 1.0, "ar_forgetting must be in [0.9, 1]")
+        _check(0.0 < self.share < 1.0, "share must be in (0, 1)")
+        _check(0.0 < self.coverage < 1.0 and 0.0 < self.anomaly_coverage < 1.0,
+               "coverages must be in (0, 1)")
+        _check(0.0 < self.aci_rate < 1.0 and 0.0 < self.spread_rate <= 1.0,
+               "aci_rate must be in (0, 1), spread_rate in (0, 1]")
+
+
+@dataclass(frozen=True)
 class EngineConfig(ConfigBase):
     """Everything one engine shard needs. ``values`` fixes the value names (else the first
     event's names); ``targets`` picks the forecast columns (default all values)."""
@@ -195,6 +269,7 @@ class EngineConfig(ConfigBase):
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
 
     def __post_init__(self) -> None:
         _check(self.kind in ("sensor", "price"), "kind must be sensor or price")

@@ -22,6 +22,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from streamseq.forecast.aggregate import FORECASTERS
+
 __all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS",
            "observe_many"]
 
@@ -105,6 +107,15 @@ class ServiceMetrics:
             "streamseq_forecast_abs_error",
             "Sum of absolute one-step errors on the z-scored scale, by forecaster.",
             ["kind", "forecaster"], registry=r)
+        self.anomalies = Counter(
+            "streamseq_anomalies", "Values outside the anomaly interval of their one-step "
+            "forecast.", ["kind"], registry=r)
+        self.interval_coverage = Gauge(
+            "streamseq_interval_coverage", "Share of values inside their one-step prediction "
+            "interval since start.", ["kind"], registry=r)
+        self.interval_width = Gauge(
+            "streamseq_interval_width", "Mean width of the one-step prediction interval since "
+            "start (z-scored).", ["kind"], registry=r)
         self.scored = Counter(
             "streamseq_forecast_scored", "Forecast values scored against their truth.",
             ["kind"], registry=r)
@@ -177,8 +188,9 @@ class ServiceMetrics:
             self.keys.labels(kind=kind)
             self.keys_evicted.labels(kind=kind)
             self.scored.labels(kind=kind)
-            for forecaster in ("model", "persistence"):
+            for forecaster in FORECASTERS:
                 self.abs_error.labels(kind=kind, forecaster=forecaster)
+            self.anomalies.labels(kind=kind)
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome=outcome)
 

@@ -176,7 +176,13 @@ class MetricDeltas:
     evicted: int = 0
     abs_error_model: float = 0.0
     abs_error_persistence: float = 0.0
+    # the experts' and the published mixture's (smoother, seasonal, linear, mixture)
+    abs_error_forecasters: Counter[str] = field(default_factory=Counter)
     scored: int = 0
+    anomalies: int = 0
+    interval_scored: int = 0
+    interval_covered: int = 0
+    interval_width: float = 0.0  # sum of z-scored widths of the intervals scored
     last_loss: float | None = None
     last_grad_norm: float | None = None
 
@@ -192,7 +198,12 @@ class MetricDeltas:
         self.evicted += other.evicted
         self.abs_error_model += other.abs_error_model
         self.abs_error_persistence += other.abs_error_persistence
+        self.abs_error_forecasters.update(other.abs_error_forecasters)
         self.scored += other.scored
+        self.anomalies += other.anomalies
+        self.interval_scored += other.interval_scored
+        self.interval_covered += other.interval_covered
+        self.interval_width += other.interval_width
         if other.last_loss is not None:
             self.last_loss = other.last_loss
         if other.last_grad_norm is not None:
@@ -205,10 +216,12 @@ class ShardOutput:
 
     ``rejected`` and ``dropped`` hold positions in the call's events; ``deltas`` the
     engine's own increments (updates, drift, evictions, scored errors, predictions);
-    ``gauges`` levels to export (e.g. a text shard's prequential metrics).
+    ``gauges`` levels to export (e.g. a text shard's prequential metrics); ``anomalies``
+    the records of values flagged as anomalies (for the ``--anomaly-topic``).
     """
 
     predictions: list[Prediction] = field(default_factory=list)
+    anomalies: list[Prediction] = field(default_factory=list)
     rejected: list[tuple[int, EventError]] = field(default_factory=list)
     dropped: list[tuple[int, str]] = field(default_factory=list)
     deltas: MetricDeltas = field(default_factory=MetricDeltas)
@@ -253,6 +266,7 @@ class Applied:
     deltas: MetricDeltas
     gauges: list[GaugeValue] = field(default_factory=list)
     first_offset: int | None = None
+    anomalies: list[Prediction] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- the step
@@ -306,7 +320,8 @@ def apply_events(events: Sequence[Any], sources: Sequence[Record],
     deltas.predictions = len(out.predictions)
     nxt = sources[-1].offset + 1 if sources else None
     first = sources[0].offset if sources else None
-    return Applied(out.predictions, dead, dropped, nxt, deltas, out.gauges, first)
+    return Applied(out.predictions, dead, dropped, nxt, deltas, out.gauges, first,
+                   out.anomalies)
 
 
 def dead_letter_headers(dead: DeadLetter, cap: int) -> list[tuple[str, bytes]]:

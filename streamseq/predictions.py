@@ -4,11 +4,16 @@ One JSON object per forecast, keyed by the event key::
 
     {"id": "sensors:3:1042", "key": "s-0007", "kind": "sensor", "event_ts": 1704067200000,
      "target_ts": [1704067260000], "horizon": 1, "yhat": {"temp": [21.7]},
+     "lo": {"temp": [21.1]}, "hi": {"temp": [22.4]},
      "model_version": 118, "source": {"topic": "sensors", "partition": 3, "offset": 1042}}
 
 ``id`` is derived from the source coordinates only, so a record re-published after a restart
 carries the same id and consumers can drop duplicates. ``yhat`` is in original units; a
-value the key has never shown is ``null``.
+value the key has never shown is ``null``. ``lo`` and ``hi`` bound the prediction interval
+of each step (default coverage 90%; ``null`` until the key has a scale). With
+``--prediction-weights`` a record ends with ``weights``: per target, each forecaster's share
+of the published forecast at each step. Values flagged as anomalies get their own records
+(:meth:`PredictionEncoder.anomalies`, the ``--anomaly-topic``).
 
 A batch is serialised in one pass (:class:`PredictionEncoder`): numpy arrays become Python
 lists once per batch, and each record is one string format of pre-escaped parts, byte for
@@ -28,9 +33,10 @@ import numpy as np
 
 from streamseq.engine import EngineOutput
 from streamseq.events.schema import Event
+from streamseq.forecast.aggregate import EXPERTS
 from streamseq.pipeline import Prediction, Record
 
-__all__ = ["PredictionEncoder", "prediction_id", "encode_json"]
+__all__ = ["PredictionEncoder", "prediction_id", "encode_json", "anomaly_records"]
 
 _INF = math.inf
 
@@ -115,6 +121,11 @@ class PredictionEncoder:
         horizon = int(out.yhat.shape[1])
         # one conversion per batch: [row][target][step] as Python floats
         yhat = np.round(out.yhat, 10).transpose(0, 2, 1).tolist()
+        lo = np.round(out.lo, 10).transpose(0, 2, 1).tolist()
+        hi = np.round(out.hi, 10).transpose(0, 2, 1).tolist()
+        weights = (None if out.weights is None
+                   else np.round(out.weights, 6).transpose(0, 2, 3, 1).tolist())
+        experts = [json.dumps(e) + ":[" for e in EXPERTS]
         target_ts = out.target_ts.tolist()
         versions = out.version.tolist()
         names = [json.dumps(t) + ":[" for t in targets]
@@ -130,12 +141,50 @@ class PredictionEncoder:
             src = sources[i]
             head, tail = src_of(src.topic, src.partition)
             kb, kj = key_of(ev.key)
-            values = yhat[row]
-            yh = ",".join(name + ",".join(map(number, values[j])) + "]"
-                          for j, name in enumerate(names))
+            yh, lo_, hi_ = (",".join(name + ",".join(map(number, rows[row][j])) + "]"
+                                     for j, name in enumerate(names))
+                            for rows in (yhat, lo, hi))
             ts = target_ts[row]
             tts = str(ts[0]) if horizon == 1 else ",".join(map(str, ts))
+            w = ""
+            if weights is not None:
+                w = ',"weights":{' + ",".join(
+                    name[:-1] + "{" + ",".join(e + ",".join(map(number, weights[row][j][k]))
+                                               + "]" for k, e in enumerate(experts)) + "}"
+                    for j, name in enumerate(names)) + "}"
             text = (f'{head}{src.offset}","key":{kj},{kind}{ev.ts_ms},"target_ts":[{tts}'
-                    f'{mid}{yh}}},"model_version":{versions[row]},{tail}{src.offset}}}}}')
+                    f'{mid}{yh}}},"lo":{{{lo_}}},"hi":{{{hi_}}},"model_version":'
+                    f'{versions[row]},{tail}{src.offset}}}{w}}}')
             append(Prediction(kb, text.encode(), src.timestamp))
         return recs
+
+    def anomalies(self, events: Sequence[Event], out: EngineOutput, targets: Sequence[str],
+                  sources: Sequence[Record]) -> list[Prediction]:
+        """One record per flagged value (:func:`anomaly_records`), keyed by the event key."""
+        recs = anomaly_records(events, out, targets)
+        if not recs:
+            return []
+        rows = np.flatnonzero(out.anomaly.any(axis=1))
+        flagged = [int(out.index[r]) for r in rows.tolist()
+                   for _ in range(int(out.anomaly[r].sum()))]
+        return [Prediction(rec["key"].encode(), encode_json(rec), sources[i].timestamp)
+                for rec, i in zip(recs, flagged, strict=True)]
+
+
+def anomaly_records(events: Sequence[Event], out: EngineOutput,
+                    targets: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per flagged value: an event whose value of a target fell outside the
+    anomaly interval of the one-step forecast made before it arrived::
+
+        {"key": "s-0007", "kind": "sensor", "ts": 1704067260000, "target": "temp",
+         "value": 35.2, "yhat": 21.8, "lo": 19.9, "hi": 23.6}
+    """
+    recs = []
+    rows, cols = np.nonzero(out.anomaly)
+    checked = out.checked[rows, cols].tolist()
+    for r, c, (fc, lo, hi) in zip(rows.tolist(), cols.tolist(), checked, strict=True):
+        ev = events[int(out.index[r])]
+        name = targets[c]
+        recs.append({"key": ev.key, "kind": ev.kind, "ts": ev.ts_ms, "target": name,
+                     "value": ev.values.get(name), "yhat": fc, "lo": lo, "hi": hi})
+    return recs

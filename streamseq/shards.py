@@ -17,6 +17,7 @@ import numpy as np
 from streamseq.config import EngineConfig
 from streamseq.engine import Engine, EngineOutput
 from streamseq.events.errors import EventError
+from streamseq.forecast.aggregate import FORECASTERS
 from streamseq.pipeline import GaugeValue, MetricDeltas, Prediction, Record, ShardOutput
 from streamseq.predictions import PredictionEncoder, encode_json, prediction_id
 
@@ -49,6 +50,7 @@ def engine_deltas(out: EngineOutput) -> MetricDeltas:
         d.last_grad_norm = res.grad_norm
     d.drift_events = int(out.drift_events)
     d.evicted = int(out.evicted)
+    d.anomalies = int(out.anomalies)
     if out.err_model.size:
         em = out.err_model[:, 0, :]
         ok = ~np.isnan(em)
@@ -57,7 +59,25 @@ def engine_deltas(out: EngineOutput) -> MetricDeltas:
             d.abs_error_model = float((np.abs(em[ok]) / sc).sum())
             d.abs_error_persistence = float((np.abs(out.err_persistence[:, 0, :][ok]) / sc).sum())
             d.scored = int(ok.sum())
+    _forecaster_deltas(out, d)
     return d
+
+
+def _forecaster_deltas(out: EngineOutput, d: MetricDeltas) -> None:
+    """The experts' and the mixture's z-scored one-step errors, and the one-step intervals
+    scored (covered or not, z-scored width), from the call's output."""
+    if not out.forecaster_errors.size:
+        return
+    unit = out.scale[:, 0, :]
+    z = np.abs(out.forecaster_errors) / unit[:, :, None]
+    sums = np.nansum(z, axis=(0, 1))
+    for f, name in enumerate(FORECASTERS):
+        if name not in ("model", "persistence"):
+            d.abs_error_forecasters[name] += float(sums[f])
+    hit = out.covered[:, :, 0]
+    d.interval_scored = int((~np.isnan(hit)).sum())
+    d.interval_covered = int(np.nansum(hit))
+    d.interval_width = float(np.nansum(out.covered[:, :, 1] / unit))
 
 
 class NumericShard:
@@ -79,6 +99,8 @@ class NumericShard:
     def process(self, events: Sequence[Any], sources: Sequence[Record]) -> ShardOutput:
         out = self.engine.process(events)
         preds = self.encoder.encode(events, out, self.engine.target_names, sources)
+        anomalies = (self.encoder.anomalies(events, out, self.engine.target_names, sources)
+                     if out.anomalies else [])
         deltas = engine_deltas(out)
         gauges = []
         if deltas.last_loss is not None and deltas.last_loss == deltas.last_loss:
@@ -87,7 +109,7 @@ class NumericShard:
         if deltas.last_grad_norm is not None and deltas.last_grad_norm == deltas.last_grad_norm:
             gauges.append(GaugeValue("streamseq_grad_norm", deltas.last_grad_norm,
                                      {"kind": self.kind}))
-        return ShardOutput(preds, out.rejected, out.dropped, deltas, gauges)
+        return ShardOutput(preds, anomalies, out.rejected, out.dropped, deltas, gauges)
 
     def state_dict(self) -> dict[str, Any]:
         return self.engine.state_dict()

@@ -50,6 +50,7 @@ from streamseq.events.schema import Event
 from streamseq.exceptions import CheckpointError
 from streamseq.features.pipeline import FeaturePipeline
 from streamseq.features.transforms import CODES, forward_transform
+from streamseq.forecast.aggregate import ExpertAggregator
 from streamseq.learner.tbptt import OnlineLearner
 from streamseq.learner.windows import PendingWindows, WindowRings
 from streamseq.models.flat import FlatWeights
@@ -95,12 +96,15 @@ class Shard:
         self.ordering = OrderingPolicy(config.state.late_tolerance_ms,
                                        config.state.recent_events)
         self.scoring = Scoring(h, t)
+        self.forecast = ExpertAggregator(config.forecast, self.features.target_codes, h)
+        self.mixing = bool(config.forecast.experts)
         self.drift = DriftDetector(config.drift)
         self.windows = WindowRings(lc.k1, lc.k2, h, self.features.n_inputs, t, mc.layers,
                                    state_size)
         for name, part in (("ordering", self.ordering.arrays),
                            ("features", self.features.arrays),
-                           ("scoring", self.scoring.arrays), ("drift", self.drift.arrays),
+                           ("scoring", self.scoring.arrays), ("forecast", self.forecast.state),
+                           ("drift", self.drift.arrays),
                            ("windows", self.windows.arrays)):
             self.table.attach(name, part)
         pending = PendingWindows(lc.batch_windows, lc.k2, self.features.n_inputs, h, t,
@@ -213,12 +217,36 @@ class Shard:
             totals, self.learner.applied)
         stats.z_abs_model = float(totals[0])
         stats.z_abs_persistence = float(totals[1])
+        self._aggregate(poll, rows, slot[rows], out, scoring)
         stats.z_scored += int(totals[2])
         stats.drift_events += int(totals[3])
         out.drift_events += int(totals[3])
         if totals[4]:
             self.learner.boost(dc.boost_factor, dc.boost_updates)
         self.max_ts = max(self.max_ts, int(poll.ts[rows].max()))
+
+    def _aggregate(self, poll: Poll, rows: np.ndarray, slots: np.ndarray, out: EngineOutput,
+                   scoring: bool) -> None:
+        """The experts, their mixture, intervals and anomaly flags for the segment's events
+        (in stream order, after the model forecast them)."""
+        t = len(self.targets)
+        model = out.yhat[rows]
+        agg = self.forecast.process(slots, poll.ts[rows], poll.raw[rows, :t], model,
+                                    weights=self.config.forecast.weights, scoring=scoring)
+        out.model_yhat[rows] = model
+        if self.mixing:
+            out.yhat[rows] = agg.yhat
+        out.lo[rows], out.hi[rows] = agg.lo, agg.hi
+        out.anomaly[rows], out.checked[rows] = agg.anomaly, agg.checked
+        if scoring:  # outside scoring (a warm-up) nothing is counted
+            out.forecaster_errors[rows] = agg.errors
+            out.covered[rows] = agg.covered
+        if agg.weights is not None:
+            if out.weights is None:
+                out.weights = np.full((len(out.yhat), *agg.weights.shape[1:]), np.nan)
+            out.weights[rows] = agg.weights
+        if scoring:
+            out.anomalies += int(agg.anomaly.sum())
 
     def _update_point(self, out: EngineOutput, stats: EngineStats, poll: Poll,
                       slot_of_key: np.ndarray) -> None:
@@ -248,6 +276,7 @@ class Shard:
         if slots.size == 0:
             return []
         self.scoring.forget(slots)
+        self.forecast.forget(slots)
         gone = self.table.evict(slots)
         stats.evicted += len(gone)
         return gone
@@ -295,6 +324,8 @@ class Shard:
             "table": self.table.state_dict(),
             "evicted_totals": {n: torch.from_numpy(getattr(self.scoring.evicted, n).copy())
                                for n in ("m_abs", "m_sq", "p_abs", "p_sq", "cnt")},
+            "forecast_evicted": {n: torch.from_numpy(a.copy())
+                                 for n, a in self.forecast.evicted.items()},
         }
 
     def load_state_dict(self, d: dict[str, Any], weights_only: bool) -> None:
@@ -305,6 +336,8 @@ class Shard:
         self.table.load_state_dict(d["table"])
         self.scoring.evicted = ErrorTotals.from_arrays(
             {n: t.numpy() for n, t in d["evicted_totals"].items()})
+        for n, t in d.get("forecast_evicted", {}).items():
+            self.forecast.evicted[n] = t.numpy().copy()
         self.counters[:] = d["counters"].numpy()
         self.max_ts = int(d["max_ts"])
 
@@ -437,6 +470,24 @@ class Engine:
     def summary(self) -> dict[str, Any]:
         """Overall MAE, RMSE, MSE and MASE for the model and persistence."""
         return summarize(self.totals())
+
+    def forecast_totals(self, key: str | None = None) -> dict[str, np.ndarray] | None:
+        """Error, interval and anomaly sums of every forecaster (:mod:`streamseq.forecast`)
+        over all keys ever held, or of one live ``key``; ``None`` before the value names
+        are known or for a key not held."""
+        if self.shard is None:
+            return None
+        sh = self.shard
+        if key is None:
+            return sh.forecast.totals(sh.table.live_slots(), evicted=True)
+        slot = sh.table.keys.get(key)
+        return None if slot is None else sh.forecast.totals(np.array([slot]))
+
+    def key_weights(self, key: str) -> np.ndarray | None:
+        """A live key's mixing weights ``[horizon, targets, experts]``."""
+        if self.shard is None or key not in self.shard.table.keys:
+            return None
+        return self.shard.forecast.key_weights(self.shard.table.keys[key])
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from streamseq.events.errors import EventError
+from streamseq.forecast.aggregate import FORECASTERS
 from streamseq.learner.tbptt import UpdateResult
 
 __all__ = ["EngineOutput", "EngineStats"]
@@ -72,6 +73,27 @@ class EngineOutput:
         Update points reached during the call.
     drift_events, evicted
         Drift detections and keys evicted during the call (increments, for metrics).
+    model_yhat
+        ``[len(index), horizon, targets]`` the recurrent model's own forecast (original
+        units); ``yhat`` is the published mixture unless the aggregation is off.
+    lo, hi
+        ``[len(index), horizon, targets]`` the prediction interval of ``yhat`` at the
+        configured coverage (NaN before the key has a scale).
+    anomaly, checked
+        ``[len(index), targets]``: the event's value fell outside the anomaly interval of
+        the one-step forecast made before it; ``[len(index), targets, 3]`` that forecast
+        and its interval (lo, hi), original units.
+    forecaster_errors
+        ``[len(index), targets, forecasters]`` truth minus each forecaster's one-step
+        forecast (:data:`streamseq.forecast.FORECASTERS`), original units.
+    covered
+        ``[len(index), targets, 2]`` whether the value fell inside the one-step interval
+        made before it (1/0, NaN where none was scored) and that interval's width.
+    weights
+        ``[len(index), horizon, targets, experts]`` the mixing weights, when configured
+        (``forecast.weights``), else ``None``.
+    anomalies
+        Anomalies flagged during the call (an increment, for metrics).
     yhat_z, z_mean, z_std
         The model's forecast in the transformed, scaled space (``[len(index), horizon,
         targets]``, before ``* z_std + z_mean`` and the inverse transform) and the key's
@@ -94,6 +116,16 @@ class EngineOutput:
     yhat_z: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1)))
     z_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))
     z_std: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))
+    model_yhat: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1)))
+    lo: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1)))
+    hi: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1)))
+    anomaly: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.bool_))
+    checked: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 3)))
+    forecaster_errors: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 1, len(FORECASTERS))))
+    covered: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 2)))
+    weights: np.ndarray | None = None
+    anomalies: int = 0
 
     @classmethod
     def empty(cls, n: int, horizon: int, targets: int) -> EngineOutput:
@@ -102,11 +134,18 @@ class EngineOutput:
         return cls(np.zeros(0, np.int64), nan, nan.copy(), nan.copy(),
                    np.ones((n, horizon, targets)), np.zeros((n, horizon), np.int64),
                    np.zeros(n, np.int64), yhat_z=nan.copy(), z_mean=np.zeros((n, targets)),
-                   z_std=np.ones((n, targets)))
+                   z_std=np.ones((n, targets)), model_yhat=nan.copy(), lo=nan.copy(),
+                   hi=nan.copy(), anomaly=np.zeros((n, targets), np.bool_),
+                   checked=np.full((n, targets, 3), np.nan),
+                   forecaster_errors=np.full((n, targets, len(FORECASTERS)), np.nan),
+                   covered=np.full((n, targets, 2), np.nan))
 
     def keep(self, index: np.ndarray) -> None:
         """Keep the rows of ``index`` (the applied events)."""
         self.index = index
         for name in ("yhat", "err_model", "err_persistence", "scale", "target_ts", "version",
-                     "yhat_z", "z_mean", "z_std"):
+                     "yhat_z", "z_mean", "z_std", "model_yhat", "lo", "hi", "anomaly",
+                     "checked", "forecaster_errors", "covered"):
             setattr(self, name, getattr(self, name)[index])
+        if self.weights is not None:
+            self.weights = self.weights[index]

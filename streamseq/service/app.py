@@ -113,7 +113,7 @@ class Service:
             if producer is None:
                 return 0  # stopped while waiting for the broker
             sender = Sender(producer, cfg.prediction_topic, cfg.dead_letter_topic,
-                            cfg.dead_letter_max_bytes)
+                            cfg.dead_letter_max_bytes, cfg.anomaly_topic)
             stack.callback(sender.close)
             checkpointer = Checkpointer(self.store, sender, self.metrics,
                                         cfg.checkpoint_every_events, cfg.checkpoint_every_seconds)
@@ -182,6 +182,7 @@ class Service:
                 continue
             sender.dead_letters(step.dead_letters)
             sender.predictions(step.predictions)
+            sender.anomalies(step.anomalies)
             self.reporter.applied(tp.topic, shard.kind, step)
             if shard.next_offset is None:
                 shard.first_offset = step.first_offset

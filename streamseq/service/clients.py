@@ -110,7 +110,7 @@ def connect(make: Callable[[], Any], stop: threading.Event, bootstrap: str,
 
 
 class Sender:
-    """Produces predictions and dead letters; counts the records not delivered.
+    """Produces predictions, dead letters and anomalies; counts the records not delivered.
 
     Parameters
     ----------
@@ -120,13 +120,16 @@ class Sender:
         Where records go.
     dead_letter_cap
         Dead-letter values are the original bytes cut at this size.
+    anomaly_topic
+        Where anomaly records go (``None``: they are not published).
     """
 
     def __init__(self, producer: Any, prediction_topic: str, dead_letter_topic: str,
-                 dead_letter_cap: int) -> None:
+                 dead_letter_cap: int, anomaly_topic: str | None = None) -> None:
         self.producer = producer
         self.prediction_topic = prediction_topic
         self.dead_letter_topic = dead_letter_topic
+        self.anomaly_topic = anomaly_topic
         self.dead_letter_cap = dead_letter_cap
         self._failures = 0
         self._lock = threading.Lock()
@@ -134,6 +137,13 @@ class Sender:
     def predictions(self, preds: Sequence[Prediction]) -> None:
         send, topic, errback = self.producer.send, self.prediction_topic, self._failed
         for p in preds:
+            send(topic, key=p.key, value=p.value).add_errback(errback)
+
+    def anomalies(self, records: Sequence[Prediction]) -> None:
+        if self.anomaly_topic is None:
+            return
+        send, topic, errback = self.producer.send, self.anomaly_topic, self._failed
+        for p in records:
             send(topic, key=p.key, value=p.value).add_errback(errback)
 
     def dead_letters(self, dead: Sequence[DeadLetter]) -> None:

@@ -143,6 +143,9 @@ class ServiceConfig(ConfigBase):
     topics: tuple[TopicSpec, ...] = (TopicSpec("sensors", "sensor"), TopicSpec("prices", "price"))
     prediction_topic: str = field(default="predictions", metadata=flag())
     dead_letter_topic: str = field(default="dead-letters", metadata=flag())
+    anomaly_topic: str | None = field(default=None, metadata=flag(
+        help="publish each value flagged as an anomaly (key, time, value, forecast, "
+        "interval) to this topic (default: none)"))
     group: str = field(default="streamseq", metadata=flag(help="consumer group"))
     client_id: str = "streamseq"
     auto_offset_reset: str = field(default="earliest", metadata=flag(
@@ -190,8 +193,8 @@ class ServiceConfig(ConfigBase):
         names = [t.name for t in self.topics]
         if len(set(names)) != len(names):
             raise ConfigError(f"input topics repeat: {names}")
-        for out in (self.prediction_topic, self.dead_letter_topic):
-            if out in names:
+        for out in (self.prediction_topic, self.dead_letter_topic, self.anomaly_topic):
+            if out is not None and out in names:
                 raise ConfigError(f"output topic {out!r} is also an input topic")
         if self.producer_compression not in ("none", "gzip", "snappy", "lz4", "zstd"):
             raise ConfigError("producer_compression must be none, gzip, snappy, lz4 or zstd")

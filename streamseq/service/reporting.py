@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 import numpy as np
@@ -32,7 +32,9 @@ class MetricsReporter:
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
-        self._errors: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        # since-start sums per kind: |z error| per forecaster, values scored, and the
+        # one-step intervals scored, covered and their z-scored widths
+        self._errors: dict[str, Counter[str]] = defaultdict(Counter)
 
     def applied(self, topic: str, kind: str, step: Applied) -> None:
         m, d = self.metrics, step.deltas
@@ -60,15 +62,26 @@ class MetricsReporter:
         if d.evicted:
             m.keys_evicted.labels(kind=kind).inc(d.evicted)
         if d.scored:
-            m.abs_error.labels(kind=kind, forecaster="model").inc(d.abs_error_model)
-            m.abs_error.labels(kind=kind, forecaster="persistence").inc(d.abs_error_persistence)
-            m.scored.labels(kind=kind).inc(d.scored)
+            errors = {"model": d.abs_error_model, "persistence": d.abs_error_persistence,
+                      **d.abs_error_forecasters}
             e = self._errors[kind]
-            e[0] += d.abs_error_model
-            e[1] += d.abs_error_persistence
-            e[2] += d.scored
-            m.mae.labels(kind=kind, forecaster="model").set(e[0] / e[2])
-            m.mae.labels(kind=kind, forecaster="persistence").set(e[1] / e[2])
+            for name, value in errors.items():
+                m.abs_error.labels(kind=kind, forecaster=name).inc(value)
+                e[name] += value
+            m.scored.labels(kind=kind).inc(d.scored)
+            e["scored"] += d.scored
+            for name in errors:
+                m.mae.labels(kind=kind, forecaster=name).set(e[name] / e["scored"])
+        if d.anomalies:
+            m.anomalies.labels(kind=kind).inc(d.anomalies)
+        if d.interval_scored:
+            e = self._errors[kind]
+            e["interval_scored"] += d.interval_scored
+            e["interval_covered"] += d.interval_covered
+            e["interval_width"] += d.interval_width
+            m.interval_coverage.labels(kind=kind).set(e["interval_covered"]
+                                                      / e["interval_scored"])
+            m.interval_width.labels(kind=kind).set(e["interval_width"] / e["interval_scored"])
         for g in step.gauges:
             gauge = m.gauge(g.name)
             (gauge.labels(**g.labels) if g.labels else gauge).set(g.value)

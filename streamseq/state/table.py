@@ -291,7 +291,8 @@ class KeyTable:
         self.hidden[slots] = d["hidden"].numpy()
         self.core.load_rows(slots, d["core"])
         for name, part in self.parts.items():
-            part.load_rows(slots, d["parts"][name])
+            if name in d["parts"]:  # a part added since the snapshot starts its keys fresh
+                part.load_rows(slots, d["parts"][name])
         self.register(list(d["keys"]), slots)
         free = d["free"].numpy()
         self.free[:free.size] = free

@@ -568,6 +568,8 @@ class Reference:
         Prediction records by id.
     dead_letters
         ``(record, reason)`` of the input records that must be dead-lettered.
+    anomalies
+        The anomaly records (``--anomaly-topic``) in partition and offset order.
     engines
         The shard engine (:class:`~streamseq.pipeline.ShardEngine`) of each input partition
         after all its records.
@@ -576,6 +578,7 @@ class Reference:
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
     dead_letters: list[tuple[TopicRecord, str]] = field(default_factory=list)
     engines: dict[int, Any] = field(default_factory=dict)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
 
     def state(self, partition: int) -> dict[str, Any]:
         return self.engines[partition].state_dict()
@@ -610,6 +613,7 @@ def reference_run(records: Iterable[TopicRecord], args: Sequence[str],
             for p in out.predictions:
                 rec = json.loads(p.value)
                 ref.predictions[rec["id"]] = rec
+            ref.anomalies.extend(json.loads(a.value) for a in out.anomalies)
         ref.engines[partition] = shard
     ref.dead_letters.sort(key=lambda x: (x[0].partition, x[0].offset))
     return ref
@@ -707,20 +711,26 @@ def state_differences(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6,
 def prediction_differences(got: dict[str, Any], want: dict[str, Any], rtol: float = 1e-5,
                            atol: float = 1e-6, ignore: Iterable[str] = ()) -> list[str]:
     """Where a published prediction record differs from the expected one (empty: equal);
-    ``yhat`` is compared with a tolerance, every other field (but ``ignore``) exactly."""
+    ``yhat``, ``lo`` and ``hi`` are compared with a tolerance, every other field (but
+    ``ignore``) exactly."""
     out = []
-    skip = {"yhat", *ignore}
+    close = ("yhat", "lo", "hi")
+    skip = {*close, *ignore}
     for k in sorted(set(got) | set(want)):
         if k in skip:
             continue
         if got.get(k) != want.get(k):
             out.append(f"{k}: {got.get(k)!r} != {want.get(k)!r}")
-    gy, wy = got.get("yhat") or {}, want.get("yhat") or {}
-    if set(gy) != set(wy):
-        out.append(f"yhat names {sorted(gy)} != {sorted(wy)}")
-    for name in set(gy) & set(wy):
-        g = np.array(gy[name], dtype=float)  # None -> nan
-        w = np.array(wy[name], dtype=float)
-        if g.shape != w.shape or not np.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
-            out.append(f"yhat[{name}]: {gy[name]} != {wy[name]}")
+    for field_name in close:
+        if field_name in ignore:
+            continue
+        gy, wy = got.get(field_name) or {}, want.get(field_name) or {}
+        if set(gy) != set(wy):
+            out.append(f"{field_name} names {sorted(gy)} != {sorted(wy)}")
+        for name in set(gy) & set(wy):
+            g = np.array(gy[name], dtype=float)  # None -> nan
+            w = np.array(wy[name], dtype=float)
+            if g.shape != w.shape or not np.allclose(g, w, rtol=rtol, atol=atol,
+                                                     equal_nan=True):
+                out.append(f"{field_name}[{name}]: {gy[name]} != {wy[name]}")
     return out

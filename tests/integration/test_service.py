@@ -151,6 +151,7 @@ class MixedRun:
     predictions: list[TopicRecord]
     dead_letters: list[TopicRecord]
     samples: list[tuple[str, dict[str, str], float]]
+    anomalies: list[TopicRecord]
     metrics_text: str
     exit_code: int
     committed: dict[int, int | None]
@@ -164,6 +165,8 @@ def mixed_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> MixedRun
     unique = uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("mixed")
     topics = ServiceTopics.create(broker, unique)
+    anomaly_topic = f"anomalies-{unique}"
+    broker.create_topics({anomaly_topic: 1})
     valid = sensor_stream(2000, n_keys=8, seed=1)
     bad = bad_messages(valid[0][2])
     stream: list[tuple[str | None, bytes | None, int]] = list(valid)
@@ -172,7 +175,7 @@ def mixed_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> MixedRun
     first, second = stream[:1000], stream[1000:]
     produce(broker.bootstrap, topics.sensor, first)
     args = service_args(broker.bootstrap, topics, f"g-{unique}", tmp / "checkpoints",
-                        checkpoint_every_events=500)
+                        checkpoint_every_events=500, extra=["--anomaly-topic", anomaly_topic])
     with TopicReader(broker.bootstrap, topics.prediction) as reader, \
             ServiceProcess(args, tmp / "service.log").start() as svc:
         svc.wait_ready(shards=2)
@@ -189,10 +192,11 @@ def mixed_run(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> MixedRun
         reader.drain()
         predictions = list(reader.records)
     dead = read_topic(broker.bootstrap, topics.dead_letter, len(bad))
+    anomalies = read_topic(broker.bootstrap, anomaly_topic, len(ref.anomalies))
     committed = committed_offsets(broker.bootstrap, f"g-{unique}", topics.sensor,
                                   range(topics.partitions))
-    return MixedRun(args, topics, inputs, bad, ref, predictions, dead, samples, metrics_text,
-                    code, committed, tmp / "checkpoints")
+    return MixedRun(args, topics, inputs, bad, ref, predictions, dead, samples, anomalies,
+                    metrics_text, code, committed, tmp / "checkpoints")
 
 
 def test_end_to_end_predictions_ids_and_commits(mixed_run: MixedRun) -> None:
@@ -214,6 +218,8 @@ def test_end_to_end_predictions_ids_and_commits(mixed_run: MixedRun) -> None:
         assert rec["key"] == event["sensor_id"] == source.key.decode()
         assert rec["event_ts"] == event["ts"]
         assert rec["kind"] == "sensor" and rec["horizon"] == 1 and "temp" in rec["yhat"]
+        lo, yhat, hi = rec["lo"]["temp"][0], rec["yhat"]["temp"][0], rec["hi"]["temp"][0]
+        assert lo is None or lo <= yhat <= hi
     # a clean stop commits exactly what was processed, and the snapshots cover it
     ends = next_offsets(run.inputs)
     assert run.committed == ends
@@ -279,6 +285,21 @@ def expected_metrics() -> dict[str, set[str]]:
     m = ServiceMetrics(version="0", cell="gru", hidden=16)
     return {fam.name: {fam.name + s for s in suffixes[fam.type]}
             for fam in m.registry.collect()}
+
+
+def test_anomalies_are_published_and_counted(mixed_run: MixedRun) -> None:
+    """Every value the uninterrupted run flags is published once to --anomaly-topic, keyed
+    by its key, and counted in streamseq_anomalies_total."""
+    run = mixed_run
+    assert run.ref.anomalies, "the stream must contain flagged values to mean anything"
+    got = sorted((r.json()["key"], r.json()["ts"]) for r in run.anomalies)
+    want = sorted((a["key"], a["ts"]) for a in run.ref.anomalies)
+    assert got == want
+    for r in run.anomalies:
+        a = r.json()
+        assert r.key == a["key"].encode() and not a["lo"] <= a["value"] <= a["hi"]
+    counted = sum(v for n, _, v in run.samples if n == "streamseq_anomalies_total")
+    assert counted == len(want)
 
 
 def test_metrics_exposes_every_metric(mixed_run: MixedRun) -> None:

@@ -351,7 +351,9 @@ def test_dashboard_covers_the_issue() -> None:
                    "streamseq_updates_total", "streamseq_drift_events_total",
                    "streamseq_keys_held", "streamseq_checkpoint_age_seconds",
                    "streamseq_checkpoint_duration_seconds_bucket", "process_cpu_seconds_total",
-                   "process_resident_memory_bytes"]:
+                   "process_resident_memory_bytes", 'forecaster="mixture"',
+                   "streamseq_interval_coverage{", "streamseq_interval_width{",
+                   "streamseq_anomalies_total"]:
         assert needle in exprs, needle
 
 

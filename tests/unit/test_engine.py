@@ -28,6 +28,7 @@ from streamseq.config import (
 )
 from streamseq.engine import Engine, Shard
 from streamseq.events import Event, EventDecoder, EventError
+from streamseq.forecast import FORECASTERS
 from streamseq.io.files import read_events
 from streamseq.learner.tbptt import OnlineLearner
 
@@ -92,6 +93,9 @@ class Run:
         self.yhat = np.full((n, h, t), np.nan)
         self.err = np.full((n, h, t), np.nan)
         self.err_p = np.full((n, h, t), np.nan)
+        self.model_yhat = np.full((n, h, t), np.nan)
+        self.interval = np.full((n, h, 2 * t), np.nan)
+        self.mix_err = np.full((n, t), np.nan)
         self.applied = np.zeros(n, dtype=bool)
         self.rejected: list[tuple[int, str]] = []
         self.dropped: list[tuple[int, str]] = []
@@ -101,6 +105,9 @@ class Run:
             idx = out.index + start
             self.yhat[idx], self.err[idx], self.err_p[idx] = (out.yhat, out.err_model,
                                                               out.err_persistence)
+            self.model_yhat[idx] = out.model_yhat
+            self.interval[idx] = np.concatenate([out.lo, out.hi], axis=2)
+            self.mix_err[idx] = out.forecaster_errors[:, :, FORECASTERS.index("mixture")]
             self.applied[idx] = True
             self.rejected += [(start + i, e.reason) for i, e in out.rejected]
             self.dropped += [(start + i, r) for i, r in out.dropped]
@@ -134,6 +141,8 @@ def test_chunking_invariance(cell: str, horizon: int) -> None:
         assert other.updates == ref.updates
         np.testing.assert_allclose(other.yhat, ref.yhat, rtol=0, atol=1e-6)
         np.testing.assert_allclose(other.err, ref.err, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(other.interval, ref.interval, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(other.mix_err, ref.mix_err, rtol=0, atol=1e-6)
         torch.testing.assert_close(other.weights, ref.weights, rtol=0, atol=1e-6)
         for a, b in zip(other.engine.summary()["model"].values(),
                         ref.engine.summary()["model"].values(), strict=True):
@@ -214,7 +223,8 @@ def test_learner_never_receives_a_target_before_its_forecast(
 
 
 def test_forecast_scored_against_the_truth_that_came_after_it() -> None:
-    """err_model at event q, horizon j = truth(q) - forecast made j events earlier."""
+    """err_model at event q, horizon j = truth(q) - model forecast made j events earlier;
+    the published mixture's one-step error likewise."""
     h = 3
     events = multi_key_stream(200, keys=3, seed=11, p_missing=0.0)
     run = Run(make_config("gru", h, values=("x", "y")), events, chunk=17)
@@ -230,8 +240,11 @@ def test_forecast_scored_against_the_truth_that_came_after_it() -> None:
                     continue
                 p = positions[a - j]
                 truth = np.array([events[q].values["x"], events[q].values["y"]])
-                np.testing.assert_allclose(run.err[q, j - 1], truth - run.yhat[p, j - 1],
+                np.testing.assert_allclose(run.err[q, j - 1], truth - run.model_yhat[p, j - 1],
                                            rtol=0, atol=1e-9)
+                if j == 1:
+                    np.testing.assert_allclose(run.mix_err[q], truth - run.yhat[p, 0],
+                                               rtol=0, atol=1e-9)
                 checked += 1
     assert checked > 500
 
@@ -417,8 +430,8 @@ def test_nan_guard_skips_an_update_and_keeps_the_weights() -> None:
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("horizon", [1, 2])
 def test_predict_before_any_learn_is_persistence(cell: str, horizon: int) -> None:
-    """The head starts at zero: before the first update every forecast is the last value
-    (carried forward where missing), for every horizon."""
+    """The head starts at zero: before the first update every model forecast is the last
+    value (carried forward where missing), for every horizon."""
     events = multi_key_stream(60, keys=3, seed=2, p_missing=0.2)
     eng = Engine(make_config(cell, horizon, k1=100, k2=100))  # no window falls due
     out = eng.process(events)
@@ -431,8 +444,8 @@ def test_predict_before_any_learn_is_persistence(cell: str, horizon: int) -> Non
         expect = np.array([known.get("x", np.nan), known.get("y", np.nan)])
         seen = ~np.isnan(expect)  # never-shown values: see the test just below
         for j in range(horizon):
-            np.testing.assert_allclose(out.yhat[row, j][seen], expect[seen], rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(out.model_yhat[row, j][seen], expect[seen],
+                                       rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cell", CELLS)
