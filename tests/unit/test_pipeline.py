@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from streamseq.config import EngineConfig, LearnerConfig, ModelConfig
 from streamseq.engine import Engine, EngineOutput
 from streamseq.events import Event, EventDecoder
+from streamseq.forecast import EXPERTS
 from streamseq.pipeline import InputRecord, RecordDecoder, apply, apply_events
 from streamseq.predictions import PredictionEncoder
 from streamseq.shards import NumericShard, TextShard, engine_deltas
@@ -47,20 +48,31 @@ def _records(n: int, bad_every: int = 0) -> list[InputRecord]:
 def _reference_record(ev: Event, out: EngineOutput, row: int, src: InputRecord,
                       targets: tuple[str, ...]) -> dict[str, Any]:
     """The prediction record as the contract defines it, built field by field."""
-    rounded = np.round(out.yhat[row], 10)  # what the contract's encoder always did
-    yhat = {name: [None if not math.isfinite(v) else float(v) for v in rounded[:, j]]
-            for j, name in enumerate(targets)}
-    return {"id": f"{src.topic}:{src.partition}:{src.offset}", "key": ev.key, "kind": ev.kind,
-            "event_ts": ev.ts_ms, "target_ts": [int(t) for t in out.target_ts[row]],
-            "horizon": int(out.yhat.shape[1]), "yhat": yhat,
-            "model_version": int(out.version[row]),
-            "source": {"topic": src.topic, "partition": src.partition, "offset": src.offset}}
+    def per_target(values: np.ndarray) -> dict[str, list[float | None]]:
+        rounded = np.round(values, 10)  # what the contract's encoder always did
+        return {name: [None if not math.isfinite(v) else float(v) for v in rounded[:, j]]
+                for j, name in enumerate(targets)}
+
+    rec: dict[str, Any] = {
+        "id": f"{src.topic}:{src.partition}:{src.offset}", "key": ev.key, "kind": ev.kind,
+        "event_ts": ev.ts_ms, "target_ts": [int(t) for t in out.target_ts[row]],
+        "horizon": int(out.yhat.shape[1]), "yhat": per_target(out.yhat[row]),
+        "lo": per_target(out.lo[row]), "hi": per_target(out.hi[row]),
+        "model_version": int(out.version[row]),
+        "source": {"topic": src.topic, "partition": src.partition, "offset": src.offset}}
+    if out.weights is not None:
+        w = np.round(out.weights[row], 6)  # [step, target, expert]
+        rec["weights"] = {name: {e: [float(x) if math.isfinite(x) else None for x in w[:, j, k]]
+                                 for k, e in enumerate(EXPERTS)}
+                          for j, name in enumerate(targets)}
+    return rec
 
 
 # ---------------------------------------------------------------------------- records
+@pytest.mark.parametrize("weights", [False, True])
 @pytest.mark.parametrize("horizon", [1, 3])
-def test_prediction_bytes_are_the_contract_record(horizon: int) -> None:
-    cfg = CFG.replace(**{"model.horizon": horizon})
+def test_prediction_bytes_are_the_contract_record(horizon: int, weights: bool) -> None:
+    cfg = CFG.replace(**{"model.horizon": horizon, "forecast.weights": weights})
     engine = Engine(cfg)
     events = [Event("sensor", key, T0 + i * MIN, {"x": float(i % 4), "y": None if i % 7 else 1.0})
               for i, key in enumerate(["a", "b\u00e9\"q", "c\\d"] * 10)]
@@ -83,6 +95,7 @@ def test_any_forecast_value_serialises_like_json(values: list[float]) -> None:
     out = EngineOutput(np.arange(n), np.array(values, dtype=np.float64).reshape(n, 1, 1),
                        np.zeros((n, 1, 1)), np.zeros((n, 1, 1)), np.ones((n, 1, 1)),
                        np.full((n, 1), T0), np.arange(n))
+    out.lo, out.hi = out.yhat[::-1].copy(), -out.yhat  # any values, in the interval fields
     events = [Event("sensor", "k", T0 + i, {"v": 0.0}) for i in range(n)]
     sources = [InputRecord("t", 0, i) for i in range(n)]
     preds = PredictionEncoder("sensor").encode(events, out, ("v",), sources)
