@@ -115,7 +115,7 @@ class LearnerConfig(ConfigBase):
     k1: int = field(default=4, metadata=flag(help="a key's window falls due every k1 of "
                                                     "its events"))
     k2: int = field(default=4, metadata=flag(help="backprop length"))
-    batch_windows: int = field(default=16, metadata=flag(
+    batch_windows: int = field(default=64, metadata=flag(
         help="optimizer step after this many due windows in the shard"))
     max_segment: int = 4096
     optimizer: str = field(default="adam", metadata=flag(choices=("adam", "adamw", "sgd")))
