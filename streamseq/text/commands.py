@@ -5,7 +5,7 @@
     streamseq backtest-text ../shared/data/text/tinyshakespeare --limit-chars 200000 \\
         --save-checkpoint runs/shakespeare.ckpt
     streamseq generate --checkpoint runs/shakespeare.ckpt --prompt "ROMEO:" --length 200 \\
-        --temperature 0.8 --top-k 20 --seed 1
+        --temperature 0.8 --top-k 20 --top-p 0.95 --seed 1
     streamseq backtest-text ../shared/data/text/sentiment_labelled_sentences --label-delay 50
 """
 
@@ -112,6 +112,9 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--length", type=int, default=200, help="tokens to sample")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=None, help="sample among the K most likely")
+    gen.add_argument("--top-p", type=float, default=None,
+                     help="sample within the smallest set of most likely tokens whose "
+                          "probability reaches P (nucleus sampling)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--key", help="continue from this stream's hidden state")
     gen.add_argument("--no-echo", action="store_true", help="print the continuation only")
@@ -169,7 +172,7 @@ def _generate(args: argparse.Namespace) -> int:
         if engine.lm is None:
             raise StreamseqError(f"{args.checkpoint} holds no language model")
         text = engine.lm.generate(args.prompt, args.length, args.temperature, args.top_k,
-                                  args.seed, key=args.key)
+                                  args.seed, key=args.key, top_p=args.top_p)
     except (StreamseqError, ValueError) as exc:
         log.error("generate failed: %s", exc)
         return 1

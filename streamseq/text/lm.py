@@ -31,8 +31,9 @@ from streamseq.exceptions import CheckpointError
 from streamseq.text.config import LMConfig
 from streamseq.text.exceptions import TextModelError
 from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout, seeded_init
+from streamseq.text.sampling import sample_next
 from streamseq.text.stats import TextStats
-from streamseq.text.vocab import BOS, EOM, Vocabulary
+from streamseq.text.vocab import BOS, EOM, RESERVED, Vocabulary
 
 __all__ = ["TokenLanguageModel", "OnlineLanguageModel"]
 
@@ -122,6 +123,8 @@ class OnlineLanguageModel:
         self.optimizer = torch.optim.Adam(self.params, lr=c.lr)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
+        #: times each token id was learned as a target (only those may be sampled)
+        self.learned_counts = torch.zeros(c.max_vocab, dtype=torch.int64)
 
     # -- the stream -------------------------------------------------------------------
     def learn_message(self, key: str, ts_ms: int, text: str, msg_id: str | None = None
@@ -240,6 +243,7 @@ class OnlineLanguageModel:
             model.eval()
         s = self.stats
         if applied:
+            self.learned_counts += torch.bincount(y, minlength=self.config.max_vocab)
             s.lm_updates += 1
         else:
             s.lm_updates_skipped += 1
@@ -249,18 +253,23 @@ class OnlineLanguageModel:
 
     # -- generation -------------------------------------------------------------------
     def generate(self, prompt: str = "", length: int = 200, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int = 0, key: str | None = None) -> str:
+                 top_k: int | None = None, seed: int = 0, key: str | None = None,
+                 top_p: float | None = None) -> str:
         """Sample ``length`` tokens after ``prompt`` (the continuation only is returned).
 
         Starts from a fresh state (or from stream ``key``'s state if given), reads the
-        prompt, then samples with ``temperature`` (0 = greedy) among the ``top_k`` most
-        likely tokens learned so far (reserved tokens are never sampled). The same
-        weights, prompt and ``seed`` give the same text. Learning state is not touched.
+        prompt, then draws each token with ``temperature`` (0 = greedy; lower = more
+        conservative), among the ``top_k`` most likely and within the nucleus of
+        probability ``top_p`` (see :func:`~streamseq.text.sampling.next_token_distribution`).
+        Only tokens the model has learned as a target at least once can be drawn (never a
+        reserved token, an id no text filled, or a token read but not learned yet); before
+        any such token :class:`TextModelError` is raised. The same weights, prompt and
+        ``seed`` give the same text. Learning state is not touched.
         """
         if length < 0:
             raise ValueError("length must be >= 0")
-        allowed = torch.zeros(self.config.max_vocab, dtype=torch.bool)
-        allowed[list(self.vocab.regular_ids())] = True
+        allowed = self.learned_counts > 0
+        allowed[: len(RESERVED)] = False
         if length and not bool(allowed.any()):
             raise TextModelError("the language model has not learned any token yet")
         g = torch.Generator().manual_seed(int(seed))
@@ -275,15 +284,7 @@ class OnlineLanguageModel:
                 logits, state = self.model(torch.tensor([inputs[a:a + PREDICT_CHUNK]]), state)
             last = logits[0, -1]
             for _ in range(length):
-                z = last.masked_fill(~allowed, float("-inf"))
-                if temperature <= 0:
-                    nxt = int(z.argmax())
-                else:
-                    z = z / temperature
-                    if top_k is not None and 0 < top_k < int(allowed.sum()):
-                        kth = torch.topk(z, top_k).values[-1]
-                        z = z.masked_fill(z < kth, float("-inf"))
-                    nxt = int(torch.multinomial(torch.softmax(z, -1), 1, generator=g))
+                nxt = sample_next(last, allowed, g, temperature, top_k, top_p)
                 out.append(nxt)
                 logits, state = self.model(torch.tensor([[nxt]]), state)
                 last = logits[0, -1]
@@ -302,6 +303,7 @@ class OnlineLanguageModel:
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
+            "learned_counts": self.learned_counts.clone(),
             "streams": {
                 "keys": names,
                 "state": torch.cat([s.state for s in sts], 1) if sts else empty,
@@ -327,6 +329,10 @@ class OnlineLanguageModel:
         for group in self.optimizer.param_groups:  # learning settings come from this config
             group["lr"] = self.config.lr
         self.generator.set_state(state["generator"])
+        counts = state["learned_counts"]
+        if not isinstance(counts, torch.Tensor) or counts.shape != self.learned_counts.shape:
+            raise CheckpointError("language model checkpoint: malformed learned_counts")
+        self.learned_counts = counts.to(torch.int64).clone()
         s = state["streams"]
         self.streams = OrderedDict()
         for i, key in enumerate(s["keys"]):

@@ -254,6 +254,32 @@ def test_generation_from_checkpoint_is_seeded_and_sized(shakespeare: dict[str, A
     assert capsys.readouterr().out == "ROMEO:" + a + "\n"
 
 
+def test_generation_draws_only_tokens_the_model_has_learned() -> None:
+    """An LM that has read little: characters read but not yet learned as a target, and
+    the ids no text filled, are never drawn, whatever the temperature, top-k or top-p."""
+    from streamseq.text.exceptions import TextModelError
+
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=8, k2=8)))
+    lm = eng.lm
+    assert lm is not None
+    eng.process([TextEvent("a", 0, "xyz")])  # read, not learned: no window fell due
+    with pytest.raises(TextModelError):
+        lm.generate("", length=5)
+    eng.process([TextEvent("a", 1, "ababa")])  # 8 tokens: the first window is learned
+    eng.process([TextEvent("b", 2, "QRST")])  # read on another stream, not learned
+    learned = {lm.vocab.itos[i] for i in range(len(lm.vocab)) if lm.learned_counts[i] > 0}
+    assert learned == set("xyzab")
+    for seed in range(20):
+        for kw in ({"temperature": 3.0}, {"temperature": 1.0, "top_k": 50},
+                   {"temperature": 2.0, "top_p": 0.99}, {"temperature": 0}):
+            text = lm.generate("ab", length=30, seed=seed, **kw)  # type: ignore[arg-type]
+            assert len(text) == 30 and set(text) <= learned, (kw, text)
+    restored = TextEngine(eng.config)
+    restored.load_state_dict(eng.state_dict())
+    assert restored.lm.generate("ab", 40, top_p=0.9, seed=3) == lm.generate(  # type: ignore
+        "ab", 40, top_p=0.9, seed=3)
+
+
 # -- sentiment -------------------------------------------------------------------------
 def test_sentiment_accuracy_well_above_majority(data_dir: Path) -> None:
     report = run_text_backtest(
