@@ -77,7 +77,6 @@ class Service:
         self.reporter = MetricsReporter(self.metrics)
         self.clients = clients or KafkaClients(config)
         self.health = Health(stuck_after=max(60.0, config.max_poll_interval_ms / 1000.0))
-        self.store = open_store(config)
         self._stop = threading.Event()
         self._fatal: ServiceError | None = None
         self.assignment: Assignment | None = None
@@ -109,19 +108,22 @@ class Service:
             http = HealthServer(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
                                 self.health.alive, self.health.ready).start()
             stack.callback(http.stop)
+            store = self._connect(lambda: open_store(cfg))  # the Kafka store needs the broker
+            if store is None:
+                return 0  # stopped while waiting for the broker
             producer = self._connect(self.clients.producer)
             if producer is None:
                 return 0  # stopped while waiting for the broker
             sender = Sender(producer, cfg.prediction_topic, cfg.dead_letter_topic,
                             cfg.dead_letter_max_bytes, cfg.anomaly_topic)
             stack.callback(sender.close)
-            checkpointer = Checkpointer(self.store, sender, self.metrics,
+            checkpointer = Checkpointer(store, sender, self.metrics,
                                         cfg.checkpoint_every_events, cfg.checkpoint_every_seconds)
             consumer = self._connect(self.clients.consumer)
             if consumer is None:
                 return 0
             assignment = self.assignment = Assignment(
-                factory, self.store, self.metrics, on_fatal=self._fail,
+                factory, store, self.metrics, self.health, on_fatal=self._fail,
                 let_go=lambda gone: self._checkpoint(checkpointer, gone, consumer.commit_async))
             assignment.consumer = consumer
             stack.callback(self._close_consumer, consumer)
@@ -132,7 +134,6 @@ class Service:
             try:
                 while not self._stop.is_set():
                     self.health.beat()
-                    self.health.shards = len(assignment.shards)
                     batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms,
                                           max_records=cfg.max_poll_records)
                     if batch:
@@ -156,7 +157,8 @@ class Service:
             self.health.broker_ok = False
             self.metrics.up.set(0)
 
-        client = connect(make, self._stop, str(self.config.bootstrap), unreachable)
+        client = connect(make, self._stop, str(self.config.bootstrap), unreachable,
+                         beat=self.health.beat)
         if client is not None:
             self.health.broker_ok = True
         return client

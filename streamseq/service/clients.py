@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -93,20 +94,92 @@ class KafkaClients:
 
 
 def connect(make: Callable[[], Any], stop: threading.Event, bootstrap: str,
-            on_unreachable: Callable[[], None]) -> Any:
+            on_unreachable: Callable[[], None], beat: Callable[[], None] = lambda: None,
+            every: float = 0.5) -> Any:
     """``make()`` a client, waiting out an unreachable broker with backoff (1 s doubling to
-    30 s); ``None`` if ``stop`` is set meanwhile."""
+    30 s); ``None`` if ``stop`` is set meanwhile.
+
+    kafka-python's constructors block until the cluster answers (``bootstrap_timeout_ms``,
+    30 s), so each attempt runs in a thread of its own while this one calls ``beat()``
+    every ``every`` seconds (the wait counts as alive) and watches ``stop``: a SIGTERM
+    during an outage returns at once; a client the abandoned attempt makes later is closed.
+
+    Examples
+    --------
+    >>> from kafka.errors import KafkaTimeoutError
+    >>> tries = []
+    >>> def make():
+    ...     tries.append(1)
+    ...     if len(tries) < 2:
+    ...         raise KafkaTimeoutError()
+    ...     return "client"
+    >>> connect(make, threading.Event(), "b:9092", lambda: None, every=0.01)
+    'client'
+    """
     delay = 1.0
     while not stop.is_set():
-        try:
-            return make()
-        except KafkaError as exc:
-            on_unreachable()
-            log.warning("broker %s unreachable (%s); retrying in %.0fs", bootstrap,
-                        type(exc).__name__, delay)
-            stop.wait(delay)
-            delay = min(30.0, delay * 2)
+        attempt = _Attempt(make)
+        while not attempt.done.wait(every):
+            beat()
+            if stop.is_set():
+                attempt.abandon()
+                return None
+        beat()
+        if attempt.error is None:
+            return attempt.client
+        if not isinstance(attempt.error, KafkaError):
+            raise attempt.error
+        on_unreachable()
+        log.warning("broker %s unreachable (%s); retrying in %.0fs", bootstrap,
+                    type(attempt.error).__name__, delay)
+        deadline = time.monotonic() + delay
+        while not stop.wait(max(0.0, min(every, deadline - time.monotonic()))):
+            beat()
+            if time.monotonic() >= deadline:
+                break
+        delay = min(30.0, delay * 2)
     return None
+
+
+class _Attempt:
+    """One ``make()`` in a daemon thread; :meth:`abandon` closes what it makes too late."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.client: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        threading.Thread(target=self._run, name="streamseq-connect", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            client = self.make()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.error = exc
+            self.done.set()
+            return
+        with self._lock:
+            self.client = client
+            late = self._abandoned
+        self.done.set()
+        if late:
+            _close_quietly(client)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            client = self.client
+        if client is not None:  # made just now: close it off this thread too
+            threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - closing a client nobody uses any more
+        log.debug("closing an abandoned client: %s", exc)
 
 
 class Sender:

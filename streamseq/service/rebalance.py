@@ -15,6 +15,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from streamseq.metrics import ServiceMetrics
+from streamseq.service.health import Health
 from streamseq.service.shards import ServiceError, Shard, ShardFactory
 from streamseq.state.checkpoint import CheckpointStore
 
@@ -34,6 +35,8 @@ class Assignment(ConsumerRebalanceListener):
         The checkpoint store shards are restored from.
     metrics
         ``streamseq_shards_assigned`` and the lag series of revoked partitions.
+    health
+        Told when the group has assigned this replica its partitions (readiness).
     let_go
         Called with the shards being revoked, before they are dropped (the final checkpoint).
     on_fatal
@@ -41,11 +44,12 @@ class Assignment(ConsumerRebalanceListener):
     """
 
     def __init__(self, factory: ShardFactory, store: CheckpointStore, metrics: ServiceMetrics,
-                 let_go: Callable[[list[Shard]], Any],
+                 health: Health, let_go: Callable[[list[Shard]], Any],
                  on_fatal: Callable[[ServiceError], None]) -> None:
         self.factory = factory
         self.store = store
         self.metrics = metrics
+        self.health = health
         self.let_go = let_go
         self.on_fatal = on_fatal
         self.shards: dict[TopicPartition, Shard] = {}
@@ -60,7 +64,7 @@ class Assignment(ConsumerRebalanceListener):
         for s in gone:
             self.shards.pop(s.tp, None)
             self.metrics.forget_partition(s.tp.topic, s.tp.partition)
-        self.metrics.shards.set(len(self.shards))
+        self._count()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", [f"{tp.topic}-{tp.partition}" for tp in assigned])
@@ -73,7 +77,12 @@ class Assignment(ConsumerRebalanceListener):
                 log.critical("%s", exc)
                 self.on_fatal(exc)
                 return
+        self._count()
+        self.health.joined = True  # even with nothing assigned: an idle replica is ready
+
+    def _count(self) -> None:
         self.metrics.shards.set(len(self.shards))
+        self.health.shards = len(self.shards)
 
     # -- state
     def restore(self, tp: TopicPartition) -> Shard:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -482,3 +483,44 @@ def test_broker_paused_for_10s_service_rides_through(unique: str, tmp_path: Path
         assert_snapshots_match(tmp_path / "ckpt", topics, ref, next_offsets(inputs))
     per_id = defaultdict(int, copies)
     assert all(per_id[i] >= 1 for i in ref.predictions)
+
+
+def test_readyz_waits_for_the_partitions(broker: Any, unique: str, tmp_path: Path,
+                                         spawn: Any) -> None:
+    """/readyz turns 200 only once the group has assigned the partitions (never while the
+    consumer is still joining), and says how many."""
+    topics = ServiceTopics.create(broker, unique)
+    svc = spawn(service_args(broker.bootstrap, topics, f"g-{unique}", tmp_path / "ckpt"),
+                "service")
+    seen = set()
+
+    def ready() -> bool:
+        code = svc.status("/readyz")
+        seen.add(code)
+        return code == 200
+
+    svc.wait_until(ready, 90, "/readyz 200")
+    assert svc.metric("streamseq_shards_assigned") == 2
+    assert 503 in seen  # it was asked while joining, and said no
+    with urllib.request.urlopen(svc.url("/readyz"), timeout=5) as r:
+        assert r.read().decode().strip() == "ok: 2 partitions"
+    assert svc.terminate() == 0
+
+
+def test_start_up_outage_is_alive_not_ready_and_stops_at_once(tmp_path: Path,
+                                                              spawn: Any) -> None:
+    """No broker at the bootstrap address: the service waits (alive, not ready) and a
+    SIGTERM ends the wait within a couple of seconds, exit 0."""
+    from streamseq.broker import free_port
+
+    topics = ServiceTopics("sensors-x", "predictions-x", "dead-letters-x")
+    svc = spawn(service_args(f"127.0.0.1:{free_port()}", topics, "g-outage", tmp_path / "ckpt"),
+                "service")
+    svc.wait_until(lambda: svc.status("/healthz") == 200, 60, "/healthz 200")
+    for _ in range(6):
+        assert svc.status("/healthz") == 200 and svc.status("/readyz") == 503
+        time.sleep(0.5)
+    assert svc.metric("streamseq_broker_connected") == 0
+    t0 = time.monotonic()
+    assert svc.terminate(timeout=10) == 0
+    assert time.monotonic() - t0 < 3.0, svc.log_tail()
