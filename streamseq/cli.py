@@ -14,7 +14,9 @@ code  meaning
 1     the input or the run failed: a file that cannot be read as given, no event applied,
       a broker that fails (:class:`~streamseq.exceptions.DataError`, other errors)
 2     usage: an unknown or malformed option, a file that does not exist
-      (:class:`~streamseq.exceptions.UsageError`, ``ConfigError``)
+      (:class:`~streamseq.exceptions.UsageError`, ``ConfigError``); ``streamseq run``: a
+      setting that cannot be used as given (bootstrap not ``HOST:PORT``, metrics port in
+      use, checkpoint directory that is a file or under one)
 3     the service cannot continue from its state (``streamseq run``: refused checkpoint)
 130   interrupted (Ctrl+C)
 ====  ===================================================================================

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from kafka.errors import KafkaError
 
 from streamseq import __version__
 from streamseq.events.errors import REASONS
+from streamseq.exceptions import ConfigError
 from streamseq.metrics import ServiceMetrics
 from streamseq.pipeline import apply
 from streamseq.service.checkpoints import Checkpointer, Outcome
@@ -42,14 +44,38 @@ log = logging.getLogger(__name__)
 
 
 def open_store(config: ServiceConfig) -> CheckpointStore:
-    """The configured checkpoint store (a directory, or a compacted Kafka topic)."""
+    """The configured checkpoint store (a directory, or a compacted Kafka topic).
+
+    A checkpoint directory that is a file, or lies under one, is a :class:`ConfigError`
+    (exit code 2, one line), like any other setting that cannot be used as given.
+    """
     if config.checkpoint_store == "kafka":
         from streamseq.state.kafka_store import KafkaCheckpointStore
 
         assert config.bootstrap is not None
         return KafkaCheckpointStore(config.bootstrap, config.checkpoint_topic,
                                     **config.security.kafka_kwargs())
-    return LocalCheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
+    try:
+        return LocalCheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
+    except (FileExistsError, NotADirectoryError) as exc:
+        path = Path(config.checkpoint_dir)
+        file = next((p for p in (path, *path.parents) if p.is_file()), path)
+        what = "is a file" if file == path else f"is under a file ({file})"
+        raise ConfigError(f"checkpoint_dir {config.checkpoint_dir} {what}, not a directory: "
+                          "pass --checkpoint-dir DIR") from exc
+
+
+def serve_health(config: ServiceConfig, metrics: ServiceMetrics, health: Health) -> HealthServer:
+    """The HTTP server of ``/metrics``, ``/healthz`` and ``/readyz``, started; a port that
+    cannot be bound is a :class:`ConfigError` (exit code 2, one line)."""
+    try:
+        server = HealthServer(metrics.registry, config.metrics_host, config.metrics_port,
+                              health.alive, health.ready)
+    except OSError as exc:
+        raise ConfigError(f"metrics port {config.metrics_host}:{config.metrics_port} cannot be "
+                          f"used ({exc.strerror or exc}): pass another --metrics-port or "
+                          "--metrics-host") from exc
+    return server.start()
 
 
 class Service:
@@ -105,8 +131,7 @@ class Service:
         factory.check_warm_start()
         log.info("starting streamseq %s with %r", __version__, cfg)
         with ExitStack() as stack:
-            http = HealthServer(self.metrics.registry, cfg.metrics_host, cfg.metrics_port,
-                                self.health.alive, self.health.ready).start()
+            http = serve_health(cfg, self.metrics, self.health)
             stack.callback(http.stop)
             store = self._connect(lambda: open_store(cfg))  # the Kafka store needs the broker
             if store is None:

@@ -73,23 +73,20 @@ def config_from_args(a: argparse.Namespace, env: Mapping[str, str] | None = None
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from streamseq.service.app import Service
+    from streamseq.service.app import Service, ServiceError
 
     try:
         cfg = config_from_args(a, os.environ)
-    except ConfigError as exc:
+        if not cfg.bootstrap:
+            print(f"streamseq run: {NO_BROKER}", file=sys.stderr)
+            return 2
+        service = Service(cfg)
+        install_signal_handlers(service.stop)
+        return service.run()
+    except ConfigError as exc:  # a setting that cannot be used: the metrics port, the dirs
         print(f"streamseq run: configuration error: {' '.join(str(exc).split())}",
               file=sys.stderr)
         return 2
-    if not cfg.bootstrap:
-        print(f"streamseq run: {NO_BROKER}", file=sys.stderr)
-        return 2
-    from streamseq.service.app import ServiceError
-
-    service = Service(cfg)
-    install_signal_handlers(service.stop)
-    try:
-        return service.run()
     except ServiceError as exc:
         print(f"streamseq run: {exc}", file=sys.stderr)
         return 3

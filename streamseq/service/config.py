@@ -62,7 +62,7 @@ except ModuleNotFoundError:  # Python 3.10
 from streamseq.exceptions import ConfigError
 
 __all__ = ["ServiceConfig", "SecurityConfig", "TopicSpec", "load_config", "SECURITY_KEYS",
-           "SECRET_KEYS", "ENV_PREFIX"]
+           "SECRET_KEYS", "ENV_PREFIX", "check_bootstrap"]
 
 SECRET_KEYS = frozenset(("sasl_plain_password", "ssl_password"))
 ENV_PREFIX = "STREAMSEQ_"
@@ -204,6 +204,8 @@ class ServiceConfig(ConfigBase):
             raise ConfigError("checkpoint intervals must be positive")
         if not 0 < self.metrics_port < 65536 and self.metrics_port != 0:
             raise ConfigError("metrics_port must be a TCP port")
+        if self.bootstrap:
+            check_bootstrap(self.bootstrap)
 
     def kind_of(self, topic: str) -> str:
         for t in self.topics:
@@ -219,6 +221,34 @@ class ServiceConfig(ConfigBase):
 
     def __repr__(self) -> str:  # never print secrets by accident
         return f"ServiceConfig({json.dumps(self.masked(), default=str)})"
+
+
+def check_bootstrap(bootstrap: str) -> None:
+    """Raise :class:`ConfigError` unless ``bootstrap`` is ``HOST:PORT[,HOST:PORT...]`` with
+    ports 1-65535 (an IPv6 host in brackets).
+
+    Examples
+    --------
+    >>> check_bootstrap("kafka-0:9092,[::1]:9093")
+    >>> check_bootstrap("127.0.0.1:abc")
+    Traceback (most recent call last):
+    ...
+    streamseq.exceptions.ConfigError: bootstrap '127.0.0.1:abc': port 'abc' is not a number (HOST:PORT, e.g. kafka:9092)
+    >>> check_bootstrap("kafka:99999")
+    Traceback (most recent call last):
+    ...
+    streamseq.exceptions.ConfigError: bootstrap 'kafka:99999': port 99999 is out of range (1-65535)
+    """
+    for server in bootstrap.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host.strip("[]") or not port:
+            raise ConfigError(f"bootstrap {server!r} is not HOST:PORT (e.g. kafka:9092)")
+        if not port.isdigit():
+            raise ConfigError(f"bootstrap {server!r}: port {port!r} is not a number "
+                              "(HOST:PORT, e.g. kafka:9092)")
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"bootstrap {server!r}: port {int(port)} is out of range "
+                              "(1-65535)")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -185,3 +185,48 @@ def test_other_commands_fail_on_one_line_too(
     lines = printed + logged  # commands print their error line or log it (one record)
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert "Traceback" not in lines[0]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bootstrap_not_a_number", "bootstrap '127.0.0.1:abc': port 'abc' is not a number"),
+    ("bootstrap_out_of_range", "bootstrap '127.0.0.1:99999': port 99999 is out of range"),
+    ("checkpoint_dir_is_a_file", "is a file, not a directory"),
+    ("checkpoint_dir_under_a_file", "is under a file"),
+    ("metrics_port_in_use", "cannot be used (Address already in use)"),
+])
+def test_run_refuses_unusable_settings_on_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        case: str, message: str) -> None:
+    """Start-up failures of `streamseq run` (issue 15 point 6): one line, exit code 2, before
+    any broker is contacted (the bootstrap address accepts no connection)."""
+    import socket
+
+    import streamseq.service.commands as commands
+
+    for name in [k for k in os.environ if k.startswith("STREAMSEQ_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(commands, "install_signal_handlers", lambda stop: None)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    settings = {"bootstrap": "127.0.0.1:9", "checkpoint-dir": str(tmp_path / "ckpt"),
+                "metrics-port": "0"}
+    settings.update({
+        "bootstrap_not_a_number": {"bootstrap": "127.0.0.1:abc"},
+        "bootstrap_out_of_range": {"bootstrap": "127.0.0.1:99999"},
+        "checkpoint_dir_is_a_file": {"checkpoint-dir": str(a_file)},
+        "checkpoint_dir_under_a_file": {"checkpoint-dir": str(a_file / "sub")},
+        "metrics_port_in_use": {"metrics-port": str(busy.getsockname()[1])},
+    }[case])
+    argv = ["--log-level", "ERROR", "run", "--sensor-topic", "sensors"]
+    for flag, value in settings.items():
+        argv += [f"--{flag}", value]
+    try:
+        assert main(argv) == 2
+    finally:
+        busy.close()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert lines[0].startswith("streamseq run: configuration error: ")
