@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,10 @@ from streamseq.engine.ordering import (
     Poll,
     plan_segment,
     read_poll,
+    values_digest,
 )
 from streamseq.engine.output import EngineOutput, EngineStats
+from streamseq.engine.peek import peek_steps
 from streamseq.evaluation.drift import DriftDetector
 from streamseq.evaluation.metrics import ErrorTotals, summarize
 from streamseq.evaluation.scoring import Scoring
@@ -63,6 +66,22 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 _DRIFT_ACTIONS = {"none": DRIFT_NONE, "reset": DRIFT_RESET, "boost_lr": DRIFT_BOOST}
+
+
+@dataclass
+class _OneEvent:
+    """Reused arrays of :meth:`Shard.process_one` (a poll of one event and its output)."""
+
+    key_index: np.ndarray
+    ts: np.ndarray
+    raw: np.ndarray
+    id_digest: np.ndarray
+    out: EngineOutput
+
+    @classmethod
+    def build(cls, n_values: int, horizon: int, n_targets: int) -> _OneEvent:
+        return cls(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, n_values)),
+                   np.zeros(1, np.uint64), EngineOutput.empty(1, horizon, n_targets))
 
 
 class Shard:
@@ -115,16 +134,72 @@ class Shard:
         self.max_ts = np.iinfo(np.int64).min
         self._args: tuple[Any, ...] = ()
         self._args_generation = -1
+        self._one = _OneEvent.build(len(self.names), mc.horizon, t)
 
     # ------------------------------------------------------------------ one call
     def process(self, events: Sequence[Event], stats: EngineStats, learning: bool,
                 scoring: bool) -> EngineOutput:
         cfg = self.config
-        fc, lc = cfg.features, cfg.learner
+        fc = cfg.features
         poll = read_poll(events, cfg.kind, self.names, fc.max_abs_value,
                          fc.missing == "reject")
         n = len(poll)
         out = EngineOutput.empty(n, cfg.model.horizon, len(self.targets))
+        verdict = self._apply(poll, out, stats, learning, scoring, aggregate=True)
+        applied = np.flatnonzero(verdict == APPLIED)
+        for i, err in enumerate(poll.rejected):
+            if err is not None:
+                out.rejected.append((i, err))
+                stats.rejected[err.reason] += 1
+        for i in np.flatnonzero(verdict > APPLIED).tolist():
+            reason_name = VERDICTS.get(int(verdict[i]))
+            if reason_name is not None:
+                out.dropped.append((i, reason_name))
+                stats.dropped[reason_name] += 1
+        stats.events += n
+        stats.accepted += int(applied.size)
+        out.keep(applied)
+        return out
+
+    def process_one(self, key: str, raw: np.ndarray, ts: int, stats: EngineStats,
+                    learning: bool, scoring: bool) -> np.ndarray | None:
+        """One event of ``key`` (values ``raw`` in :attr:`names` order, NaN: missing) by
+        the same steps as :meth:`process`, without the experts' aggregation; returns the
+        model's forecast ``[horizon, targets]`` (a view, valid until the next call), or
+        ``None`` when the event was rejected or dropped."""
+        fc = self.config.features
+        known = ~np.isnan(raw)
+        if not known.any() or (fc.missing == "reject" and not known.all()):
+            stats.events += 1
+            stats.rejected["missing_value"] += 1
+            return None
+        if not (np.abs(raw[known]) <= fc.max_abs_value).all():
+            stats.events += 1
+            stats.rejected["out_of_range" if np.isfinite(raw).all() else "non_finite"] += 1
+            return None
+        one = self._one
+        one.raw[0] = raw
+        one.ts[0] = ts
+        poll = Poll([key], one.key_index, one.ts, one.raw, values_digest(one.raw),
+                    one.id_digest, [None])
+        one.out.updates.clear()
+        verdict = self._apply(poll, one.out, stats, learning, scoring, aggregate=False)
+        stats.events += 1
+        if verdict[0] != APPLIED:
+            reason_name = VERDICTS.get(int(verdict[0]))
+            if reason_name is not None:
+                stats.dropped[reason_name] += 1
+            return None
+        stats.accepted += 1
+        return one.out.yhat[0]
+
+    def _apply(self, poll: Poll, out: EngineOutput, stats: EngineStats, learning: bool,
+               scoring: bool, aggregate: bool) -> np.ndarray:
+        """Plan and apply the poll's valid events segment by segment, with the update
+        points between; returns each event's verdict."""
+        cfg = self.config
+        lc = cfg.learner
+        n = len(poll)
         valid = np.fromiter((r is None for r in poll.rejected), dtype=np.bool_, count=n)
         slot_of_key = np.fromiter((self.table.keys.get(k, -1) for k in poll.keys),
                                   dtype=np.int64, count=len(poll.keys))
@@ -150,27 +225,48 @@ class Shard:
                 new = new_keys[:n_new]
                 self.table.register([poll.keys[k] for k in new.tolist()], slot_of_key[new])
             if n_applied:
-                self._advance(poll, applied_rows[:n_applied], plan, out, stats, scoring)
+                self._advance(poll, applied_rows[:n_applied], plan, out, stats, scoring,
+                              aggregate)
             start = stop
             if reason == NEED_SLOTS:
                 self.table.grow(self.table.capacity * 2)
             elif reason in (FULL, CLOSED):
                 self._update_point(out, stats, poll, slot_of_key)
             elif reason == DONE:
-                break
-        applied = np.flatnonzero(verdict == APPLIED)
-        for i, err in enumerate(poll.rejected):
-            if err is not None:
-                out.rejected.append((i, err))
-                stats.rejected[err.reason] += 1
-        for i in np.flatnonzero(verdict > APPLIED).tolist():
-            reason_name = VERDICTS.get(int(verdict[i]))
-            if reason_name is not None:
-                out.dropped.append((i, reason_name))
-                stats.dropped[reason_name] += 1
-        stats.events += n
-        stats.accepted += int(applied.size)
-        out.keep(applied)
+                return verdict
+
+    # ------------------------------------------------------------------ peeking
+    def last_forecast(self, key: str) -> np.ndarray:
+        """The model's forecast ``[horizon, targets]`` made at ``key``'s last event (NaN
+        for a key not held or one that has shown no target yet)."""
+        slot = self.table.keys.get(key)
+        count = 0 if slot is None else int(self.table.core["count"][slot])
+        h, t = self.config.model.horizon, len(self.targets)
+        if count == 0:
+            return np.full((h, t), np.nan)
+        forecast = self.scoring.arrays["forecast"]
+        return forecast[slot, (count - 1) % h].copy()
+
+    def peek(self, key: str, raw: np.ndarray, ts: np.ndarray, roll: bool) -> np.ndarray:
+        """The model's forecasts after hypothetical events of ``key``; nothing changes
+        (see :func:`streamseq.engine.peek.peek_steps`)."""
+        slot = self.table.keys.get(key)
+        f = self.features.arrays
+        rows = f.row_copy(slot)
+        if slot is None:
+            state = np.zeros(self.table.hidden.shape[1:], dtype=np.float32)
+            position, newest = 0, int(np.iinfo(np.int64).min)
+        else:
+            state = self.table.hidden[slot].copy()
+            position = int(self.table.core["count"][slot])
+            newest = int(self.table.core["newest_ts"][slot])
+        feat, feat_opts, _, _, _, model, model_opts, *_ = self._kernel_args()
+        out = np.full((raw.shape[0], self.config.model.horizon, len(self.targets)), np.nan)
+        peek_steps(np.ascontiguousarray(raw, dtype=np.float64),
+                   np.ascontiguousarray(ts, dtype=np.int64), position, newest, roll,
+                   self.last_forecast(key)[0], state,
+                   (feat[0], rows["last_raw"], rows["count"], rows["mean"], rows["m2"],
+                    rows["frozen"], rows["gap_ema"]), feat_opts, model, model_opts, out)
         return out
 
     def _kernel_args(self) -> tuple[Any, ...]:
@@ -199,7 +295,7 @@ class Shard:
         return self._args
 
     def _advance(self, poll: Poll, rows: np.ndarray, plan: tuple[np.ndarray, ...],
-                 out: EngineOutput, stats: EngineStats, scoring: bool) -> None:
+                 out: EngineOutput, stats: EngineStats, scoring: bool, aggregate: bool) -> None:
         """Run the compiled per-event path over one segment's applied events."""
         dc = self.config.drift
         slot, position, gap, seq, due = plan
@@ -217,7 +313,8 @@ class Shard:
             totals, self.learner.applied)
         stats.z_abs_model = float(totals[0])
         stats.z_abs_persistence = float(totals[1])
-        self._aggregate(poll, rows, slot[rows], out, scoring)
+        if aggregate:
+            self._aggregate(poll, rows, slot[rows], out, scoring)
         stats.z_scored += int(totals[2])
         stats.drift_events += int(totals[3])
         out.drift_events += int(totals[3])
@@ -428,6 +525,51 @@ class Engine:
                 return self._reject_all(events)
             self.shard = Shard(self.config, sorted(first.values))
         return self.shard.process(events, self.stats, self.learning, self.scoring)
+
+    def process_one(self, key: str, raw: np.ndarray, ts: int) -> np.ndarray | None:
+        """Apply one event of ``key``: the lean path for a caller that holds one event at
+        a time (the River adapters, :mod:`streamseq.river`).
+
+        ``raw`` holds the values in :attr:`value_names` order (NaN: missing), ``ts`` the
+        event time (ms). The same ordering policy, features, scoring, windows and update
+        points as :meth:`process` (the same bits), without building events and outputs
+        and without the experts' aggregation. Returns the model's forecast ``[horizon,
+        targets]`` in original units (a view, valid until the next call), or ``None``
+        when the event was rejected (no known value, out of range) or dropped.
+        """
+        return self._built().process_one(key, raw, ts, self.stats, self.learning,
+                                         self.scoring)
+
+    def peek(self, key: str, raw: np.ndarray, ts: np.ndarray, roll: bool = False) -> np.ndarray:
+        """The model's forecasts ``[steps, horizon, targets]`` (original units) after each
+        of the hypothetical events ``raw [steps, values]`` (:attr:`value_names` order, NaN:
+        missing) at times ``ts`` of ``key``, from its current state; nothing the engine
+        holds changes. With ``roll`` a missing target takes the one-step forecast made
+        before it (step 0: :meth:`last_forecast`), so ``steps`` rows of NaN targets run the
+        model forward on its own predictions (a recursive multi-step forecast).
+
+        Examples
+        --------
+        >>> from streamseq.config import EngineConfig
+        >>> eng = Engine(EngineConfig(values=("x",)))
+        >>> for i in range(20):
+        ...     _ = eng.process_one("a", np.array([float(i % 4)]), 1000 * i)
+        >>> before = eng.state_dict()
+        >>> ahead = eng.peek("a", np.full((3, 1), np.nan), 1000 * np.arange(20, 23), roll=True)
+        >>> ahead.shape, bool(np.isfinite(ahead).all())
+        ((3, 1, 1), True)
+        >>> import torch
+        >>> after = eng.state_dict()
+        >>> all(torch.equal(a, b) for a, b in zip(before["shard"]["table"]["hidden"],
+        ...                                         after["shard"]["table"]["hidden"]))
+        True
+        """
+        return self._built().peek(key, raw, ts, roll)
+
+    def last_forecast(self, key: str) -> np.ndarray:
+        """The model's forecast ``[horizon, targets]`` made at ``key``'s last event (NaN
+        for a key not held)."""
+        return self._built().last_forecast(key)
 
     def _reject_all(self, events: Sequence[Event]) -> EngineOutput:
         out = EngineOutput.empty(0, 1, 1)

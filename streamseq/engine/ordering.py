@@ -40,13 +40,15 @@ FULL, CLOSED, DONE, NEED_SLOTS = 0, 1, 2, 3
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+@nb.njit(inline="always", cache=True, nogil=True)
+def _mix(h: np.uint64) -> np.uint64:
+    """splitmix64's finaliser (wrapping uint64 arithmetic)."""
     h = (h ^ (h >> np.uint64(30))) * _M1
     h = (h ^ (h >> np.uint64(27))) * _M2
     return h ^ (h >> np.uint64(31))
 
 
+@nb.njit(cache=True, nogil=True)
 def values_digest(raw: np.ndarray) -> np.ndarray:
     """64-bit digest of each row of ``raw [n, v]`` (NaN = missing equals missing, -0.0 =
     0.0).
@@ -55,13 +57,20 @@ def values_digest(raw: np.ndarray) -> np.ndarray:
     >>> bool(d[0] == d[1]), bool(d[2] == d[3]), bool(d[0] == d[2])
     (True, True, False)
     """
-    canon = np.where(np.isnan(raw), np.inf, raw + 0.0)  # one NaN pattern, no -0.0
-    bits = np.ascontiguousarray(canon).view(np.uint64)
-    h = np.full(raw.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(raw.shape[1]):
-            h = _mix(h ^ bits[:, j])
-    return h | np.uint64(1)  # 0 marks "no entry"
+    n, v = raw.shape
+    canon = np.empty((n, v))
+    for i in range(n):
+        for j in range(v):
+            x = raw[i, j]
+            canon[i, j] = np.inf if math.isnan(x) else x + 0.0  # one NaN pattern, no -0.0
+    bits = canon.view(np.uint64)
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        h = np.uint64(0x9E3779B97F4A7C15)
+        for j in range(v):
+            h = _mix(h ^ bits[i, j])
+        out[i] = h | np.uint64(1)  # 0 marks "no entry"
+    return out
 
 
 def id_digest(event_id: str) -> int:

@@ -75,6 +75,13 @@ class SlotArrays:
         for name, (_tail, _dtype, fill) in self.specs.items():
             self.arrays[name][idx] = fill
 
+    def row_copy(self, slot: int | None) -> dict[str, np.ndarray]:
+        """One-row copies ``[1, ...]`` of ``slot``'s arrays (a fresh slot's when ``None``)."""
+        if slot is None:
+            return {name: np.full((1, *tail), fill, dtype=dtype)
+                    for name, (tail, dtype, fill) in self.specs.items()}
+        return {name: a[slot:slot + 1].copy() for name, a in self.arrays.items()}
+
     @property
     def nbytes_per_slot(self) -> int:
         return sum(int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -603,3 +603,79 @@ def test_results_are_bit_identical_however_the_stream_is_chunked(cell: str,
         assert other.engine.stats.z_abs_model == ref.engine.stats.z_abs_model
         assert other.engine.summary() == ref.engine.summary()
     np.testing.assert_array_equal(runs[1].err, ref.err)
+
+
+# ---------------------------------------------------------------------------- one event, peek
+def _raw(engine: Engine, e: Event) -> np.ndarray:
+    return np.array([np.nan if e.values.get(n) is None else e.values[n]
+                     for n in engine.value_names or ()], dtype=np.float64)
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):  # NaN equals NaN (missing values, pending forecasts)
+        return a.dtype == b.dtype and (torch.equal(a, b) or (
+            a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num())))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("cell, horizon", [("gru", 1), ("lstm", 3)])
+def test_process_one_gives_the_bits_of_process(cell: str, horizon: int) -> None:
+    """The lean one-event path (the River adapters') is the same engine: the model's
+    forecasts, weights, drops and totals equal those of one process call over the stream."""
+    events = multi_key_stream(700, keys=6, seed=5, late=True)
+    cfg = make_config(cell, horizon, k1=2, k2=6, batch_windows=4,
+                      drift=DriftConfig(action="reset", threshold=2.0, min_instances=10))
+    ref = Run(cfg, events, len(events))
+    eng = Engine(cfg)
+    yhat = np.full_like(ref.model_yhat, np.nan)
+    for i, e in enumerate(events):
+        got = eng.process_one(e.key, _raw(eng, e), e.ts_ms)
+        if got is not None:
+            yhat[i] = got
+    assert ref.updates > 20 and ref.dropped
+    np.testing.assert_array_equal(yhat, ref.model_yhat)
+    assert torch.equal(weights(eng), ref.weights)
+    assert eng.stats.dropped == ref.engine.stats.dropped
+    assert eng.stats.z_abs_model == ref.engine.stats.z_abs_model
+    assert eng.stats.accepted == ref.engine.stats.accepted
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_peek_changes_nothing_and_runs_the_real_steps(cell: str) -> None:
+    """A peek leaves every state as it was, and its forecasts are those the real path makes
+    for the same events with fixed weights; rolled forward, the real path fed its own
+    forecasts."""
+    events = multi_key_stream(300, keys=3, seed=8)
+    eng = Engine(make_config(cell, values=("x", "y")))
+    eng.process(events)
+    before = eng.state_dict()
+    ts = events[-1].ts_ms + 60_000 * np.arange(1, 5)
+    given = np.array([[0.3, 9.0], [np.nan, 11.0], [-0.2, np.nan], [0.1, 10.0]])
+    peeked = eng.peek("k1", given, ts)
+    rolled = eng.peek("k1", np.full((4, 2), np.nan), ts, roll=True)
+    fresh = eng.peek("new-key", given, ts)
+    assert _same_state(eng.state_dict(), before)
+
+    def real(key: str, rows: np.ndarray, roll: bool) -> np.ndarray:
+        twin = Engine(eng.config)
+        twin.load_state_dict(copy.deepcopy(before))
+        twin.learning = False
+        prev = twin.last_forecast(key)[0]
+        out = []
+        for row, t in zip(rows, ts, strict=True):
+            row = np.where(np.isnan(row), prev, row) if roll else row
+            got = twin.process_one(key, row, int(t))
+            assert got is not None
+            out.append(got.copy())
+            prev = got[0]
+        return np.array(out)
+
+    np.testing.assert_array_equal(peeked, real("k1", given, roll=False))
+    np.testing.assert_array_equal(rolled, real("k1", np.full((4, 2), np.nan), roll=True))
+    np.testing.assert_array_equal(fresh, real("new-key", given, roll=False))
+    assert np.isfinite(rolled).all()
