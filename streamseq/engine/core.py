@@ -69,19 +69,44 @@ _DRIFT_ACTIONS = {"none": DRIFT_NONE, "reset": DRIFT_RESET, "boost_lr": DRIFT_BO
 
 
 @dataclass
+class _Plan:
+    """The planner's arrays for one poll: which events are valid, each poll key's slot, and
+    per event its verdict and, when applied, slot, position, gap, sequence number and due
+    flag (:func:`~streamseq.engine.ordering.plan_segment`)."""
+
+    valid: np.ndarray
+    slot_of_key: np.ndarray
+    verdict: np.ndarray
+    steps: tuple[np.ndarray, ...]
+    n_free: np.ndarray
+    applied: np.ndarray
+    new_keys: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, n_keys: int) -> _Plan:
+        return cls(np.zeros(n, np.bool_), np.full(n_keys, -1, np.int64), np.zeros(n, np.int8),
+                   tuple(np.zeros(n, dtype=np.int64) for _ in range(4)) + (
+                       np.zeros(n, dtype=np.bool_),),
+                   np.zeros(1, np.int64), np.zeros(n, np.int64), np.zeros(n_keys, np.int64))
+
+
+@dataclass
 class _OneEvent:
-    """Reused arrays of :meth:`Shard.process_one` (a poll of one event and its output)."""
+    """Reused arrays of :meth:`Shard.process_one`: a poll of one event, its plan and its
+    output."""
 
     key_index: np.ndarray
     ts: np.ndarray
     raw: np.ndarray
     id_digest: np.ndarray
+    plan: _Plan
     out: EngineOutput
 
     @classmethod
     def build(cls, n_values: int, horizon: int, n_targets: int) -> _OneEvent:
         return cls(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, n_values)),
-                   np.zeros(1, np.uint64), EngineOutput.empty(1, horizon, n_targets))
+                   np.zeros(1, np.uint64), _Plan.empty(1, 1),
+                   EngineOutput.empty(1, horizon, n_targets))
 
 
 class Shard:
@@ -145,7 +170,11 @@ class Shard:
                          fc.missing == "reject")
         n = len(poll)
         out = EngineOutput.empty(n, cfg.model.horizon, len(self.targets))
-        verdict = self._apply(poll, out, stats, learning, scoring, aggregate=True)
+        plan = _Plan.empty(n, len(poll.keys))
+        plan.valid[:] = [r is None for r in poll.rejected]
+        plan.slot_of_key[:] = [self.table.keys.get(k, -1) for k in poll.keys]
+        self._apply(poll, plan, out, stats, learning, scoring, aggregate=True)
+        verdict = plan.verdict
         applied = np.flatnonzero(verdict == APPLIED)
         for i, err in enumerate(poll.rejected):
             if err is not None:
@@ -182,58 +211,54 @@ class Shard:
         one.ts[0] = ts
         poll = Poll([key], one.key_index, one.ts, one.raw, values_digest(one.raw),
                     one.id_digest, [None])
+        plan = one.plan
+        plan.valid[0] = True
+        plan.slot_of_key[0] = self.table.keys.get(key, -1)
+        plan.verdict[0] = 0
         one.out.updates.clear()
-        verdict = self._apply(poll, one.out, stats, learning, scoring, aggregate=False)
+        self._apply(poll, plan, one.out, stats, learning, scoring, aggregate=False)
         stats.events += 1
-        if verdict[0] != APPLIED:
-            reason_name = VERDICTS.get(int(verdict[0]))
+        if plan.verdict[0] != APPLIED:
+            reason_name = VERDICTS.get(int(plan.verdict[0]))
             if reason_name is not None:
                 stats.dropped[reason_name] += 1
             return None
         stats.accepted += 1
         return one.out.yhat[0]
 
-    def _apply(self, poll: Poll, out: EngineOutput, stats: EngineStats, learning: bool,
-               scoring: bool, aggregate: bool) -> np.ndarray:
+    def _apply(self, poll: Poll, plan: _Plan, out: EngineOutput, stats: EngineStats,
+               learning: bool, scoring: bool, aggregate: bool) -> None:
         """Plan and apply the poll's valid events segment by segment, with the update
-        points between; returns each event's verdict."""
+        points between (each event's verdict lands in ``plan.verdict``)."""
         cfg = self.config
         lc = cfg.learner
-        n = len(poll)
-        valid = np.fromiter((r is None for r in poll.rejected), dtype=np.bool_, count=n)
-        slot_of_key = np.fromiter((self.table.keys.get(k, -1) for k in poll.keys),
-                                  dtype=np.int64, count=len(poll.keys))
-        verdict = np.zeros(n, dtype=np.int8)
-        plan = tuple(np.zeros(n, dtype=np.int64) for _ in range(4)) + (
-            np.zeros(n, dtype=np.bool_),)
-        n_free = np.zeros(1, dtype=np.int64)
-        applied_rows = np.zeros(n, dtype=np.int64)
-        new_keys = np.zeros(len(poll.keys), dtype=np.int64)
         start = 0
         while True:
-            n_free[0] = self.table.n_free
+            plan.n_free[0] = self.table.n_free
             o, c = self.ordering.arrays, self.table.core
             stop, reason, n_applied, n_new = plan_segment(
-                start, slot_of_key, poll.key_index, poll.ts, poll.values_digest,
-                poll.id_digest, valid, c["count"], c["newest_ts"], c["last_seen"],
+                start, plan.slot_of_key, poll.key_index, poll.ts, poll.values_digest,
+                poll.id_digest, plan.valid, c["count"], c["newest_ts"], c["last_seen"],
                 o["due_segment"], o["recent_ts"], o["recent_values"], o["recent_ids"],
-                o["cursor"], self.table.free, n_free, self.counters,
+                o["cursor"], self.table.free, plan.n_free, self.counters,
                 self.ordering.tolerance, learning, lc.k1, cfg.model.horizon,
-                lc.batch_windows, lc.max_segment, verdict, *plan, applied_rows, new_keys)
-            self.table.n_free = int(n_free[0])
+                lc.batch_windows, lc.max_segment, plan.verdict, *plan.steps, plan.applied,
+                plan.new_keys)
+            self.table.n_free = int(plan.n_free[0])
             if n_new:
-                new = new_keys[:n_new]
-                self.table.register([poll.keys[k] for k in new.tolist()], slot_of_key[new])
+                new = plan.new_keys[:n_new]
+                self.table.register([poll.keys[k] for k in new.tolist()],
+                                    plan.slot_of_key[new])
             if n_applied:
-                self._advance(poll, applied_rows[:n_applied], plan, out, stats, scoring,
+                self._advance(poll, plan.applied[:n_applied], plan.steps, out, stats, scoring,
                               aggregate)
             start = stop
             if reason == NEED_SLOTS:
                 self.table.grow(self.table.capacity * 2)
             elif reason in (FULL, CLOSED):
-                self._update_point(out, stats, poll, slot_of_key)
+                self._update_point(out, stats, poll, plan.slot_of_key)
             elif reason == DONE:
-                return verdict
+                return
 
     # ------------------------------------------------------------------ peeking
     def last_forecast(self, key: str) -> np.ndarray:

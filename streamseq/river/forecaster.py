@@ -125,6 +125,8 @@ class RNNForecaster(EngineAdapter, Forecaster):
         if horizon < 1:
             return []
         first = self._engine.last_forecast(KEY)[0, 0]
+        if horizon == 1:
+            return [0.0 if np.isnan(first) else float(first)]
         rows = np.full((horizon - 1, 1 + self.max_features), np.nan)
         for s in range(horizon - 1):
             if xs is not None and s < len(xs):
