@@ -4,9 +4,11 @@ that come and go."""
 
 from __future__ import annotations
 
+import doctest
 import math
 import pickle
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,3 +89,15 @@ def test_regressor_predicts_without_changing_and_features_take_columns_in_name_o
     assert math.isfinite(a.predict_one({"unseen": 1.0}))
     a.learn_one({"unseen": 1.0}, 40.0)
     assert "unseen" not in a._columns and a.engine.stats.accepted == 121
+
+
+def test_the_readme_section_runs() -> None:
+    """The README's "Use it from River" example, as a doctest."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Use it from River"):readme.index("## Metrics")]
+    code = section.split("```python")[1].split("```")[0]
+    test = doctest.DocTestParser().get_doctest(code, {}, "README: Use it from River",
+                                               "README.md", 0)
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0 and len(test.examples) >= 5
