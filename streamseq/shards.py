@@ -152,11 +152,9 @@ class TextShard:
     def process(self, events: Sequence[Any], sources: Sequence[Record]) -> ShardOutput:
         engine = self.engine
         result = ShardOutput()
-        for i, ev in enumerate(events):
-            try:
-                outs = engine.process_one(ev)
-            except EventError as err:
-                result.rejected.append((i, err))
+        for i, (ev, outs) in enumerate(zip(events, engine.process_each(events), strict=True)):
+            if isinstance(outs, EventError):
+                result.rejected.append((i, outs))
                 continue
             src = sources[i]
             version = self.model_version

@@ -1,9 +1,12 @@
 """Online message classification: predict when a message arrives, learn when its label does.
 
-Each message is a complete sequence, so the network may read it in both directions
-(embedding -> bidirectional GRU/LSTM -> pooling -> dropout -> linear head). The prediction
-(class probabilities over the classes seen so far) is made and recorded when the message
-arrives. Its label comes with the message or later in a ``label`` event matched by id; the
+Several experts predict each message: Naive Bayes over hashed words and word pairs, Naive
+Bayes over hashed character n-grams (:mod:`streamseq.text.naive_bayes`, features hashed for a
+whole batch of messages at once by :mod:`streamseq.text.hashing`) and, if configured, a
+recurrent network (embedding -> (bi)directional GRU/LSTM -> pooling -> dropout -> linear
+head). Their class probabilities are combined by a log-linear pool whose weights are learned
+from the labels (:mod:`streamseq.text.pooling`). The prediction (class probabilities over
+the classes known so far) is made and recorded when the message arrives. Its label comes with the message or later in a ``label`` event matched by id; the
 message waits for it a bounded time (``label_wait_messages`` later messages or
 ``label_wait_ms`` of event time), then is dropped and counted. When the label arrives the
 recorded prediction is scored (prequential accuracy, macro F1, log-loss) and only then does
@@ -15,9 +18,11 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,12 +30,15 @@ from torch.nn import functional as F
 from streamseq.events.errors import EventError
 from streamseq.exceptions import CheckpointError
 from streamseq.text.config import ClassifierConfig
+from streamseq.text.hashing import Featurizer
 from streamseq.text.metrics import PrequentialClassification
 from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout, seeded_init
+from streamseq.text.naive_bayes import HashedNaiveBayes
+from streamseq.text.pooling import LogLinearPool
 from streamseq.text.stats import TextStats
 from streamseq.text.vocab import Vocabulary
 
-__all__ = ["MessageClassifierNet", "OnlineTextClassifier"]
+__all__ = ["MessageClassifierNet", "OnlineTextClassifier", "RecurrentExpert", "MessageFeatures"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +90,108 @@ class MessageClassifierNet(nn.Module):
 
 
 @dataclass
+class MessageFeatures:
+    """What the experts read of one message: hashed buckets per NB expert, token ids for
+    the recurrent network (empty without it)."""
+
+    buckets: list[np.ndarray]
+    ids: list[int]
+
+
+@dataclass
 class _Pending:
     key: str
     ts_ms: int
     seq: int  # text-message sequence number in the shard
-    ids: list[int]
-    probs: list[float]  # over the classes known when predicted
+    features: MessageFeatures
+    logp: np.ndarray  # [experts, classes known when predicted]: each expert's log-probs
+    probs: list[float]  # pooled, over the classes known when predicted
+
+
+class RecurrentExpert:
+    """The recurrent network as an expert: predicts one message, learns one label per step
+    (plus ``replay`` earlier labelled messages)."""
+
+    def __init__(self, c: ClassifierConfig, stats: TextStats) -> None:
+        self.config = c
+        self.stats = stats
+        self.vocab = Vocabulary(c.tokens, c.max_vocab, c.lowercase)
+        with seeded_init(c.seed):
+            self.model = MessageClassifierNet(c.max_vocab, c.max_classes, c.embed_dim, c.hidden,
+                                              c.layers, c.cell, c.bidirectional, c.pool,
+                                              c.dropout)
+        self.model.eval()
+        self.params = list(self.model.parameters())
+        dense = [p for n, p in self.model.named_parameters() if not n.startswith("embed.")]
+        # AdamW on the dense weights; lazy (sparse) Adam on the embedding rows of the message
+        self.optimizer = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay)
+        self.sparse_optimizer = torch.optim.SparseAdam(list(self.model.embed.parameters()),
+                                                       lr=c.embed_lr)
+        self.generator = torch.Generator().manual_seed(c.seed + 1)
+        self.replay: deque[tuple[list[int], int]] = deque(maxlen=c.replay_buffer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(text)[: self.config.max_len] or [0]
+
+    def log_proba(self, ids: list[int], n_classes: int) -> np.ndarray:
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids]))[0, :n_classes]
+            return torch.log_softmax(logits.double(), -1).numpy()
+
+    def learn(self, ids: list[int], y: int, n_classes: int) -> None:
+        """One step on the message (plus ``replay`` earlier labelled ones)."""
+        batch = [(ids, y)]
+        r = self.config.replay
+        if r and self.replay:
+            picks = torch.randint(len(self.replay), (r,), generator=self.generator).tolist()
+            batch.extend(self.replay[i] for i in picks)
+        self.replay.append((ids, y))
+        lengths = torch.tensor([len(x) for x, _ in batch])
+        x = torch.zeros(len(batch), int(lengths.max()), dtype=torch.int64)
+        for i, (seq, _) in enumerate(batch):
+            x[i, : len(seq)] = torch.tensor(seq)
+        target = torch.tensor([t for _, t in batch])
+        self.model.train()
+        try:
+            logits = self.model(x, lengths, self.generator)[:, :n_classes]
+            loss = F.cross_entropy(logits, target)
+            applied, loss_v, norm = guarded_step(
+                self.params, [self.optimizer, self.sparse_optimizer], loss, self.config.clip)
+        finally:
+            self.model.eval()
+        s = self.stats
+        if not applied:
+            s.clf_updates_skipped += 1
+            log.warning("classifier step skipped: loss %s, grad norm %s", loss_v, norm)
+        s.clf_last_loss, s.clf_last_grad_norm = loss_v, norm
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "vocab": self.vocab.state_dict(),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "sparse_optimizer": copy.deepcopy(self.sparse_optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "replay": [[list(x), y] for x, y in self.replay],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        c = self.config
+        self.vocab.load_state_dict(state["vocab"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.sparse_optimizer.load_state_dict(state["sparse_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"classifier weights do not fit: {exc}") from exc
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.lr
+            group["weight_decay"] = c.weight_decay
+        for group in self.sparse_optimizer.param_groups:
+            group["lr"] = c.embed_lr
+        self.generator.set_state(state["generator"])
+        self.replay = deque(((list(x), int(y)) for x, y in state["replay"]),
+                            maxlen=c.replay_buffer)
 
 
 class OnlineTextClassifier:
@@ -96,13 +200,13 @@ class OnlineTextClassifier:
     Parameters
     ----------
     config
-        Architecture, learning and waiting settings.
+        Experts, architecture, learning and waiting settings.
     stats
         Counters to update (a fresh :class:`TextStats` if omitted).
 
     Examples
     --------
-    >>> clf = OnlineTextClassifier(ClassifierConfig(hidden=8, embed_dim=8))
+    >>> clf = OnlineTextClassifier(ClassifierConfig())
     >>> out = clf.predict_message("r", 0, "great film", "m1")
     >>> out["probs"], out["label_pred"]  # no class seen yet
     ({}, None)
@@ -120,22 +224,16 @@ class OnlineTextClassifier:
                  stats: TextStats | None = None) -> None:
         self.config = c = config or ClassifierConfig()
         self.stats = stats if stats is not None else TextStats()
-        self.vocab = Vocabulary(c.tokens, c.max_vocab, c.lowercase)
-        with seeded_init(c.seed):
-            self.model = MessageClassifierNet(c.max_vocab, c.max_classes, c.embed_dim, c.hidden,
-                                              c.layers, c.cell, c.bidirectional, c.pool,
-                                              c.dropout)
-        self.model.eval()
-        self.params = list(self.model.parameters())
-        dense = [p for n, p in self.model.named_parameters() if not n.startswith("embed.")]
-        # AdamW on the dense weights; lazy (sparse) Adam on the embedding rows of the message
-        self.optimizer = torch.optim.AdamW(dense, lr=c.lr, weight_decay=c.weight_decay)
-        self.sparse_optimizer = torch.optim.SparseAdam(list(self.model.embed.parameters()),
-                                                       lr=c.embed_lr)
-        self.generator = torch.Generator().manual_seed(c.seed + 1)
+        self.featurizers = [Featurizer("word" if name == "word_nb" else "char", c.nb_bits,
+                                       c.char_ngrams) for name in c.experts if name != "rnn"]
+        self.nb = [HashedNaiveBayes(f.size, c.nb_alpha) for f in self.featurizers]
+        self.rnn = RecurrentExpert(c, self.stats) if "rnn" in c.experts else None
+        # NB experts enter the pool as log-likelihoods per feature (about 0.1 apart between
+        # classes): a total weight of 10 starts the pooled log-odds on a scale of 1
+        self.pool = LogLinearPool(len(c.experts), c.max_classes, c.pool_lr, scale=1.0,
+                                  total_weight=10.0)
         self.classes: list[str] = list(c.labels) if c.labels else []
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
-        self.replay: deque[tuple[list[int], int]] = deque(maxlen=c.replay_buffer)
         self.metrics = PrequentialClassification(c.window)
         self.seq = 0
 
@@ -166,36 +264,58 @@ class OnlineTextClassifier:
                              f"{self.config.max_classes} classes")
 
     # -- the stream -------------------------------------------------------------------
-    def predict_message(self, key: str, ts_ms: int, text: str, msg_id: str | None = None
-                        ) -> dict[str, Any]:
+    def featurize(self, texts: Sequence[str]) -> list[MessageFeatures]:
+        """The experts' view of a batch of messages (hashing vectorised over the batch; a
+        pure function of each text, so batching changes nothing)."""
+        per_expert = [f.buckets(texts) for f in self.featurizers]
+        return [MessageFeatures([b[i] for b in per_expert], [])
+                for i in range(len(texts))]
+
+    def predict_message(self, key: str, ts_ms: int, text: str, msg_id: str | None = None,
+                        features: MessageFeatures | None = None) -> dict[str, Any]:
         """Predict the message's class probabilities and, if it has an id, keep it waiting
         for its label. Returns ``{"kind": "classification", "key", "id", "ts", "probs",
-        "label_pred"}``."""
+        "label_pred"}``. ``features`` (from :meth:`featurize`) saves hashing it again."""
         self.seq += 1
-        ids = self.vocab.encode(text)[: self.config.max_len] or [0]
+        feats = features if features is not None else self.featurize([text])[0]
+        if self.rnn is not None:
+            feats.ids = self.rnn.encode(text)
         n = len(self.classes)
         probs: list[float] = []
+        logp = np.zeros((len(self.config.experts), n))
         if n:
-            with torch.inference_mode():
-                logits = self.model(torch.tensor([ids]))[0, :n]
-                probs = torch.softmax(logits, -1).tolist()
+            rows = [nb.log_proba(b, n) for nb, b in zip(self.nb, feats.buckets, strict=True)]
+            if self.rnn is not None:
+                rows.append(self.rnn.log_proba(feats.ids, n))
+            logp = self._pool_inputs(np.stack(rows), feats)
+            probs = self.pool.proba(logp).tolist()
         s = self.stats
         s.clf_predictions += 1
-        s.clf_vocab_size = len(self.vocab)
+        s.clf_vocab_size = int(sum(nb.seen for nb in self.nb)) + (
+            len(self.rnn.vocab) if self.rnn is not None else 0)
         if msg_id is not None:
-            self.pending[msg_id] = _Pending(key, ts_ms, self.seq, ids, probs)
+            self.pending[msg_id] = _Pending(key, ts_ms, self.seq, feats, logp, probs)
         self._expire(ts_ms)
         named = dict(zip(self.classes, probs, strict=True))
         best = max(range(n), key=probs.__getitem__) if n else None
         return {"kind": "classification", "key": key, "id": msg_id, "ts": ts_ms,
                 "probs": named, "label_pred": None if best is None else self.classes[best]}
 
-    def learn_message(self, key: str, ts_ms: int, text: str, msg_id: str | None, label: str
+    def _pool_inputs(self, logp: np.ndarray, feats: MessageFeatures) -> np.ndarray:
+        """Each NB expert's log-probabilities per feature of the message (NB sums one term
+        per feature, and character n-grams overlap: this puts experts on one scale)."""
+        out = logp.copy()
+        for e, b in enumerate(feats.buckets):
+            out[e] /= max(len(b), 1)
+        return out
+
+    def learn_message(self, key: str, ts_ms: int, text: str, msg_id: str | None, label: str,
+                      features: MessageFeatures | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
         """A message that comes with its label: predict, score, then learn."""
         self._check_class(label)
         tmp_id = msg_id if msg_id is not None else f"\x00inline-{self.seq + 1}"
-        pred = self.predict_message(key, ts_ms, text, tmp_id)
+        pred = self.predict_message(key, ts_ms, text, tmp_id, features)
         pred["id"] = msg_id
         score = self.learn_label(key, ts_ms, tmp_id, label)
         score["id"] = msg_id
@@ -211,7 +331,7 @@ class OnlineTextClassifier:
         if label not in self.classes:
             self.classes.append(label)
         y = self.classes.index(label)
-        self._train(p.ids, y)
+        self._train(p, y)
         s = self.stats
         s.clf_labels_learned += 1
         s.clf_pending = len(self.pending)
@@ -233,52 +353,32 @@ class OnlineTextClassifier:
         self.stats.clf_labels_expired += dropped
         self.stats.clf_pending = len(self.pending)
 
-    def _train(self, ids: list[int], y: int) -> None:
-        """One step on the message (plus ``replay`` earlier labelled ones)."""
-        batch = [(ids, y)]
-        r = self.config.replay
-        if r and self.replay:
-            picks = torch.randint(len(self.replay), (r,), generator=self.generator).tolist()
-            batch.extend(self.replay[i] for i in picks)
-        self.replay.append((ids, y))
-        lengths = torch.tensor([len(x) for x, _ in batch])
-        x = torch.zeros(len(batch), int(lengths.max()), dtype=torch.int64)
-        for i, (seq, _) in enumerate(batch):
-            x[i, : len(seq)] = torch.tensor(seq)
-        target = torch.tensor([t for _, t in batch])
-        n = len(self.classes)
-        self.model.train()
-        try:
-            logits = self.model(x, lengths, self.generator)[:, :n]
-            loss = F.cross_entropy(logits, target)
-            applied, loss_v, norm = guarded_step(
-                self.params, [self.optimizer, self.sparse_optimizer], loss, self.config.clip)
-        finally:
-            self.model.eval()
-        s = self.stats
-        if applied:
-            s.clf_updates += 1
-        else:
-            s.clf_updates_skipped += 1
-            log.warning("classifier step skipped: loss %s, grad norm %s", loss_v, norm)
-        s.clf_last_loss, s.clf_last_grad_norm = loss_v, norm
+    def _train(self, p: _Pending, y: int) -> None:
+        """Learn one labelled message: the pool (on the experts' recorded predictions, when
+        they covered the label's class), then every expert."""
+        self.stats.clf_updates += 1
+        if y < p.logp.shape[1]:
+            self.pool.learn(p.logp, y)
+        for nb, b in zip(self.nb, p.features.buckets, strict=True):
+            nb.learn(b, y)
+        if self.rnn is not None:
+            self.rnn.learn(p.features.ids, y, len(self.classes))
 
     # -- persistence ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Config, vocabulary, classes, weights, optimizer, RNG, pending messages, replay
-        buffer and metrics (tensors and plain types; an independent copy)."""
+        """Config, classes, every expert, the pool, pending messages and metrics (tensors
+        and plain types; an independent copy)."""
         return {
             "config": self.config.to_dict(),
-            "vocab": self.vocab.state_dict(),
             "classes": list(self.classes),
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "sparse_optimizer": copy.deepcopy(self.sparse_optimizer.state_dict()),
-            "generator": self.generator.get_state(),
+            "nb": [nb.state_dict() for nb in self.nb],
+            "rnn": self.rnn.state_dict() if self.rnn is not None else None,
+            "pool": self.pool.state_dict(),
             "seq": self.seq,
-            "pending": [[i, p.key, p.ts_ms, p.seq, list(p.ids), list(p.probs)]
+            "pending": [[i, p.key, p.ts_ms, p.seq,
+                         [torch.from_numpy(b.copy()) for b in p.features.buckets],
+                         list(p.features.ids), torch.from_numpy(p.logp.copy()), list(p.probs)]
                         for i, p in self.pending.items()],
-            "replay": [[list(x), y] for x, y in self.replay],
             "metrics": self.metrics.state_dict(),
         }
 
@@ -286,27 +386,22 @@ class OnlineTextClassifier:
         """Restore from :meth:`state_dict`; refuses another architecture."""
         self.config.check_arch(state["config"], "classifier")
         state = copy.deepcopy(state)
-        self.vocab.load_state_dict(state["vocab"])
+        for nb, s in zip(self.nb, state["nb"], strict=True):
+            nb.load_state_dict(s)
+        if self.rnn is not None:
+            self.rnn.load_state_dict(state["rnn"])
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.sparse_optimizer.load_state_dict(state["sparse_optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"classifier weights do not fit: {exc}") from exc
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr
-            group["weight_decay"] = self.config.weight_decay
-        for group in self.sparse_optimizer.param_groups:
-            group["lr"] = self.config.embed_lr
-        self.generator.set_state(state["generator"])
+            self.pool.load_state_dict(state["pool"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"classifier pool does not fit: {exc}") from exc
         self.classes = [str(x) for x in state["classes"]]
         self.seq = int(state["seq"])
         self.pending = OrderedDict(
-            (str(i), _Pending(str(k), int(ts), int(sq), list(ids), [float(p) for p in probs]))
-            for i, k, ts, sq, ids, probs in state["pending"])
-        self.replay = deque(((list(x), int(y)) for x, y in state["replay"]),
-                            maxlen=self.config.replay_buffer)
+            (str(i), _Pending(str(k), int(ts), int(sq),
+                              MessageFeatures([b.numpy().copy() for b in buckets],
+                                              [int(t) for t in ids]),
+                              logp.numpy().copy(), [float(x) for x in probs]))
+            for i, k, ts, sq, buckets, ids, logp, probs in state["pending"])
         self.metrics = PrequentialClassification(self.config.window)
         self.metrics.load_state_dict(state["metrics"])
         self.stats.clf_pending = len(self.pending)
-        self.stats.clf_vocab_size = len(self.vocab)

@@ -15,9 +15,12 @@ from streamseq.exceptions import CheckpointError, ConfigError
 from streamseq.text.modules import CELLS
 from streamseq.text.vocab import RESERVED, TOKENIZERS
 
-__all__ = ["LMConfig", "ClassifierConfig", "TextEngineConfig", "POOLS"]
+__all__ = ["LMConfig", "ClassifierConfig", "TextEngineConfig", "POOLS", "EXPERTS"]
 
 POOLS = ("last", "mean", "max", "meanmax")
+#: The classifier's experts: Naive Bayes over hashed words and word pairs, over hashed
+#: character n-grams, and the recurrent network.
+EXPERTS = ("word_nb", "char_nb", "rnn")
 
 
 class _PlainConfig:
@@ -137,10 +140,21 @@ class LMConfig(_PlainConfig):
 
 @dataclass(frozen=True)
 class ClassifierConfig(_PlainConfig):
-    """Online message classifier.
+    """Online message classifier: experts pooled by weights learned online.
 
     Parameters
     ----------
+    experts
+        Which experts predict (see :data:`EXPERTS`); their class probabilities are combined
+        by a log-linear pool whose weights are learned from the labels
+        (:mod:`streamseq.text.pooling`). The default, Naive Bayes over words and word pairs
+        and over character n-grams, is the fast one; ``"rnn"`` adds the recurrent network
+        (the settings below), one optimizer step per label.
+    nb_alpha, nb_bits, char_ngrams
+        Naive Bayes smoothing; ``2**nb_bits`` hashed feature buckets per NB expert;
+        shortest and longest character n-gram.
+    pool_lr
+        AdaGrad learning rate of the pool's weights.
     tokens, max_vocab, lowercase
         Tokenizer and vocabulary cap (words by default).
     labels
@@ -174,6 +188,11 @@ class ClassifierConfig(_PlainConfig):
     ['neg', 'pos']
     """
 
+    experts: tuple[str, ...] = ("word_nb", "char_nb")
+    nb_alpha: float = 1.0
+    nb_bits: int = 20
+    char_ngrams: tuple[int, int] = (3, 5)
+    pool_lr: float = 0.01
     tokens: str = "word"
     max_vocab: int = 30_000
     lowercase: bool = True
@@ -198,12 +217,23 @@ class ClassifierConfig(_PlainConfig):
     window: int = 500
     seed: int = 0
 
-    ARCH: ClassVar[tuple[str, ...]] = ("tokens", "max_vocab", "lowercase", "labels",
-                                       "max_classes", "cell", "bidirectional", "embed_dim",
-                                       "hidden", "layers", "pool")
+    ARCH: ClassVar[tuple[str, ...]] = ("experts", "nb_bits", "char_ngrams", "tokens",
+                                       "max_vocab", "lowercase", "labels", "max_classes",
+                                       "cell", "bidirectional", "embed_dim", "hidden",
+                                       "layers", "pool")
 
     def __post_init__(self) -> None:
         _check_common("classifier", self)
+        if not self.experts or set(self.experts) - set(EXPERTS) or len(
+                set(self.experts)) != len(self.experts):
+            raise ConfigError(f"classifier.experts must be distinct names from {EXPERTS}, "
+                              f"not {self.experts!r}")
+        if not 8 <= self.nb_bits <= 26:
+            raise ConfigError("classifier.nb_bits must be in [8, 26]")
+        if len(self.char_ngrams) != 2 or not 1 <= self.char_ngrams[0] <= self.char_ngrams[1]:
+            raise ConfigError("classifier.char_ngrams must be (shortest, longest), 1 <= both")
+        if self.nb_alpha <= 0 or self.pool_lr <= 0:
+            raise ConfigError("classifier.nb_alpha and pool_lr must be > 0")
         if self.pool not in POOLS:
             raise ConfigError(f"classifier.pool must be one of {POOLS}, not {self.pool!r}")
         if self.labels is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 
 from streamseq.events.errors import EventError
 from streamseq.exceptions import CheckpointError
-from streamseq.text.classifier import OnlineTextClassifier
+from streamseq.text.classifier import MessageFeatures, OnlineTextClassifier
 from streamseq.text.config import TextEngineConfig
 from streamseq.text.events import LabelEvent, TextEvent, check_text
 from streamseq.text.lm import OnlineLanguageModel
@@ -69,7 +69,7 @@ class TextEngine:
     --------
     >>> from streamseq.text.config import ClassifierConfig, LMConfig
     >>> eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8),
-    ...                                   classifier=ClassifierConfig(hidden=8, embed_dim=8)))
+    ...                                   classifier=ClassifierConfig()))
     >>> outs = eng.process([TextEvent("r", 0, "nice!", id="m1"), LabelEvent("r", 1, "m1", "pos")])
     >>> [o["kind"] for o in outs], outs[0]["tokens"], outs[1]["label"]
     (['text', 'label'], 5, 'pos')
@@ -101,22 +101,41 @@ class TextEngine:
         which are applied): publish those, dead-letter the event, and process the rest.
         """
         outputs: list[dict[str, Any]] = []
-        for i, event in enumerate(events):
-            try:
-                outputs.extend(self.process_one(event))
-            except EventError as exc:
+        for i, result in enumerate(self.process_each(events)):
+            if isinstance(result, EventError):
                 if on_error is None:
-                    exc.index = i  # type: ignore[attr-defined]
-                    exc.outputs = outputs  # type: ignore[attr-defined]
-                    raise
-                on_error(exc, event)
+                    result.index = i  # type: ignore[attr-defined]
+                    result.outputs = outputs  # type: ignore[attr-defined]
+                    raise result
+                on_error(result, events[i])
+            else:
+                outputs.extend(result)
         return outputs
 
-    def process_one(self, event: TextEvent | LabelEvent) -> list[dict[str, Any]]:
+    def process_each(self, events: Sequence[TextEvent | LabelEvent]
+                     ) -> Iterator[list[dict[str, Any]] | EventError]:
+        """Apply ``events`` in order, yielding for each its output records or the
+        :class:`EventError` that refused it (counted, state unchanged). The classifier's
+        features are hashed for all the batch's texts at once."""
+        clf = self.classifier
+        feats: dict[int, MessageFeatures] = {}
+        if clf is not None:
+            texts = [(i, ev.text) for i, ev in enumerate(events) if isinstance(ev, TextEvent)
+                     and isinstance(ev.text, str)]
+            feats = dict(zip((i for i, _ in texts), clf.featurize([t for _, t in texts]),
+                             strict=True))
+        for i, event in enumerate(events):
+            try:
+                yield self.process_one(event, feats.get(i))
+            except EventError as exc:
+                yield exc
+
+    def process_one(self, event: TextEvent | LabelEvent,
+                    features: MessageFeatures | None = None) -> list[dict[str, Any]]:
         """Apply one event; returns its output records (see the module docstring)."""
         try:
             if isinstance(event, TextEvent):
-                return self._text(event)
+                return self._text(event, features)
             if isinstance(event, LabelEvent):
                 return self._label(event)
         except EventError as exc:
@@ -124,7 +143,7 @@ class TextEngine:
             raise
         raise TypeError(f"a text engine takes TextEvent or LabelEvent, not {type(event)}")
 
-    def _text(self, ev: TextEvent) -> list[dict[str, Any]]:
+    def _text(self, ev: TextEvent, features: MessageFeatures | None) -> list[dict[str, Any]]:
         check_text(ev.text)
         clf = self.classifier
         if clf is not None:
@@ -140,10 +159,10 @@ class TextEngine:
         if clf is None:
             return [out]
         if ev.label is None:
-            pred = clf.predict_message(ev.key, ev.ts_ms, ev.text, ev.id)
+            pred = clf.predict_message(ev.key, ev.ts_ms, ev.text, ev.id, features)
             out["probs"], out["label_pred"] = pred["probs"], pred["label_pred"]
             return [out]
-        pred, score = clf.learn_message(ev.key, ev.ts_ms, ev.text, ev.id, ev.label)
+        pred, score = clf.learn_message(ev.key, ev.ts_ms, ev.text, ev.id, ev.label, features)
         out["probs"], out["label_pred"] = pred["probs"], pred["label_pred"]
         return [out, score]
 

@@ -46,8 +46,8 @@ class TextStats:
     clf_predictions: int = 0
     clf_labels_learned: int = 0  #: labels matched to their message, scored and learned
     clf_labels_expired: int = 0  #: pending messages dropped before their label came
-    clf_updates: int = 0
-    clf_updates_skipped: int = 0
+    clf_updates: int = 0  #: labelled messages learned by the experts and the pool
+    clf_updates_skipped: int = 0  #: recurrent expert's steps skipped (non-finite)
     clf_last_loss: float = 0.0  #: gauge
     clf_last_grad_norm: float = 0.0  #: gauge
     clf_pending: int = 0  #: gauge: messages waiting for a label

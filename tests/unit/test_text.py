@@ -52,12 +52,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+ALL_EXPERTS = ("word_nb", "char_nb", "rnn")
+
+
 def tiny_engine(lm: bool = True, clf: bool = True, dropout: float = 0.0, **clf_kw: Any
                 ) -> TextEngine:
+    clf_kw.setdefault("experts", ALL_EXPERTS)
     return TextEngine(TextEngineConfig(
         lm=LMConfig(hidden=16, embed_dim=8, k1=16, k2=24, dropout=dropout) if lm else None,
         classifier=ClassifierConfig(hidden=8, embed_dim=8, dropout=dropout, replay=2,
-                                    **clf_kw) if clf else None))
+                                    nb_bits=12, **clf_kw) if clf else None))
 
 
 def mixed_stream(n: int = 120, seed: int = 0) -> list[TextEvent | LabelEvent]:
@@ -185,8 +189,9 @@ def test_classifier_scores_prediction_before_learning_late_label() -> None:
     current: dict[str, Any] = {}
     predict, learn_label, train = clf.predict_message, clf.learn_label, clf._train
 
-    def spy_predict(key: str, ts: int, text: str, msg_id: str | None = None) -> dict:
-        out = predict(key, ts, text, msg_id)
+    def spy_predict(key: str, ts: int, text: str, msg_id: str | None = None,
+                    features: Any = None) -> dict:
+        out = predict(key, ts, text, msg_id, features)
         if msg_id is not None:
             published[msg_id] = out["probs"]  # the prediction is recorded
         return out
@@ -195,14 +200,14 @@ def test_classifier_scores_prediction_before_learning_late_label() -> None:
         assert msg_id in published, "label reached the learner before its prediction"
         assert dict(zip(clf.classes, clf.pending[msg_id].probs, strict=False)) == \
             published[msg_id]  # the prediction scored is the one published
-        current.update(id=msg_id, n=clf.metrics.n, ids=clf.pending[msg_id].ids)
+        current.update(id=msg_id, n=clf.metrics.n, pending=clf.pending[msg_id])
         return learn_label(key, ts, msg_id, label)
 
-    def spy_train(ids: list[int], y: int) -> None:
+    def spy_train(p: Any, y: int) -> None:
         assert clf.metrics.n == current["n"] + 1, "learning before scoring"
-        assert ids == current["ids"]
+        assert p is current["pending"]
         current["trained"] = current.get("trained", 0) + 1
-        train(ids, y)
+        train(p, y)
 
     clf.predict_message = spy_predict  # type: ignore[method-assign]
     clf.learn_label = spy_learn_label  # type: ignore[method-assign]
@@ -299,14 +304,15 @@ def test_label_fifty_messages_late_is_learned() -> None:
     assert clf is not None
     eng.process([TextEvent("r", 0, "warm up", "w", "neg")])
     eng.process([TextEvent("r", 1, "an excellent film", "m0")])
-    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    assert clf.rnn is not None
+    before = {k: v.clone() for k, v in clf.rnn.model.state_dict().items()}
     eng.process([TextEvent("r", 2 + i, f"filler {i}") for i in range(50)])
     assert "m0" in clf.pending
     updates = eng.stats.clf_updates
     (score,) = eng.process([LabelEvent("r", 100, "m0", "pos")])
     assert score["kind"] == "label" and score["delay_messages"] == 50
     assert eng.stats.clf_updates == updates + 1 and eng.stats.clf_labels_learned == 2
-    assert any(not torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in clf.rnn.model.state_dict().items())
     assert "pos" in clf.classes and clf.metrics.n == 2
 
 
