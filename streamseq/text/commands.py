@@ -80,6 +80,10 @@ def register(subparsers: Any) -> None:
                    help="append an end-of-message token to each message")
     c = b.add_argument_group("classifier")
     dc = ClassifierConfig()
+    c.add_argument("--clf-experts", default=",".join(dc.experts),
+                   help="experts pooled by the classifier, from word_nb, char_nb, rnn "
+                        f"(default {','.join(dc.experts)}; rnn adds the recurrent network "
+                        "configured below: slower)")
     c.add_argument("--clf-tokens", choices=["word", "char"], default=dc.tokens)
     c.add_argument("--clf-cell", choices=["lstm", "gru"], default=dc.cell)
     c.add_argument("--clf-hidden", type=int, default=dc.hidden)
@@ -128,7 +132,8 @@ def options_from_args(args: argparse.Namespace) -> TextBacktestOptions:
                   embed_dim=args.embed_dim, hidden=args.hidden, layers=args.layers,
                   dropout=args.dropout, k1=args.k1, k2=args.k2 or args.k1, lr=args.lr,
                   boundary_token=args.boundary_token)
-    clf = ClassifierConfig(tokens=args.clf_tokens, cell=args.clf_cell, hidden=args.clf_hidden,
+    experts = tuple(e.strip() for e in args.clf_experts.split(",") if e.strip())
+    clf = ClassifierConfig(experts=experts, tokens=args.clf_tokens, cell=args.clf_cell, hidden=args.clf_hidden,
                            embed_dim=args.clf_embed_dim, layers=args.clf_layers,
                            bidirectional=not args.unidirectional, pool=args.pool,
                            dropout=args.clf_dropout, lr=args.clf_lr,
