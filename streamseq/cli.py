@@ -17,7 +17,8 @@ code  meaning
       (:class:`~streamseq.exceptions.UsageError`, ``ConfigError``); ``streamseq run``: a
       setting that cannot be used as given (bootstrap not ``HOST:PORT``, metrics port in
       use, checkpoint directory that is a file or under one)
-3     the service cannot continue from its state (``streamseq run``: refused checkpoint)
+3     the service cannot continue from its state (``streamseq run``: refused checkpoint,
+      another architecture or every snapshot of a partition unreadable)
 130   interrupted (Ctrl+C)
 ====  ===================================================================================
 

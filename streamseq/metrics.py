@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from prometheus_client import (
@@ -25,7 +25,7 @@ from prometheus_client import (
 from streamseq.forecast.aggregate import FORECASTERS
 
 __all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS",
-           "observe_many"]
+           "RESTORE_OUTCOMES", "observe_many"]
 
 disable_created_metrics()
 
@@ -36,6 +36,15 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Processing time of one polled batch (decode + engine + produce).
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: How a partition's state was found when this replica took it over.
+RESTORE_OUTCOMES = ("ok", "none", "failed")
+SHARD_LABELS = ["topic", "partition"]
+#: Levels reported per shard (one series per topic and partition).
+SHARD_GAUGES = frozenset({"streamseq_text_lm_log_loss", "streamseq_text_accuracy",
+                          "streamseq_text_macro_f1", "streamseq_text_log_loss",
+                          "streamseq_text_pending_labels"})
+WINDOWED = frozenset({"streamseq_text_accuracy", "streamseq_text_macro_f1",
+                      "streamseq_text_log_loss"})
 
 
 class ServiceMetrics:
@@ -123,22 +132,37 @@ class ServiceMetrics:
             "streamseq_mae", "Mean absolute one-step error since start (z-scored), by forecaster.",
             ["kind", "forecaster"], registry=r)
         self.shards = Gauge("streamseq_shards_assigned", "Partitions (shards) owned.", registry=r)
-        self.text_bits_per_char = Gauge(
-            "streamseq_text_bits_per_char",
-            "Language model: prequential bits per character of text shards (since start).",
-            registry=r)
+        # text shards' levels: one series per shard (topic, partition), never overwritten
+        # by another shard's
+        self.text_lm_log_loss = Gauge(
+            "streamseq_text_lm_log_loss",
+            "Language model: prequential log-loss per character since start (nats; / ln 2 = "
+            "bits per character).", SHARD_LABELS, registry=r)
         self.text_accuracy = Gauge(
             "streamseq_text_accuracy", "Classifier: prequential accuracy, since start (all) and "
-            "over the recent window.", ["window"], registry=r)
+            "over the recent window.", [*SHARD_LABELS, "window"], registry=r)
         self.text_macro_f1 = Gauge(
-            "streamseq_text_macro_f1", "Classifier: prequential macro F1.", ["window"],
-            registry=r)
+            "streamseq_text_macro_f1", "Classifier: prequential macro F1.",
+            [*SHARD_LABELS, "window"], registry=r)
         self.text_log_loss = Gauge(
-            "streamseq_text_log_loss", "Classifier: prequential log-loss (nats).", ["window"],
-            registry=r)
+            "streamseq_text_log_loss", "Classifier: prequential log-loss (nats).",
+            [*SHARD_LABELS, "window"], registry=r)
         self.text_pending_labels = Gauge(
             "streamseq_text_pending_labels", "Classifier: messages waiting for their label.",
+            SHARD_LABELS, registry=r)
+        self.rebalances = Counter(
+            "streamseq_rebalances", "Assignments this replica received from its consumer "
+            "group (each one a rebalance it took part in).", registry=r)
+        self.offset_commits = Counter(
+            "streamseq_offset_commits", "Offset commits by outcome (ok, failed).", ["outcome"],
             registry=r)
+        self.producer_send_errors = Counter(
+            "streamseq_producer_send_errors", "Records the producer failed to deliver, by "
+            "destination topic.", ["topic"], registry=r)
+        self.checkpoint_restores = Counter(
+            "streamseq_checkpoint_restores", "Partitions taken over, by input topic and how "
+            "their state was found: ok (a snapshot restored), none (no snapshot: a new shard), "
+            "failed (snapshots exist, none readable).", ["topic", "outcome"], registry=r)
         self.checkpoint_seconds = Histogram(
             "streamseq_checkpoint_duration_seconds", "Wall time of flush + snapshot + commit.",
             buckets=CHECKPOINT_BUCKETS, registry=r)
@@ -156,7 +180,7 @@ class ServiceMetrics:
         self.checkpoint_age.set_function(lambda: time.time() - self._last_checkpoint)
         self._gauges = {  # the levels a shard may report (GaugeValue names)
             "streamseq_train_loss": self.train_loss, "streamseq_grad_norm": self.grad_norm,
-            "streamseq_text_bits_per_char": self.text_bits_per_char,
+            "streamseq_text_lm_log_loss": self.text_lm_log_loss,
             "streamseq_text_accuracy": self.text_accuracy,
             "streamseq_text_macro_f1": self.text_macro_f1,
             "streamseq_text_log_loss": self.text_log_loss,
@@ -193,11 +217,34 @@ class ServiceMetrics:
             self.anomalies.labels(kind=kind)
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome=outcome)
+            self.offset_commits.labels(outcome=outcome)
+        for topic, _kind in topics:
+            for outcome in RESTORE_OUTCOMES:
+                self.checkpoint_restores.labels(topic=topic, outcome=outcome)
+
+    def declare_outputs(self, topics: Sequence[str]) -> None:
+        """Create the producer error series of the output topics at 0."""
+        for topic in topics:
+            self.producer_send_errors.labels(topic=topic)
+
+    def set_level(self, name: str, value: float, labels: Mapping[str, str], topic: str,
+                  partition: int) -> None:
+        """Set a level a shard reports (``GaugeValue``); the gauges labelled per shard get
+        the shard's ``topic`` and ``partition``."""
+        gauge = self.gauge(name)
+        if name in SHARD_GAUGES:
+            labels = {**labels, "topic": topic, "partition": str(partition)}
+        (gauge.labels(**labels) if labels else gauge).set(value)
 
     def forget_partition(self, topic: str, partition: int) -> None:
-        """Remove the lag series of a partition this process no longer owns."""
+        """Remove the series of a partition this process no longer owns (lag, text levels)."""
         with contextlib.suppress(KeyError):
             self.lag.remove(topic, str(partition))
+        for name in SHARD_GAUGES:
+            gauge = self._gauges[name]
+            for window in (("all",), ("recent",)) if name in WINDOWED else ((),):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(topic, str(partition), *window)
 
     def checkpoint_done(self, seconds: float) -> None:
         self._last_checkpoint = time.time()

@@ -177,7 +177,8 @@ class TextShard:
         out = []
         lm = summary.get("lm")
         if isinstance(lm, dict) and lm.get("bits_per_char") is not None:
-            out.append(GaugeValue("streamseq_text_bits_per_char", float(lm["bits_per_char"])))
+            out.append(GaugeValue("streamseq_text_lm_log_loss",
+                                  float(lm["bits_per_char"]) * math.log(2)))
         clf = summary.get("classifier")
         if isinstance(clf, dict) and clf.get("n"):
             for window, m in (("all", clf), ("recent", clf.get("window", {}))):

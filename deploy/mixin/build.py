@@ -295,11 +295,13 @@ sum without (outcome) ({restores}) > 0
              "0m", "warning",
              "Shard state of {{ $labels.topic }} could not be restored ({{ $labels.instance }})",
              "{{ $value | humanize }} partition(s) of {{ $labels.topic }} had snapshots, none "
-             "of them readable, in the last hour. The learned state of those partitions is "
-             "lost (they start from a fresh or warm-start model) or the partition is refused, "
-             "as the service is configured.",
+             "of them readable, in the last hour, and were started from a fresh or "
+             "warm-start model (--on-corrupt-state fresh): their learned state is lost. The "
+             "unreadable snapshots are kept as *.ckpt.unreadable (local store).",
              note="Restores happen right after start, often before the first scrape, so a "
-                  "process younger than an hour with failures counts too."),
+                  "process younger than an hour with failures counts too. With the default "
+                  "--on-corrupt-state refuse the process exits (code 3) instead: "
+                  "StreamseqDown pages."),
         Rule("StreamseqOffsetCommitsFailing",
              f"""sum without (outcome) (
   increase({commits}{c.sel('outcome="failed"')}[15m])

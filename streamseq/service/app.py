@@ -27,7 +27,7 @@ from streamseq.events.errors import REASONS
 from streamseq.exceptions import ConfigError
 from streamseq.metrics import ServiceMetrics
 from streamseq.pipeline import apply
-from streamseq.service.checkpoints import Checkpointer, Outcome
+from streamseq.service.checkpoints import Checkpointer, Outcome, commit_async, commit_sync
 from streamseq.service.clients import ClientFactory, KafkaClients, Sender, connect
 from streamseq.service.config import ServiceConfig
 from streamseq.service.health import Health
@@ -100,6 +100,9 @@ class Service:
                                                  cell=config.engine.model.cell,
                                                  hidden=config.engine.model.hidden)
         self.metrics.declare([(t.name, t.kind) for t in config.topics], sorted(REASONS))
+        self.metrics.declare_outputs([t for t in (config.prediction_topic,
+                                                  config.dead_letter_topic,
+                                                  config.anomaly_topic) if t])
         self.reporter = MetricsReporter(self.metrics)
         self.clients = clients or KafkaClients(config)
         self.health = Health(stuck_after=max(60.0, config.max_poll_interval_ms / 1000.0))
@@ -140,16 +143,20 @@ class Service:
             if producer is None:
                 return 0  # stopped while waiting for the broker
             sender = Sender(producer, cfg.prediction_topic, cfg.dead_letter_topic,
-                            cfg.dead_letter_max_bytes, cfg.anomaly_topic)
+                            cfg.dead_letter_max_bytes, cfg.anomaly_topic,
+                            on_undelivered=lambda topic: self.metrics.producer_send_errors
+                            .labels(topic=topic).inc())
             stack.callback(sender.close)
             checkpointer = Checkpointer(store, sender, self.metrics,
                                         cfg.checkpoint_every_events, cfg.checkpoint_every_seconds)
             consumer = self._connect(self.clients.consumer)
             if consumer is None:
                 return 0
+            commit, commit_revoked = commit_sync(consumer, self.metrics), commit_async(
+                consumer, self.metrics)  # a rebalance callback cannot wait for a commit
             assignment = self.assignment = Assignment(
                 factory, store, self.metrics, self.health, on_fatal=self._fail,
-                let_go=lambda gone: self._checkpoint(checkpointer, gone, consumer.commit_async))
+                let_go=lambda gone: self._checkpoint(checkpointer, gone, commit_revoked))
             assignment.consumer = consumer
             stack.callback(self._close_consumer, consumer)
             consumer.subscribe([t.name for t in cfg.topics], listener=assignment)
@@ -163,9 +170,10 @@ class Service:
                                           max_records=cfg.max_poll_records)
                     if batch:
                         self._process(batch, sender, checkpointer)
+                    assignment.track_positions()
                     if assignment.shards and checkpointer.due():
                         self._checkpoint(checkpointer, list(assignment.shards.values()),
-                                         consumer.commit)
+                                         commit)
             except BaseException:
                 # A shard may be half-applied (engine advanced, offset not): closing the
                 # consumer revokes the partitions, and that must not snapshot them.
@@ -174,7 +182,7 @@ class Service:
             if self._fatal is not None:
                 raise self._fatal
             log.info("stopping: final checkpoint of %d shards", len(assignment.shards))
-            self._checkpoint(checkpointer, list(assignment.shards.values()), consumer.commit)
+            self._checkpoint(checkpointer, list(assignment.shards.values()), commit)
         return 0
 
     def _connect(self, make: Any) -> Any:
@@ -210,7 +218,7 @@ class Service:
             sender.dead_letters(step.dead_letters)
             sender.predictions(step.predictions)
             sender.anomalies(step.anomalies)
-            self.reporter.applied(tp.topic, shard.kind, step)
+            self.reporter.applied(tp.topic, shard.kind, step, tp.partition)
             if shard.next_offset is None:
                 shard.first_offset = step.first_offset
             shard.next_offset = step.next_offset

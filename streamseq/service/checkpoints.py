@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
@@ -23,11 +24,38 @@ from streamseq.service.clients import DeliveryError, Sender
 from streamseq.service.shards import Shard
 from streamseq.state.checkpoint import CheckpointStore
 
-__all__ = ["Checkpointer", "Outcome"]
+__all__ = ["Checkpointer", "Outcome", "commit_sync", "commit_async"]
 
 log = logging.getLogger(__name__)
 
 Commit = Callable[[dict[TopicPartition, OffsetAndMetadata]], None]
+
+
+def commit_sync(consumer: Any, metrics: ServiceMetrics) -> Commit:
+    """``consumer.commit``, counted in ``streamseq_offset_commits_total{outcome}``."""
+    def commit(offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            consumer.commit(offsets)
+        except KafkaError:
+            metrics.offset_commits.labels(outcome="failed").inc()
+            raise
+        metrics.offset_commits.labels(outcome="ok").inc()
+
+    return commit
+
+
+def commit_async(consumer: Any, metrics: ServiceMetrics) -> Commit:
+    """``consumer.commit_async`` (inside a rebalance callback), counted when it completes."""
+    def done(offsets: Any, response: Any) -> None:
+        failed = isinstance(response, BaseException)
+        metrics.offset_commits.labels(outcome="failed" if failed else "ok").inc()
+        if failed:
+            log.warning("offset commit failed (%s); snapshots are durable", response)
+
+    def commit(offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        consumer.commit_async(offsets, callback=done)
+
+    return commit
 
 
 class Outcome:

@@ -195,42 +195,55 @@ class Sender:
         Dead-letter values are the original bytes cut at this size.
     anomaly_topic
         Where anomaly records go (``None``: they are not published).
+    on_undelivered
+        Called with the topic of every record that was not delivered (a metric).
     """
 
     def __init__(self, producer: Any, prediction_topic: str, dead_letter_topic: str,
-                 dead_letter_cap: int, anomaly_topic: str | None = None) -> None:
+                 dead_letter_cap: int, anomaly_topic: str | None = None,
+                 on_undelivered: Callable[[str], None] = lambda topic: None) -> None:
         self.producer = producer
         self.prediction_topic = prediction_topic
         self.dead_letter_topic = dead_letter_topic
         self.anomaly_topic = anomaly_topic
         self.dead_letter_cap = dead_letter_cap
+        self.on_undelivered = on_undelivered
         self._failures = 0
         self._lock = threading.Lock()
+        self._errbacks = {t: self._errback(t) for t in
+                          (prediction_topic, dead_letter_topic, anomaly_topic) if t}
 
     def predictions(self, preds: Sequence[Prediction]) -> None:
-        send, topic, errback = self.producer.send, self.prediction_topic, self._failed
+        send, topic = self.producer.send, self.prediction_topic
+        errback = self._errbacks[topic]
         for p in preds:
             send(topic, key=p.key, value=p.value).add_errback(errback)
 
     def anomalies(self, records: Sequence[Prediction]) -> None:
         if self.anomaly_topic is None:
             return
-        send, topic, errback = self.producer.send, self.anomaly_topic, self._failed
+        send, topic = self.producer.send, self.anomaly_topic
+        errback = self._errbacks[topic]
         for p in records:
             send(topic, key=p.key, value=p.value).add_errback(errback)
 
     def dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         cap = self.dead_letter_cap
+        errback = self._errbacks[self.dead_letter_topic]
         for d in dead:
             value = d.record.value or b""
             self.producer.send(self.dead_letter_topic, key=d.record.key,
                                value=bytes(value[:cap]),
-                               headers=dead_letter_headers(d, cap)).add_errback(self._failed)
+                               headers=dead_letter_headers(d, cap)).add_errback(errback)
 
-    def _failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self._failures += 1
-        log.error("a record was not delivered: %s", exc)
+    def _errback(self, topic: str) -> Callable[[BaseException], None]:
+        def failed(exc: BaseException) -> None:
+            with self._lock:
+                self._failures += 1
+            self.on_undelivered(topic)
+            log.error("a record to %s was not delivered: %s", topic, exc)
+
+        return failed
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until everything sent so far is delivered; raise :class:`DeliveryError` if

@@ -160,6 +160,11 @@ class ServiceConfig(ConfigBase):
     checkpoint_keep: int = 3
     checkpoint_every_events: int = field(default=50_000, metadata=flag())
     checkpoint_every_seconds: float = field(default=30.0, metadata=flag())
+    on_corrupt_state: str = field(default="refuse", metadata=flag(
+        help="when every snapshot of a partition is unreadable: refuse (stop, exit code 3; "
+             "the default) or fresh (start it from a fresh or warm-start model at the "
+             "committed offset, its learned state lost, counted and alerted)",
+        choices=("refuse", "fresh")))
     warm_start: str | None = field(default=None, metadata=flag(
         help="checkpoint from `streamseq backtest --save-checkpoint` used by partitions "
              "without a snapshot"))
@@ -200,6 +205,8 @@ class ServiceConfig(ConfigBase):
             raise ConfigError("producer_compression must be none, gzip, snappy, lz4 or zstd")
         if self.checkpoint_store not in ("local", "kafka"):
             raise ConfigError("checkpoint_store must be local or kafka")
+        if self.on_corrupt_state not in ("refuse", "fresh"):
+            raise ConfigError("on_corrupt_state must be refuse or fresh")
         if self.checkpoint_every_events < 1 or self.checkpoint_every_seconds <= 0:
             raise ConfigError("checkpoint intervals must be positive")
         if not 0 < self.metrics_port < 65536 and self.metrics_port != 0:

@@ -30,7 +30,7 @@ class BrokerMonitor(threading.Thread):
         Builds the monitor's own consumer (retried while the broker is unreachable).
     positions
         Returns ``{partition: next offset to apply}`` of the owned shards (``None``: not
-        started yet).
+        known yet; such a partition gets no lag figure rather than its end offset).
     health, metrics
         Where the findings go.
     every
@@ -73,9 +73,9 @@ class BrokerMonitor(threading.Thread):
             ends = self._consumer.end_offsets(list(positions))
             for tp, pos in positions.items():
                 end = ends.get(tp)
-                if end is not None:
-                    self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                        max(0, end - (pos or 0)))
+                if end is not None and pos is not None:  # unknown position: no figure, not
+                    self.metrics.lag.labels(            # the end offset
+                        topic=tp.topic, partition=str(tp.partition)).set(max(0, end - pos))
         else:
             self._consumer.topics()
 

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 
 from streamseq.metrics import ServiceMetrics
 from streamseq.service.health import Health
 from streamseq.service.shards import ServiceError, Shard, ShardFactory
-from streamseq.state.checkpoint import CheckpointStore
+from streamseq.state.checkpoint import CheckpointStore, SnapshotsUnreadableError
 
 __all__ = ["Assignment"]
 
@@ -68,15 +69,20 @@ class Assignment(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", [f"{tp.topic}-{tp.partition}" for tp in assigned])
+        self.metrics.rebalances.inc()
         for tp in assigned:
             if tp in self.shards:
                 continue
             try:
-                self.shards[tp] = self.restore(tp)
-            except ServiceError as exc:  # an incompatible snapshot: stop, never guess
+                shard = self.shards[tp] = self.restore(tp)
+            except ServiceError as exc:  # an incompatible or unreadable snapshot: stop
+                if isinstance(exc.__cause__, SnapshotsUnreadableError):
+                    self.metrics.checkpoint_restores.labels(topic=tp.topic,
+                                                            outcome="failed").inc()
                 log.critical("%s", exc)
                 self.on_fatal(exc)
                 return
+            self.metrics.checkpoint_restores.labels(topic=tp.topic, outcome=shard.origin).inc()
         self._count()
         self.health.joined = True  # even with nothing assigned: an idle replica is ready
 
@@ -103,6 +109,18 @@ class Assignment(ConsumerRebalanceListener):
                 shard.first_offset = old.first_offset
             self.shards[tp] = shard
 
+    def track_positions(self) -> None:
+        """Note the consumer's position of shards that have applied nothing yet (called by
+        the loop after a poll: the consumer is not shared with the monitor's thread)."""
+        for tp, s in list(self.shards.items()):
+            if s.next_offset is None:
+                try:
+                    s.position = self.consumer.position(tp, timeout_ms=0)
+                except KafkaError as exc:  # not assigned (any more), position unknown
+                    log.debug("position of %s: %s", s.name, exc)
+
     def positions(self) -> dict[TopicPartition, int | None]:
-        """Next offset to apply of every owned shard (read by the broker monitor)."""
-        return {tp: s.next_offset for tp, s in list(self.shards.items())}
+        """Next offset to apply of every owned shard (read by the broker monitor): before
+        its first record, where the consumer stands (``None`` while unknown)."""
+        return {tp: s.next_offset if s.next_offset is not None else s.position
+                for tp, s in list(self.shards.items())}

@@ -36,7 +36,7 @@ class MetricsReporter:
         # one-step intervals scored, covered and their z-scored widths
         self._errors: dict[str, Counter[str]] = defaultdict(Counter)
 
-    def applied(self, topic: str, kind: str, step: Applied) -> None:
+    def applied(self, topic: str, kind: str, step: Applied, partition: int = 0) -> None:
         m, d = self.metrics, step.deltas
         m.events_consumed.labels(topic=topic, kind=kind).inc(d.consumed)
         for reason, n in d.rejected.items():
@@ -83,8 +83,7 @@ class MetricsReporter:
                                                       / e["interval_scored"])
             m.interval_width.labels(kind=kind).set(e["interval_width"] / e["interval_scored"])
         for g in step.gauges:
-            gauge = m.gauge(g.name)
-            (gauge.labels(**g.labels) if g.labels else gauge).set(g.value)
+            m.set_level(g.name, g.value, g.labels, topic, partition)
 
     def levels(self, keys_held: Iterable[tuple[str, int]]) -> None:
         """Keys held per kind, summed over the owned shards (``(kind, keys)`` pairs)."""

@@ -13,7 +13,7 @@ from streamseq.exceptions import CheckpointError, StreamseqError
 from streamseq.pipeline import RecordDecoder, ShardEngine
 from streamseq.service.config import ServiceConfig
 from streamseq.shards import NumericShard, TextShard
-from streamseq.state.checkpoint import CheckpointStore
+from streamseq.state.checkpoint import CheckpointStore, SnapshotsUnreadableError
 
 __all__ = ["Shard", "ShardFactory", "ServiceError", "SHARD_FORMAT"]
 
@@ -29,7 +29,10 @@ class ServiceError(StreamseqError):
 class Shard:
     """One assigned partition: its engine, its decoder and the next offset it will apply.
 
-    ``first_offset`` is where a shard without a snapshot began (a rewind replays from it).
+    ``first_offset`` is where a shard without a snapshot began (a rewind replays from it);
+    ``position`` is where the consumer stands before the shard's first record (the lag
+    gauge's reference until ``next_offset`` is known); ``origin`` how its state was found (``streamseq.metrics.RESTORE_OUTCOMES``): ``ok`` a
+    snapshot, ``none`` no snapshot (new), ``failed`` unreadable snapshots (started fresh).
     """
 
     tp: TopicPartition
@@ -37,6 +40,8 @@ class Shard:
     decoder: RecordDecoder
     next_offset: int | None = None
     first_offset: int | None = None
+    origin: str = "none"
+    position: int | None = None  # the consumer's position before the first record applied
 
     @property
     def name(self) -> str:
@@ -105,10 +110,27 @@ class ShardFactory:
 
         Raises :class:`ServiceError` for a snapshot of another format or architecture:
         never guess (using it, or ignoring it and skipping its events, would be wrong).
+        When every snapshot is unreadable, ``on_corrupt_state`` decides: ``refuse`` raises
+        :class:`ServiceError` (the learned state is not thrown away behind the operator's
+        back, and the snapshots stay for a retry or an inspection); ``fresh`` logs an ERROR,
+        sets the snapshots aside and starts a new shard (``origin="failed"``).
         """
         kind = self.config.kind_of(tp.topic)
         name = f"{tp.topic}-{tp.partition}"
-        snap = store.load(name)
+        try:
+            snap = store.load(name)
+        except SnapshotsUnreadableError as exc:
+            if self.config.on_corrupt_state != "fresh":
+                raise ServiceError(
+                    f"{exc}: refusing to start {name} from a fresh model, which would lose "
+                    "its learned state (move the snapshots aside, or pass "
+                    "--on-corrupt-state fresh to accept the loss)") from exc
+            kept = store.set_aside(name)
+            log.error("%s: starting %s from a %s model at the committed offset "
+                      "(--on-corrupt-state fresh): its learned state is lost%s", exc, name,
+                      "warm-start" if self.warm is not None else "fresh",
+                      f"; the unreadable snapshots are kept as {kept}" if kept else "")
+            return Shard(tp, self.engine(kind), self.decoders[tp.topic], origin="failed")
         if snap is None:
             return Shard(tp, self.engine(kind), self.decoders[tp.topic])
         if snap.get("format") != SHARD_FORMAT:
@@ -119,4 +141,5 @@ class ShardFactory:
         except CheckpointError as exc:
             raise ServiceError(f"snapshot {name} does not fit this configuration: "
                                f"{exc}") from exc
-        return Shard(tp, engine, self.decoders[tp.topic], next_offset=snap["offset"])
+        return Shard(tp, engine, self.decoders[tp.topic], next_offset=snap["offset"],
+                     origin="ok")

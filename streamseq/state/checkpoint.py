@@ -24,7 +24,8 @@ import torch
 
 from streamseq.exceptions import CheckpointError
 
-__all__ = ["CheckpointStore", "LocalCheckpointStore", "dumps", "loads"]
+__all__ = ["CheckpointStore", "LocalCheckpointStore", "SnapshotsUnreadableError", "dumps",
+           "loads"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -58,12 +59,33 @@ def loads(data: bytes) -> dict[str, Any]:
     return state
 
 
+class SnapshotsUnreadableError(CheckpointError):
+    """Snapshots of a shard exist but none can be read: its learned state cannot be restored.
+
+    ``reasons`` names each snapshot (file or generation) and why it was rejected.
+    """
+
+    def __init__(self, name: str, reasons: list[str]) -> None:
+        super().__init__(f"every snapshot of {name} is unreadable ({len(reasons)}: "
+                         + "; ".join(reasons) + ")")
+        self.name = name
+        self.reasons = reasons
+
+
 class CheckpointStore(Protocol):
-    """Where shard snapshots live. ``name`` identifies a shard (e.g. ``sensors-3``)."""
+    """Where shard snapshots live. ``name`` identifies a shard (e.g. ``sensors-3``).
+
+    ``load`` returns the newest readable snapshot, ``None`` when there is none, and raises
+    :class:`SnapshotsUnreadableError` when there are snapshots but none can be read.
+    ``set_aside`` keeps the unreadable snapshots of ``name`` out of the rotation (for
+    inspection) and returns where they went.
+    """
 
     def save(self, name: str, state: dict[str, Any]) -> None: ...
 
     def load(self, name: str) -> dict[str, Any] | None: ...
+
+    def set_aside(self, name: str) -> list[str]: ...
 
 
 class LocalCheckpointStore:
@@ -120,14 +142,28 @@ class LocalCheckpointStore:
             old.unlink(missing_ok=True)
 
     def load(self, name: str) -> dict[str, Any] | None:
-        """The newest readable snapshot of ``name`` (skipping torn ones), or ``None``."""
+        """The newest readable snapshot of ``name`` (skipping torn ones), or ``None`` when
+        there is none; :class:`SnapshotsUnreadableError` when none of them can be read."""
+        reasons = []
         for path in self._files(name):
             try:
                 return loads(path.read_bytes())
             except (CheckpointError, OSError) as exc:
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
                             path.name, exc)
+                reasons.append(f"{path.name}: {exc}")
+        if reasons:
+            raise SnapshotsUnreadableError(name, reasons)
         return None
+
+    def set_aside(self, name: str) -> list[str]:
+        """Rename the snapshots of ``name`` to ``*.unreadable`` (kept, never rotated out)."""
+        moved = []
+        for path in self._files(name):
+            target = path.with_name(path.name + ".unreadable")
+            os.replace(path, target)
+            moved.append(str(target))
+        return moved
 
     def names(self) -> list[str]:
         out = set()

@@ -18,7 +18,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamseq.exceptions import CheckpointError
-from streamseq.state.checkpoint import dumps, loads
+from streamseq.state.checkpoint import SnapshotsUnreadableError, dumps, loads
 
 __all__ = ["KafkaCheckpointStore"]
 
@@ -113,22 +113,33 @@ class KafkaCheckpointStore:
             del gens[old]
 
     def load(self, name: str) -> dict[str, Any] | None:
-        """The newest complete, digest-valid snapshot of ``name``, or ``None``."""
+        """The newest complete, digest-valid snapshot of ``name``, or ``None`` when there is
+        none; :class:`SnapshotsUnreadableError` when every generation found is torn or bad."""
         self._refresh()
+        reasons = []
         for gen in sorted(self._index.get(name, {}), reverse=True):
             entry = self._index[name][gen]
-            if len(entry["chunks"]) != entry["n"]:
-                continue
+            if len(entry["chunks"]) != entry["n"]:  # a write that never completed (not durable,
+                continue                             # so nothing was committed after it)
             data = b"".join(entry["chunks"][i] for i in range(entry["n"]))
             if hashlib.sha256(data).hexdigest() != entry["sha"]:
                 log.warning("checkpoint %s gen %d fails its digest; trying an older one",
                             name, gen)
+                reasons.append(f"gen {gen}: digest mismatch")
                 continue
             try:
                 return loads(data)
             except CheckpointError as exc:
                 log.warning("checkpoint %s gen %d unreadable: %s", name, gen, exc)
+                reasons.append(f"gen {gen}: {exc}")
+        if reasons:
+            raise SnapshotsUnreadableError(name, reasons)
         return None
+
+    def set_aside(self, name: str) -> list[str]:
+        """Nothing to move in a topic: the records stay until compaction replaces them with
+        the next snapshot's chunks (copy them out first to inspect them)."""
+        return []
 
     def close(self) -> None:
         self._producer.close(timeout=10)

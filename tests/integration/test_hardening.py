@@ -152,6 +152,36 @@ def test_incompatible_snapshot_is_refused(broker: Any, unique: str, tmp_path: Pa
     assert "does not fit this configuration" in log and "architecture" in log, log[-2000:]
 
 
+def test_unreadable_snapshots_are_refused_by_default(broker: Any, unique: str,
+                                                     tmp_path: Path) -> None:
+    """Every snapshot of a partition torn: the service stops with exit code 3 and one line
+    naming them and the flag that accepts the loss, instead of starting the partition from a
+    fresh model (its learned state silently lost); the snapshots are left where they are."""
+    from streamseq.state.checkpoint import LocalCheckpointStore
+
+    topics = ServiceTopics.create(broker, unique, partitions=1)
+    name = f"{topics.sensor}-0"
+    store = LocalCheckpointStore(tmp_path / "ckpt")
+    for step in range(2):
+        store.save(name, {"format": "streamseq-shard/1", "step": step})
+    torn = sorted((tmp_path / "ckpt").glob(f"{name}.*.ckpt"))
+    for path in torn:
+        path.write_bytes(path.read_bytes()[:60])
+    svc = ServiceProcess(service_args(broker.bootstrap, topics, f"g-{unique}", tmp_path / "ckpt"),
+                         tmp_path / "service.log").start()
+    try:
+        assert svc.proc is not None
+        code = svc.proc.wait(timeout=120)
+    finally:
+        if svc.running:
+            svc.kill()
+    log = (tmp_path / "service.log").read_text(errors="replace")
+    assert code == 3, log[-2000:]
+    assert f"every snapshot of {name} is unreadable (2:" in log, log[-2000:]
+    assert "--on-corrupt-state fresh" in log and "Traceback" not in log
+    assert all(p.exists() for p in torn)
+
+
 # ---------------------------------------------------------------------------- scale
 def test_scale_out_and_back(broker: Any, unique: str, tmp_path: Path) -> None:
     """1 -> 3 -> 1 processes in one group on 6 partitions while events flow."""

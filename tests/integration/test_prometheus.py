@@ -288,21 +288,38 @@ def _active(prom: PrometheusServer, alertname: str) -> dict[str, str]:
             if a["labels"]["alertname"] == alertname}
 
 
+def _corrupt_snapshots(directory: Path, name: str) -> None:
+    """Two snapshots of shard ``name`` in ``directory``, both cut short (torn)."""
+    from streamseq.state.checkpoint import LocalCheckpointStore
+
+    store = LocalCheckpointStore(directory)
+    for step in range(2):
+        store.save(name, {"format": "streamseq-shard/1", "step": step})
+    for path in directory.glob(f"{name}.*.ckpt"):
+        path.write_bytes(path.read_bytes()[:60])
+
+
 def test_alerts_spare_an_idle_replica_and_a_partition_not_yet_consumed(
         prometheus_bin: str, broker: Any, unique: str, tmp_path: Path) -> None:
     """Two replicas, one partition holding records from before the group existed, read from
-    ``latest``: the owner consumes nothing (its lag gauge may show the backlog while its
-    consumption rate is 0), the other owns nothing. With a 3-second checkpoint threshold the
-    owner's StreamseqCheckpointStale and StreamseqNoEventsConsumed become pending; the idle
-    replica's, whose checkpoint age grows as well, do not; StreamseqConsumerFarBehind never
-    sees an infinite drain time."""
+    ``latest``, whose snapshots are all unreadable (``--on-corrupt-state fresh``): the owner
+    starts the partition fresh and consumes nothing, the other owns nothing.
+
+    - StreamseqCheckpointRestoreFailed fires for the owner, at once;
+    - before the first record the owner's lag is measured from its position (0 here), not
+      from offset 0 (the backlog of 50), so StreamseqConsumerFarBehind never sees an
+      infinite drain time;
+    - with a 3-second checkpoint threshold the owner's StreamseqCheckpointStale and
+      StreamseqNoEventsConsumed become pending; the idle replica's, whose checkpoint age
+      grows as well, do not, and it is ready (a standby)."""
     topics = ServiceTopics.create(broker, unique, partitions=1)
     # unbatched: the embedded broker reports end offsets of batched writes wrongly
     produce(broker.bootstrap, topics.sensor, sensor_stream(50, n_keys=2, seed=1), rate=500,
             linger_ms=0)
+    _corrupt_snapshots(tmp_path / "ckpt", f"{topics.sensor}-0")
     args = service_args(broker.bootstrap, topics, f"g-{unique}", tmp_path / "ckpt",
                         checkpoint_every_seconds=600.0,
-                        extra=["--auto-offset-reset", "latest"])
+                        extra=["--auto-offset-reset", "latest", "--on-corrupt-state", "fresh"])
     replicas = [ServiceProcess(args, tmp_path / f"{name}.log").start() for name in "ab"]
     try:
         for svc in replicas:
@@ -311,11 +328,17 @@ def test_alerts_spare_an_idle_replica_and_a_partition_not_yet_consumed(
                    in ([1, 0], [0, 1]), 90, "one owner and one idle replica",
                    on_timeout=lambda: "\n".join(s.log_tail() for s in replicas))
         owner, idle = sorted(replicas, key=lambda s: -s.metric("streamseq_shards_assigned"))
+        assert idle.status("/readyz") == 200 and owner.status("/readyz") == 200
+        assert owner.metric("streamseq_checkpoint_restores_total", outcome="failed") == 1
+        assert idle.metric("streamseq_checkpoint_restores_total") == 0
+        assert "its learned state is lost" in owner.log_path.read_text()
         rules = _mixin_rules(tmp_path, checkpoint_stale_seconds=3)
         targets = [f"127.0.0.1:{s.port}" for s in (owner, idle)]
         with PrometheusServer(targets, binary=prometheus_bin, rules=(rules,)) as prom:
             prom.wait_for_target(timeout=30)
             o, i = targets
+            assert prom.wait_for('ALERTS{alertname="StreamseqCheckpointRestoreFailed", '
+                                 f'alertstate="firing", instance="{o}"}}', timeout=20)
             pending = prom.wait_for('ALERTS{alertname="StreamseqCheckpointStale", '
                                     f'instance="{o}"}}', timeout=40)
             assert pending, f"the owner's stale checkpoint raised nothing\n{prom.log}"
@@ -330,12 +353,12 @@ def test_alerts_spare_an_idle_replica_and_a_partition_not_yet_consumed(
                 '[5m]))', timeout=20)
             lag = prom.value(f'sum(streamseq_consumer_lag_messages{{instance="{o}"}})')
             print(f"owner lag {lag}, raw drain time {drain}")
-            if lag:  # the lag gauge counts the backlog before the first record: +Inf to drain
-                assert [float(r["value"][1]) for r in drain] == [float("inf")], drain
+            assert lag == 0, "the lag before the first record counts from offset 0"
             # ... yet only the owner is reported, and nothing is far behind
             assert _active(prom, "StreamseqCheckpointStale") == {o: "pending"}
             assert _active(prom, "StreamseqNoEventsConsumed") == {o: "pending"}
             assert _active(prom, "StreamseqConsumerFarBehind") == {}
+            assert _active(prom, "StreamseqCheckpointRestoreFailed") == {o: "firing"}
             rules_state = {r["name"]: r for r in prom.rules_loaded()}
             assert rules_state["StreamseqConsumerFarBehind"]["health"] == "ok"
     finally:

@@ -255,3 +255,49 @@ def test_store_keeps_generations_and_skips_a_torn_snapshot(tmp_path: Path) -> No
     with pytest.raises(CheckpointError):
         store.save("bad/name", {})
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_every_snapshot_unreadable_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    """No snapshot: None (a new shard). Snapshots that all fail: SnapshotsUnreadableError,
+    naming each, so the service decides (refuse, or start fresh deliberately);
+    set_aside keeps them out of the rotation for inspection."""
+    from streamseq.state.checkpoint import SnapshotsUnreadableError
+
+    store = LocalCheckpointStore(tmp_path, keep=2)
+    assert store.load(NAME) is None
+    for i in range(2):
+        store.save(NAME, {"step": i})
+    for f in tmp_path.glob(f"{NAME}.*.ckpt"):
+        f.write_bytes(f.read_bytes()[:50])
+    with pytest.raises(SnapshotsUnreadableError) as caught:
+        store.load(NAME)
+    assert len(caught.value.reasons) == 2 and "digest" in str(caught.value)
+    kept = store.set_aside(NAME)
+    assert len(kept) == 2 and all(Path(k).exists() for k in kept)
+    assert store.load(NAME) is None
+    for i in range(3):  # new generations rotate among themselves, the evidence stays
+        store.save(NAME, {"step": 10 + i})
+    assert all(Path(k).exists() for k in kept)
+    loaded = store.load(NAME)
+    assert loaded is not None and loaded["step"] == 12
+
+
+def test_exposed_metrics_pass_promtool(tmp_path: Path) -> None:
+    """`promtool check metrics` accepts every metric the service exposes (names, units)."""
+    import shutil
+    import subprocess
+
+    from streamseq.metrics import ServiceMetrics
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed")
+    m = ServiceMetrics(version="0", cell="gru", hidden=8)
+    m.declare([("sensors", "sensor"), ("texts", "text")], ["not_json"])
+    m.declare_outputs(["predictions"])
+    for name in ("streamseq_text_lm_log_loss", "streamseq_text_pending_labels"):
+        m.set_level(name, 1.0, {}, "texts", 0)
+    m.set_level("streamseq_text_accuracy", 0.5, {"window": "all"}, "texts", 0)
+    out = subprocess.run([promtool, "check", "metrics"], input=m.render(), capture_output=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()

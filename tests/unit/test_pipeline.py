@@ -211,6 +211,6 @@ def test_text_shard_ids_versions_and_refusals() -> None:
     assert out[1]["message_id"] == "m1"
     assert [(d.record.offset, d.error.reason) for d in step.dead_letters] == [(2, "bad_label")]
     assert step.deltas.rejected == {"bad_label": 1}
-    assert {g.name for g in step.gauges} >= {"streamseq_text_bits_per_char",
+    assert {g.name for g in step.gauges} >= {"streamseq_text_lm_log_loss",
                                              "streamseq_text_accuracy"}
     assert shard.model_version == out[-1]["model_version"]
