@@ -270,10 +270,11 @@ def test_prediction_records_do_not_depend_on_polls(mixed_run: MixedRun) -> None:
     assert len({r["model_version"] for r in whole.predictions.values()}) > 1
 
 
-#: Labelled per classifier window: they carry samples only while the service hosts a text
-#: classifier shard (``--text-classifier``), which this sensor run does not.
-TEXT_CLASSIFIER_ONLY = {"streamseq_text_accuracy", "streamseq_text_macro_f1",
-                        "streamseq_text_log_loss"}
+#: Labelled per text shard (topic, partition): they carry samples only while the service
+#: owns a text shard, which this sensor and price run does not.
+TEXT_SHARD_ONLY = {"streamseq_text_accuracy", "streamseq_text_macro_f1",
+                   "streamseq_text_log_loss", "streamseq_text_lm_log_loss",
+                   "streamseq_text_pending_labels"}
 
 
 def expected_metrics() -> dict[str, set[str]]:
@@ -309,7 +310,7 @@ def test_metrics_exposes_every_metric(mixed_run: MixedRun) -> None:
     families = {f.name for f in text_string_to_metric_families(mixed_run.metrics_text)}
     seen = {name for name, _, _ in mixed_run.samples}
     expected = expected_metrics()
-    samples = set().union(*(v for k, v in expected.items() if k not in TEXT_CLASSIFIER_ONLY))
+    samples = set().union(*(v for k, v in expected.items() if k not in TEXT_SHARD_ONLY))
     assert {"streamseq_events_consumed_total", "streamseq_event_to_prediction_seconds_bucket",
             "streamseq_consumer_lag_messages", "streamseq_build_info"} <= samples
     undeclared = [f for f, names in expected.items() if f not in families and
