@@ -188,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     prog = getattr(args, "prog_", None) or parser.prog
+    args.argv_ = argv  # what a command that starts copies of itself passes on
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -2,11 +2,25 @@
 
 Labels are low-cardinality only (topic, partition, kind, reason, forecaster, outcome); a
 key never becomes a label. Every metric is documented in the README's metrics table.
+
+Under ``streamseq run --workers N`` (:mod:`streamseq.service.supervisor`) each worker process
+writes its values to prometheus_client's multiprocess files and the supervisor serves their
+merge: counters and histograms are summed over every worker that ever ran (a restarted
+worker's counts are kept, so sums never go back), and each gauge says how its workers' values
+combine (``multiprocess_mode``; only live workers count, and no ``pid`` label is added):
+counts of things held add up (``livesum``); ``streamseq_broker_connected`` is the lowest
+(``livemin``: 1 only while every worker reaches the broker); the loss and gradient norm of the
+last optimizer step are the most recent of any worker, and so are the levels labelled per
+partition (``livemostrecent``: the partition's current owner reports last); since-start
+ratios per kind are the worst worker's (``livemax`` for errors and widths, ``livemin`` for
+coverage). The checkpoint time and age are recomputed by the supervisor over the workers
+that own partitions. With one process (the default) none of this applies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Mapping, Sequence
 
@@ -25,7 +39,7 @@ from prometheus_client import (
 from streamseq.forecast.aggregate import FORECASTERS
 
 __all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS",
-           "RESTORE_OUTCOMES", "observe_many"]
+           "RESTORE_OUTCOMES", "observe_many", "multiprocess"]
 
 disable_created_metrics()
 
@@ -45,6 +59,11 @@ SHARD_GAUGES = frozenset({"streamseq_text_lm_log_loss", "streamseq_text_accuracy
                           "streamseq_text_pending_labels"})
 WINDOWED = frozenset({"streamseq_text_accuracy", "streamseq_text_macro_f1",
                       "streamseq_text_log_loss"})
+
+
+def multiprocess() -> bool:
+    """Whether this process writes prometheus_client's multiprocess files (a worker)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class ServiceMetrics:
@@ -67,7 +86,7 @@ class ServiceMetrics:
                                registry=r)
         self.build_info.info({"version": version, "cell": cell, "hidden": str(hidden)})
         self.up = Gauge("streamseq_broker_connected", "1 while the Kafka broker is reachable.",
-                        registry=r)
+                        registry=r, multiprocess_mode="livemin")
         self.events_consumed = Counter(
             "streamseq_events_consumed", "Records read from input topics.",
             ["topic", "kind"], registry=r)
@@ -95,20 +114,24 @@ class ServiceMetrics:
             ["kind"], buckets=LATENCY_BUCKETS, registry=r)
         self.lag = Gauge(
             "streamseq_consumer_lag_messages", "End offset minus position, per partition.",
-            ["topic", "partition"], registry=r)
+            ["topic", "partition"], registry=r,
+            multiprocess_mode="livesum")
         self.train_loss = Gauge(
             "streamseq_train_loss", "Loss of the last optimizer step (z-scored MSE).", ["kind"],
-            registry=r)
+            registry=r,
+            multiprocess_mode="livemostrecent")
         self.grad_norm = Gauge(
             "streamseq_grad_norm", "Gradient norm of the last optimizer step, before clipping.",
-            ["kind"], registry=r)
+            ["kind"], registry=r,
+            multiprocess_mode="livemostrecent")
         self.updates = Counter(
             "streamseq_updates", "Optimizer steps by outcome (applied, skipped_nonfinite).",
             ["kind", "outcome"], registry=r)
         self.drift = Counter(
             "streamseq_drift_events", "Drift detections (ADWIN on per-key absolute error).",
             ["kind"], registry=r)
-        self.keys = Gauge("streamseq_keys_held", "Keys with live state.", ["kind"], registry=r)
+        self.keys = Gauge("streamseq_keys_held", "Keys with live state.", ["kind"], registry=r,
+                          multiprocess_mode="livesum")
         self.keys_evicted = Counter(
             "streamseq_keys_evicted", "Keys whose state was evicted (idle or over capacity).",
             ["kind"], registry=r)
@@ -121,35 +144,44 @@ class ServiceMetrics:
             "forecast.", ["kind"], registry=r)
         self.interval_coverage = Gauge(
             "streamseq_interval_coverage", "Share of values inside their one-step prediction "
-            "interval since start.", ["kind"], registry=r)
+            "interval since start.", ["kind"], registry=r,
+            multiprocess_mode="livemin")
         self.interval_width = Gauge(
             "streamseq_interval_width", "Mean width of the one-step prediction interval since "
-            "start (z-scored).", ["kind"], registry=r)
+            "start (z-scored).", ["kind"], registry=r,
+            multiprocess_mode="livemax")
         self.scored = Counter(
             "streamseq_forecast_scored", "Forecast values scored against their truth.",
             ["kind"], registry=r)
         self.mae = Gauge(
             "streamseq_mae", "Mean absolute one-step error since start (z-scored), by forecaster.",
-            ["kind", "forecaster"], registry=r)
-        self.shards = Gauge("streamseq_shards_assigned", "Partitions (shards) owned.", registry=r)
+            ["kind", "forecaster"], registry=r,
+            multiprocess_mode="livemax")
+        self.shards = Gauge("streamseq_shards_assigned", "Partitions (shards) owned.",
+                            registry=r, multiprocess_mode="livesum")
         # text shards' levels: one series per shard (topic, partition), never overwritten
         # by another shard's
         self.text_lm_log_loss = Gauge(
             "streamseq_text_lm_log_loss",
             "Language model: prequential log-loss per character since start (nats; / ln 2 = "
-            "bits per character).", SHARD_LABELS, registry=r)
+            "bits per character).", SHARD_LABELS, registry=r,
+            multiprocess_mode="livemostrecent")
         self.text_accuracy = Gauge(
             "streamseq_text_accuracy", "Classifier: prequential accuracy, since start (all) and "
-            "over the recent window.", [*SHARD_LABELS, "window"], registry=r)
+            "over the recent window.", [*SHARD_LABELS, "window"], registry=r,
+            multiprocess_mode="livemostrecent")
         self.text_macro_f1 = Gauge(
             "streamseq_text_macro_f1", "Classifier: prequential macro F1.",
-            [*SHARD_LABELS, "window"], registry=r)
+            [*SHARD_LABELS, "window"], registry=r,
+            multiprocess_mode="livemostrecent")
         self.text_log_loss = Gauge(
             "streamseq_text_log_loss", "Classifier: prequential log-loss (nats).",
-            [*SHARD_LABELS, "window"], registry=r)
+            [*SHARD_LABELS, "window"], registry=r,
+            multiprocess_mode="livemostrecent")
         self.text_pending_labels = Gauge(
             "streamseq_text_pending_labels", "Classifier: messages waiting for their label.",
-            SHARD_LABELS, registry=r)
+            SHARD_LABELS, registry=r,
+            multiprocess_mode="livemostrecent")
         self.rebalances = Counter(
             "streamseq_rebalances", "Assignments this replica received from its consumer "
             "group (each one a rebalance it took part in).", registry=r)
@@ -172,11 +204,13 @@ class ServiceMetrics:
         self._last_checkpoint = time.time()
         self.last_checkpoint_ts = Gauge(
             "streamseq_last_checkpoint_timestamp_seconds",
-            "Unix time of the last durable checkpoint.", registry=r)
+            "Unix time of the last durable checkpoint.", registry=r,
+            multiprocess_mode="livemin")
         self.last_checkpoint_ts.set(self._last_checkpoint)
         self.checkpoint_age = Gauge(
             "streamseq_checkpoint_age_seconds", "Seconds since the last durable checkpoint.",
-            registry=r)
+            registry=r,
+            multiprocess_mode="livemax")
         self.checkpoint_age.set_function(lambda: time.time() - self._last_checkpoint)
         self._gauges = {  # the levels a shard may report (GaugeValue names)
             "streamseq_train_loss": self.train_loss, "streamseq_grad_norm": self.grad_norm,
@@ -237,7 +271,14 @@ class ServiceMetrics:
         (gauge.labels(**labels) if labels else gauge).set(value)
 
     def forget_partition(self, topic: str, partition: int) -> None:
-        """Remove the series of a partition this process no longer owns (lag, text levels)."""
+        """Remove the series of a partition this process no longer owns (lag, text levels).
+
+        A worker cannot remove series from its multiprocess file: it sets the lag to 0 (its
+        share of the host's sum) and leaves the text levels, which the partition's next
+        owner on the host overrides (``livemostrecent``)."""
+        if multiprocess():
+            self.lag.labels(topic=topic, partition=str(partition)).set(0)
+            return
         with contextlib.suppress(KeyError):
             self.lag.remove(topic, str(partition))
         for name in SHARD_GAUGES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from kafka import TopicPartition
 from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from streamseq import __version__
 from streamseq.events.errors import REASONS
@@ -65,12 +67,13 @@ def open_store(config: ServiceConfig) -> CheckpointStore:
                           "pass --checkpoint-dir DIR") from exc
 
 
-def serve_health(config: ServiceConfig, metrics: ServiceMetrics, health: Health) -> HealthServer:
+def serve_health(config: ServiceConfig, registry: CollectorRegistry,
+                 alive: Callable[[], tuple[bool, str]],
+                 ready: Callable[[], tuple[bool, str]]) -> HealthServer:
     """The HTTP server of ``/metrics``, ``/healthz`` and ``/readyz``, started; a port that
     cannot be bound is a :class:`ConfigError` (exit code 2, one line)."""
     try:
-        server = HealthServer(metrics.registry, config.metrics_host, config.metrics_port,
-                              health.alive, health.ready)
+        server = HealthServer(registry, config.metrics_host, config.metrics_port, alive, ready)
     except OSError as exc:
         raise ConfigError(f"metrics port {config.metrics_host}:{config.metrics_port} cannot be "
                           f"used ({exc.strerror or exc}): pass another --metrics-port or "
@@ -89,10 +92,14 @@ class Service:
         Metrics registry holder (a fresh one by default).
     clients
         Makes the Kafka clients (kafka-python from ``config`` by default).
+    on_serving
+        Called with the HTTP port once ``/metrics``, ``/healthz`` and ``/readyz`` answer (a
+        worker tells its supervisor where to ask).
     """
 
     def __init__(self, config: ServiceConfig, metrics: ServiceMetrics | None = None,
-                 clients: ClientFactory | None = None) -> None:
+                 clients: ClientFactory | None = None,
+                 on_serving: Callable[[int], None] | None = None) -> None:
         if not config.bootstrap:
             raise ServiceError("no Kafka bootstrap servers configured")
         self.config = config
@@ -109,6 +116,7 @@ class Service:
         self._stop = threading.Event()
         self._fatal: ServiceError | None = None
         self.assignment: Assignment | None = None
+        self.on_serving = on_serving
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -134,8 +142,11 @@ class Service:
         factory.check_warm_start()
         log.info("starting streamseq %s with %r", __version__, cfg)
         with ExitStack() as stack:
-            http = serve_health(cfg, self.metrics, self.health)
+            http = serve_health(cfg, self.metrics.registry, self.health.alive,
+                                self.health.ready)
             stack.callback(http.stop)
+            if self.on_serving is not None:
+                self.on_serving(http.port)
             store = self._connect(lambda: open_store(cfg))  # the Kafka store needs the broker
             if store is None:
                 return 0  # stopped while waiting for the broker
@@ -171,6 +182,8 @@ class Service:
                     if batch:
                         self._process(batch, sender, checkpointer)
                     assignment.track_positions()
+                    self.reporter.levels((s.kind, s.engine.keys_held)
+                                         for s in assignment.shards.values())
                     if assignment.shards and checkpointer.due():
                         self._checkpoint(checkpointer, list(assignment.shards.values()),
                                          commit)
@@ -223,7 +236,6 @@ class Service:
                 shard.first_offset = step.first_offset
             shard.next_offset = step.next_offset
             checkpointer.note(step.deltas.consumed)
-        self.reporter.levels((s.kind, s.engine.keys_held) for s in shards.values())
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _checkpoint(self, checkpointer: Checkpointer, shards: list[Shard], commit: Any) -> bool:

@@ -74,14 +74,25 @@ def config_from_args(a: argparse.Namespace, env: Mapping[str, str] | None = None
 
 def cmd_run(a: argparse.Namespace) -> int:
     from streamseq.service.app import Service, ServiceError
+    from streamseq.service.supervisor import Supervisor, watch_parent, worker_count
 
     try:
         cfg = config_from_args(a, os.environ)
         if not cfg.bootstrap:
             print(f"streamseq run: {NO_BROKER}", file=sys.stderr)
             return 2
-        service = Service(cfg)
+        count = worker_count(cfg.workers)
+        if count > 1:
+            supervisor = Supervisor(cfg, getattr(a, "argv_", None) or sys.argv[1:], count)
+            install_signal_handlers(supervisor.stop)
+            return supervisor.run()
+        port_file = getattr(a, "worker_port_file", None)
+        service = Service(cfg, on_serving=None if port_file is None else
+                          lambda port: _write_atomically(port_file, str(port)))
         install_signal_handlers(service.stop)
+        if port_file is not None:  # a worker of `--workers N`
+            _name_worker_in_logs(getattr(a, "worker_index", None))
+            watch_parent(service.stop)
         return service.run()
     except ConfigError as exc:  # a setting that cannot be used: the metrics port, the dirs
         print(f"streamseq run: configuration error: {' '.join(str(exc).split())}",
@@ -90,6 +101,21 @@ def cmd_run(a: argparse.Namespace) -> int:
     except ServiceError as exc:
         print(f"streamseq run: {exc}", file=sys.stderr)
         return 3
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _name_worker_in_logs(index: int | None) -> None:
+    """A worker's log lines say which worker wrote them (the workers share stderr)."""
+    from streamseq.logsafe import EscapingFormatter
+
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(EscapingFormatter(
+            f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"))
 
 
 def cmd_broker(a: argparse.Namespace) -> int:
@@ -126,6 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint. Settings: flags > STREAMSEQ_* env > --config "
                                    "file > defaults.")
     add_service_args(p)
+    # set by the supervisor of `--workers N` on the command of each worker
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-port-file", type=Path, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     b = sub.add_parser("broker", help="run an embedded Kafka-compatible broker (Tansu)")

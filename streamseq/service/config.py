@@ -185,6 +185,10 @@ class ServiceConfig(ConfigBase):
     naive_tz: str | None = "UTC"
     max_future_ms: int = 86_400_000  # event times this far after the record's own: bad_time
     threads: int = 1
+    workers: str = field(default="1", metadata=flag(
+        help="consumer processes of the group on this host, under one supervisor that serves "
+             "their metrics and health on the metrics port: N, or auto (the usable cores); "
+             "1 runs the service in this process"))
     engine: EngineConfig = field(default_factory=EngineConfig)
     text: TextEngineConfig | None = field(default=None, metadata=flag(
         "--text-classifier", "text shards host the online classifier too (labels inline or "
@@ -213,6 +217,10 @@ class ServiceConfig(ConfigBase):
             raise ConfigError("metrics_port must be a TCP port")
         if self.bootstrap:
             check_bootstrap(self.bootstrap)
+        workers = str(self.workers).strip().lower()  # a config file may give a number
+        if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+            raise ConfigError(f"workers must be a positive number or auto, not {self.workers!r}")
+        object.__setattr__(self, "workers", workers)
 
     def kind_of(self, topic: str) -> str:
         for t in self.topics:

@@ -35,6 +35,7 @@ class MetricsReporter:
         # since-start sums per kind: |z error| per forecaster, values scored, and the
         # one-step intervals scored, covered and their z-scored widths
         self._errors: dict[str, Counter[str]] = defaultdict(Counter)
+        self._kinds: set[str] = set()  # kinds whose keys_held was set
 
     def applied(self, topic: str, kind: str, step: Applied, partition: int = 0) -> None:
         m, d = self.metrics, step.deltas
@@ -86,9 +87,11 @@ class MetricsReporter:
             m.set_level(g.name, g.value, g.labels, topic, partition)
 
     def levels(self, keys_held: Iterable[tuple[str, int]]) -> None:
-        """Keys held per kind, summed over the owned shards (``(kind, keys)`` pairs)."""
-        total: dict[str, int] = defaultdict(int)
+        """Keys held per kind, summed over the owned shards (``(kind, keys)`` pairs); 0 for
+        a kind whose shards have all gone (revoked), so that sums over processes hold."""
+        total: dict[str, int] = dict.fromkeys(self._kinds, 0)
         for kind, n in keys_held:
-            total[kind] += n
+            total[kind] = total.get(kind, 0) + n
+        self._kinds.update(total)
         for kind, n in total.items():
             self.metrics.keys.labels(kind=kind).set(n)
