@@ -352,7 +352,8 @@ class Supervisor:
             http = serve_health(cfg, registry, self.alive, self.ready)
             stack.callback(http.stop)
             stack.callback(self._reap, metrics_dir)
-            log.info("starting %d workers of consumer group %r", self.count, cfg.group)
+            log.info("starting %d workers of consumer group %r (worker metrics in %s)",
+                     self.count, cfg.group, metrics_dir)
             for w in self.workers:
                 self._start(w)
             try:
