@@ -176,11 +176,11 @@ def test_health_reflects_every_worker(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- metrics
 WORKER_METRICS = textwrap.dedent("""\
     import sys, time
-    from streamseq.metrics import ServiceMetrics
+    from streamseq.metrics import ServiceMetrics, observe_many
     m = ServiceMetrics(version="0", cell="gru", hidden=8)
     n, shards, checkpoint = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     m.events_consumed.labels(topic="sensors", kind="sensor").inc(n)
-    m.latency.labels(kind="sensor").observe(0.002 * n)
+    observe_many(m.latency.labels(kind="sensor"), [0.002 * n, 1.0])
     m.shards.set(shards)
     m.keys.labels(kind="sensor").set(10 * n)
     m.up.set(1 if n < 5 else 0)
@@ -212,7 +212,9 @@ def test_host_metrics_merge_real_worker_files(tmp_path: Path) -> None:
 
     try:
         assert value("streamseq_events_consumed_total", topic="sensors", kind="sensor") == 12
-        assert value("streamseq_event_to_prediction_seconds_count", kind="sensor") == 3
+        assert value("streamseq_event_to_prediction_seconds_count", kind="sensor") == 6
+        assert value("streamseq_event_to_prediction_seconds_bucket", kind="sensor",
+                     le="0.01") == 2  # 0.004 and 0.006 (0.014 is above)
         assert value("streamseq_shards_assigned") == 2
         assert value("streamseq_keys_held", kind="sensor") == 120
         assert value("streamseq_broker_connected") == 0  # one worker has lost the broker
