@@ -275,7 +275,7 @@ class HostCollector:
                for s in f.samples}
         total: dict[str, float] = defaultdict(float, own)
         for pid in self.pids():
-            for family in ProcessCollector(pid=lambda p=pid: p, registry=None).collect():
+            for family in _process_collector(pid).collect():
                 for s in family.samples:
                     total[s.name] += s.value
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -482,6 +482,11 @@ class Supervisor:
             answers.append((ok, f"worker {w.index}: {reason}"))
         return (bool(answers) and all(ok for ok, _ in answers),
                 "; ".join(reason for _, reason in answers))
+
+
+def _process_collector(pid: int) -> ProcessCollector:
+    """prometheus_client's process metrics of another process (read from /proc)."""
+    return ProcessCollector(pid=lambda: pid, registry=None)
 
 
 def _version() -> str:

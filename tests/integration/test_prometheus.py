@@ -136,8 +136,10 @@ class Service:
 
 
 @pytest.fixture()
-def service(broker: Any, unique: str, tmp_path: Path) -> Iterator[Service]:
-    """``streamseq run`` as a subprocess, exactly as docs/CONTRACTS.md specifies it."""
+def service(request: pytest.FixtureRequest, broker: Any, unique: str, tmp_path: Path
+            ) -> Iterator[Service]:
+    """``streamseq run`` as a subprocess, exactly as docs/CONTRACTS.md specifies it; with
+    ``--workers N`` where a test parametrizes it (``indirect``) with N."""
     topics = {"sensor": f"sensors-{unique}", "price": f"prices-{unique}",
               "prediction": f"predictions-{unique}", "dead_letter": f"dead-letters-{unique}"}
     broker.create_topics({topics["sensor"]: 2, topics["price"]: 2, topics["prediction"]: 2,
@@ -152,6 +154,9 @@ def service(broker: Any, unique: str, tmp_path: Path) -> Iterator[Service]:
            "--group", f"streamseq-{unique}",
            "--checkpoint-dir", str(tmp_path / "checkpoints"),
            "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+    workers = getattr(request, "param", 1)
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEQ_")}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -183,6 +188,9 @@ def _selector_text(name: str, matchers: dict[str, str]) -> str:
     return f"{name}{{{inner}}}" if inner else name
 
 
+# two workers on one host (streamseq run --workers 2): one target whose series are the
+# workers' merge, for which the same dashboards and alerts must hold
+@pytest.mark.parametrize("service", [1, 2], ids=["one process", "two workers"], indirect=True)
 def test_dashboards_and_alerts_against_a_real_prometheus(
         prometheus_bin: str, broker: Any, service: Service) -> None:
     with PrometheusServer(service.target, binary=prometheus_bin) as prom:
