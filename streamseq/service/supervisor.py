@@ -327,12 +327,14 @@ class Supervisor:
         self.every = every
         self.workers: list[Worker] = []
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set with _stop: the loop forwards the signal at once
         self._beat = time.monotonic()
         self._env: dict[str, str] = {}
 
     def stop(self) -> None:
         """Ask every worker to finish its batch, checkpoint, commit and exit."""
         self._stop.set()
+        self._wake.set()
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
@@ -391,7 +393,8 @@ class Supervisor:
                     self._start(w)
             if signalled and not any(w.running for w in self.workers):
                 break
-            time.sleep(self.every)
+            self._wake.wait(self.every)
+            self._wake.clear()
         if failure is not None:
             return failure
         unclean = [w for w in self.workers if w.exit_code not in (None, EXIT_OK)]

@@ -252,3 +252,31 @@ def test_every_gauge_combines_over_live_workers_without_a_pid_label() -> None:
     assert len(gauges) >= 16
     for name, g in gauges.items():
         assert g._multiprocess_mode.startswith("live"), name
+
+
+# ---------------------------------------------------------------------------- the command
+def streamseq_run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEQ_")}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    return subprocess.run([sys.executable, "-m", "streamseq", "run", "--bootstrap",
+                           "127.0.0.1:9", *args], capture_output=True, text=True, env=env,
+                          cwd=PROJECT_ROOT, timeout=120)
+
+
+def test_unusable_worker_settings_fail_on_one_line_with_exit_2(tmp_path: Path) -> None:
+    bad = streamseq_run("--workers", "0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "streamseq run: configuration error: workers must be a positive number or auto, "
+        "not '0'"]
+    import socket
+
+    with socket.socket() as taken:  # the supervisor's port is in use: no worker starts
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = streamseq_run("--workers", "2", "--metrics-port", port,
+                             "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert busy.returncode == 2
+    assert f"metrics port 127.0.0.1:{port} cannot be used" in busy.stderr
+    assert "worker 1 started" not in busy.stderr
