@@ -109,8 +109,9 @@ class _Pending:
 
 
 class RecurrentExpert:
-    """The recurrent network as an expert: predicts one message, learns one label per step
-    (plus ``replay`` earlier labelled messages)."""
+    """The recurrent network as an expert: predicts each message as it arrives (weights
+    fixed between update points), learns in one padded batch per ``update_every`` labels
+    (plus ``replay`` earlier labelled messages per label)."""
 
     def __init__(self, c: ClassifierConfig, stats: TextStats) -> None:
         self.config = c
@@ -129,6 +130,7 @@ class RecurrentExpert:
                                                        lr=c.embed_lr)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.replay: deque[tuple[list[int], int]] = deque(maxlen=c.replay_buffer)
+        self.batch: list[tuple[list[int], int]] = []  # labelled since the last step
 
     def encode(self, text: str) -> list[int]:
         return self.vocab.encode(text)[: self.config.max_len] or [0]
@@ -139,13 +141,20 @@ class RecurrentExpert:
             return torch.log_softmax(logits.double(), -1).numpy()
 
     def learn(self, ids: list[int], y: int, n_classes: int) -> None:
-        """One step on the message (plus ``replay`` earlier labelled ones)."""
-        batch = [(ids, y)]
-        r = self.config.replay
+        """Queue a labelled message; every ``update_every`` of them (an update point of the
+        stream), one optimizer step on them plus ``replay`` earlier ones per message."""
+        self.batch.append((ids, y))
+        if len(self.batch) >= self.config.update_every:
+            self._step(n_classes)
+
+    def _step(self, n_classes: int) -> None:
+        batch = list(self.batch)
+        r = self.config.replay * len(batch)
         if r and self.replay:
             picks = torch.randint(len(self.replay), (r,), generator=self.generator).tolist()
             batch.extend(self.replay[i] for i in picks)
-        self.replay.append((ids, y))
+        self.replay.extend(self.batch)
+        self.batch = []
         lengths = torch.tensor([len(x) for x, _ in batch])
         x = torch.zeros(len(batch), int(lengths.max()), dtype=torch.int64)
         for i, (seq, _) in enumerate(batch):
@@ -173,6 +182,7 @@ class RecurrentExpert:
             "sparse_optimizer": copy.deepcopy(self.sparse_optimizer.state_dict()),
             "generator": self.generator.get_state(),
             "replay": [[list(x), y] for x, y in self.replay],
+            "batch": [[list(x), y] for x, y in self.batch],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -192,6 +202,7 @@ class RecurrentExpert:
         self.generator.set_state(state["generator"])
         self.replay = deque(((list(x), int(y)) for x, y in state["replay"]),
                             maxlen=c.replay_buffer)
+        self.batch = [(list(x), int(y)) for x, y in state["batch"]]
 
 
 class OnlineTextClassifier:
@@ -229,9 +240,12 @@ class OnlineTextClassifier:
         self.nb = [HashedNaiveBayes(f.size, c.nb_alpha) for f in self.featurizers]
         self.rnn = RecurrentExpert(c, self.stats) if "rnn" in c.experts else None
         # NB experts enter the pool as log-likelihoods per feature (about 0.1 apart between
-        # classes): a total weight of 10 starts the pooled log-odds on a scale of 1
+        # classes): weights summing to 10 start the pooled log-odds on a scale of 1; the
+        # recurrent expert (log-probabilities, poor at first) starts at 0 and earns its weight
+        n_nb = len(self.nb)
+        initial = [10.0 / n_nb if name != "rnn" else 0.0 for name in c.experts] if n_nb else None
         self.pool = LogLinearPool(len(c.experts), c.max_classes, c.pool_lr, scale=1.0,
-                                  total_weight=10.0)
+                                  initial=initial)
         self.classes: list[str] = list(c.labels) if c.labels else []
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self.metrics = PrequentialClassification(c.window)

@@ -170,10 +170,13 @@ class ClassifierConfig(_PlainConfig):
     embed_lr
         Learning rate of the (lazy, sparse) Adam on the word embeddings. Higher than ``lr``:
         most words are seen only a few times in a stream, and each sighting must count.
+    update_every
+        The recurrent expert takes one optimizer step per ``update_every`` labels learned
+        (a point of the stream, not of the polls), on those messages in one padded batch.
     replay, replay_buffer
-        Each label's update also replays ``replay`` earlier labelled messages drawn (seeded)
-        from the last ``replay_buffer`` ones: several passes' worth of learning from a single
-        pass, still using only labels already seen.
+        Each step also replays ``replay`` earlier labelled messages per new one, drawn
+        (seeded) from the last ``replay_buffer`` ones: several passes' worth of learning from
+        a single pass, still using only labels already seen.
     label_wait_messages, label_wait_ms
         Bounded wait for late labels: a message is dropped (and counted) when this many
         later text messages arrived, or this much event time passed, without its label.
@@ -191,7 +194,7 @@ class ClassifierConfig(_PlainConfig):
     experts: tuple[str, ...] = ("word_nb", "char_nb")
     nb_alpha: float = 1.0
     nb_bits: int = 20
-    char_ngrams: tuple[int, int] = (3, 5)
+    char_ngrams: tuple[int, int] = (2, 5)
     pool_lr: float = 0.01
     tokens: str = "word"
     max_vocab: int = 30_000
@@ -210,6 +213,7 @@ class ClassifierConfig(_PlainConfig):
     embed_lr: float = 3e-2
     clip: float = 1.0
     weight_decay: float = 0.0
+    update_every: int = 8
     replay: int = 4
     replay_buffer: int = 1000
     label_wait_messages: int = 10_000
@@ -245,6 +249,8 @@ class ClassifierConfig(_PlainConfig):
             raise ConfigError("classifier.max_classes must be >= 2")
         if self.max_len < 1 or self.window < 1 or self.label_wait_messages < 0:
             raise ConfigError("classifier: max_len, window >= 1 and label_wait_messages >= 0")
+        if self.update_every < 1:
+            raise ConfigError("classifier.update_every must be >= 1")
         if self.replay < 0 or self.replay_buffer < 1:
             raise ConfigError("classifier: replay >= 0 and replay_buffer >= 1")
 

@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,15 +47,18 @@ class LogLinearPool:
         AdaGrad learning rate.
     scale
         Fixed factor on the experts' log-probabilities.
-    total_weight
-        Sum of the initial weights (shared equally).
+    initial
+        Initial weights (default: ``1 / n_experts`` each, before ``scale``).
     """
 
     def __init__(self, n_experts: int, max_classes: int, lr: float = 0.01,
-                 scale: float = 0.1, total_weight: float = 1.0) -> None:
+                 scale: float = 0.1, initial: Sequence[float] | None = None) -> None:
         self.lr = float(lr)
         self.scale = float(scale)
-        self.weights = np.full(n_experts, total_weight / n_experts / scale)
+        init = np.full(n_experts, 1.0 / n_experts) if initial is None else np.array(initial)
+        if init.shape != (n_experts,):
+            raise ValueError("one initial weight per expert")
+        self.weights = init.astype(np.float64) / scale
         self.bias = np.zeros(max_classes)
         self._g2w = np.full(n_experts, 1e-8)
         self._g2b = np.full(max_classes, 1e-8)

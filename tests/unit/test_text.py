@@ -299,7 +299,7 @@ def test_sentiment_accuracy_well_above_majority(data_dir: Path) -> None:
 
 
 def test_label_fifty_messages_late_is_learned() -> None:
-    eng = tiny_engine(lm=False, label_wait_messages=60)
+    eng = tiny_engine(lm=False, label_wait_messages=60, update_every=1)
     clf = eng.classifier
     assert clf is not None
     eng.process([TextEvent("r", 0, "warm up", "w", "neg")])
@@ -314,6 +314,18 @@ def test_label_fifty_messages_late_is_learned() -> None:
     assert eng.stats.clf_updates == updates + 1 and eng.stats.clf_labels_learned == 2
     assert any(not torch.equal(before[k], v) for k, v in clf.rnn.model.state_dict().items())
     assert "pos" in clf.classes and clf.metrics.n == 2
+
+
+def test_recurrent_expert_steps_once_per_update_every_labels() -> None:
+    eng = tiny_engine(lm=False, update_every=5)
+    clf = eng.classifier
+    assert clf is not None and clf.rnn is not None
+    steps = []
+    step = clf.rnn._step
+    clf.rnn._step = lambda n: (steps.append(len(clf.rnn.batch)), step(n))  # type: ignore
+    eng.process([TextEvent("r", i, f"text {i}", f"m{i}", "pos" if i % 3 else "neg")
+                 for i in range(12)])
+    assert steps == [5, 5] and len(clf.rnn.batch) == 2 and eng.stats.clf_updates == 12
 
 
 def test_bounded_wait_drops_and_counts_then_rejects_the_late_label() -> None:
