@@ -86,8 +86,11 @@ class LMConfig(_PlainConfig):
     cell, embed_dim, hidden, layers, dropout
         Architecture. LSTM is the default: on CPU its fused kernel trains ~4x faster than GRU.
     k1, k2
-        Truncated BPTT: one optimizer step every ``k1`` tokens of a stream, backpropagating
-        through the last ``k2`` (``k2 >= k1``).
+        Truncated BPTT: a window falls due every ``k1`` tokens of a stream, backpropagating
+        through its last ``k2`` (``k2 >= k1``).
+    batch_windows
+        One optimizer step per ``batch_windows`` windows due (of any streams of the shard),
+        on their mean loss, in one padded batch.
     lr, clip
         Adam learning rate; gradient-norm clip (0 disables).
     boundary_token
@@ -120,6 +123,7 @@ class LMConfig(_PlainConfig):
     dropout: float = 0.0
     k1: int = 64
     k2: int = 64
+    batch_windows: int = 1
     lr: float = 2e-3
     clip: float = 1.0
     boundary_token: bool = False
@@ -136,6 +140,8 @@ class LMConfig(_PlainConfig):
             raise ConfigError(f"lm: need 1 <= k1 <= k2, got k1={self.k1} k2={self.k2}")
         if self.max_keys < 1:
             raise ConfigError("lm.max_keys must be >= 1")
+        if self.batch_windows < 1:
+            raise ConfigError("lm.batch_windows must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,20 @@
 
 Per message of a stream (key), :meth:`OnlineLanguageModel.learn_message`
 
-1. *predicts*: runs the whole message through the RNN in one call from the stream's hidden
-   state, with the weights as they are, and scores every token's log-loss (the message's
-   surprise: NLL per token and per character). No weight has seen any of these tokens;
-2. *learns*: appends the scored tokens to the stream's TBPTT buffer; each time ``k1`` scored
-   tokens of the stream are pending, one optimizer step is taken on them, backpropagating
-   through the last ``k2`` tokens from the (detached) state saved at the window's start.
+1. *predicts*: runs the message through the RNN from the stream's hidden state, with the
+   weights as they are, and scores every token's log-loss (the message's surprise: NLL per
+   token and per character). No weight has seen any of these tokens. The run is cut at the
+   stream positions where a TBPTT window will start, and the state there is kept;
+2. *learns*: each time ``k1`` more tokens of a stream are scored, a TBPTT window falls due:
+   its last ``k2`` inputs, from the state kept at its start, loss on its ``k1`` new targets.
+   Windows of all streams gather; every ``batch_windows`` of them (an update point) one
+   optimizer step is taken on their mean loss, in one padded forward/backward pass.
 
-Update points are a function of the stream (every ``k1`` tokens of a key), so outputs,
-hidden states and weights do not depend on how messages are batched into polls. The whole
-per-stream state (hidden states, TBPTT buffers) is in :meth:`state_dict`.
+Update points are a function of the ordered stream (every ``k1`` tokens of a key, every
+``batch_windows`` windows of the shard), so outputs, hidden states and weights do not
+depend on how messages are batched into polls. The whole per-stream state (hidden states,
+token history, the states kept at window starts) and the windows waiting for the next step
+are in :meth:`state_dict`.
 """
 
 from __future__ import annotations
@@ -77,16 +81,33 @@ class TokenLanguageModel(nn.Module):
 
 @dataclass
 class _Stream:
-    """Per-key state. ``buf[0]`` is the input before the first buffered target; targets are
-    ``buf[1:]``, the first ``learned`` of them already learned (kept as BPTT context)."""
+    """Per-key state. The stream's inputs are ``<bos>`` then its tokens; input ``p``
+    predicts token ``p + 1``. ``hist`` holds the inputs from position ``hist_start`` on
+    (those a window still needs); ``marks`` the states before the inputs at which windows
+    start."""
 
     state: torch.Tensor  # [layers, 1, S] after the last scored token
     last: int  # last scored token: the next input
-    buf: list[int]
-    buf_state: torch.Tensor  # state before consuming buf[0]
-    learned: int
+    hist: list[int]
+    hist_start: int
+    marks: dict[int, torch.Tensor]
     pos: int  # tokens scored so far on this key
+    next_window: int  # the window that falls due when pos reaches next_window * k1
     last_ts: int
+
+
+@dataclass
+class _Window:
+    """A TBPTT window of stream ``key`` that fell due: inputs, targets, the state before the
+    first input, and how many leading targets were already learned (context only); its
+    first new target is the stream's token number ``learn_pos`` (from 0)."""
+
+    key: str
+    learn_pos: int
+    inputs: list[int]
+    targets: list[int]
+    state0: torch.Tensor
+    n_context: int
 
 
 class OnlineLanguageModel:
@@ -123,6 +144,7 @@ class OnlineLanguageModel:
         self.optimizer = torch.optim.Adam(self.params, lr=c.lr)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
+        self.due: list[_Window] = []  # windows waiting for the next update point
         #: times each token id was learned as a target (only those may be sampled)
         self.learned_counts = torch.zeros(c.max_vocab, dtype=torch.int64)
 
@@ -159,8 +181,7 @@ class OnlineLanguageModel:
         else:
             while len(self.streams) >= self.config.max_keys:
                 self._evict(next(iter(self.streams)))
-            zero = self.model.init_state(1)
-            st = _Stream(zero, BOS, [BOS], zero, 0, 0, ts_ms)
+            st = _Stream(self.model.init_state(1), BOS, [BOS], 0, {}, 0, 1, ts_ms)
             self.streams[key] = st
         ttl = self.config.key_ttl_ms
         if ttl is not None:  # least recently seen first: idle streams drift to the front
@@ -177,79 +198,87 @@ class OnlineLanguageModel:
         self.stats.lm_keys_evicted += 1
         self.stats.lm_keys = len(self.streams)
 
+    def _window_start(self, n: int) -> int:
+        """Stream position of window ``n``'s first input."""
+        return max(0, n * self.config.k1 - self.config.k2)
+
     def _predict(self, key: str, st: _Stream, ids: list[int]) -> float:
         """Score ``ids`` (the next tokens of ``key``) from the stream's state; returns the
-        summed NLL in nats and appends the scored tokens to the stream's buffer."""
+        summed NLL in nats, keeps the inputs and the states where windows will start."""
+        k1, k2 = self.config.k1, self.config.k2
         inputs = [st.last, *ids[:-1]]
+        n0, n = st.pos, len(ids)
+        # cut where a window starts (position = -k2 mod k1, after the stream's first input)
+        first = n0 + 1 + ((-k2 - (n0 + 1)) % k1)
+        cuts = [p - n0 for p in range(first, n0 + n, k1)]
+        cuts += [c for c in range(PREDICT_CHUNK, n, PREDICT_CHUNK) if c not in cuts]
+        bounds = [0, *sorted(cuts), n]
         total = torch.zeros(())
         state = st.state
         with torch.inference_mode():
-            for a in range(0, len(ids), PREDICT_CHUNK):
-                x = torch.tensor([inputs[a:a + PREDICT_CHUNK]])
-                y = torch.tensor(ids[a:a + PREDICT_CHUNK])
-                logits, state = self.model(x, state)
-                total += F.cross_entropy(logits[0], y, reduction="sum")
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                logits, state = self.model(torch.tensor([inputs[a:b]]), state)
+                total += F.cross_entropy(logits[0], torch.tensor(ids[a:b]), reduction="sum")
+                if b < n and (n0 + b + k2) % k1 == 0:
+                    st.marks[n0 + b] = state
         nll = float(total)
         if not math.isfinite(nll) or not bool(torch.isfinite(state).all()):
             log.warning("non-finite score on stream %r; its hidden state is reset", key)
             state = self.model.init_state(1)
         st.state = state
+        if (n0 + n + k2) % k1 == 0:
+            st.marks[n0 + n] = state
         st.last = ids[-1]
-        st.buf.extend(ids)
-        st.pos += len(ids)
+        st.hist.extend(ids)
+        st.pos += n
         return nll
 
     def _learn_due(self, key: str, st: _Stream) -> None:
-        """One optimizer step per ``k1`` scored tokens of the stream."""
-        k1, k2 = self.config.k1, self.config.k2
-        while len(st.buf) - 1 - st.learned >= k1:
-            end = st.learned + k1  # targets buf[1 : end + 1] are covered by this window
-            keep = end - (k2 - k1)  # first target kept as context for the next window
-            first_pos = st.pos - (len(st.buf) - 1)  # stream position of target buf[1]
-            mid = self._train_window(key, first_pos + st.learned, st.buf[:end],
-                                     st.buf[1:end + 1], st.learned, st.buf_state,
-                                     max(0, keep) if keep < end else end)
-            if keep > 0:
-                st.buf_state = mid
-                del st.buf[:keep]
-                st.learned = end - keep
-            else:
-                st.learned = end
+        """Queue the windows of the stream that fell due; step at every update point."""
+        k1 = self.config.k1
+        while st.pos >= st.next_window * k1:
+            n = st.next_window
+            start, end = self._window_start(n), n * k1
+            lo, hi = start - st.hist_start, end - st.hist_start
+            state0 = st.marks.pop(start) if start > 0 else self.model.init_state(1)
+            self.due.append(_Window(key, (n - 1) * k1, st.hist[lo:hi], st.hist[lo + 1:hi + 1],
+                                    state0, (n - 1) * k1 - start))
+            st.next_window = n + 1
+            keep = self._window_start(n + 1)  # inputs the next window needs
+            del st.hist[: keep - st.hist_start]
+            st.hist_start = keep
+            if len(self.due) >= self.config.batch_windows:
+                self._train_due()
 
-    def _train_window(self, key: str, learn_pos: int, inputs: list[int], targets: list[int],
-                      n_context: int, state0: torch.Tensor, split: int) -> torch.Tensor:
-        """One TBPTT step: forward ``inputs`` from ``state0`` with gradients, loss on
-        ``targets[n_context:]`` (stream positions from ``learn_pos``, already scored),
-        backward through the whole window, clip, step. Returns the detached state after
-        ``inputs[:split]`` (the next window's starting state)."""
+    def _train_due(self) -> None:
+        """One optimizer step on the mean loss of the windows due, in one padded batch."""
+        windows, self.due = self.due, []
+        length = max(len(w.inputs) for w in windows)
+        x = torch.zeros(len(windows), length, dtype=torch.int64)
+        y = torch.full((len(windows), length), -100, dtype=torch.int64)
+        for i, w in enumerate(windows):
+            x[i, : len(w.inputs)] = torch.tensor(w.inputs)
+            y[i, w.n_context: len(w.targets)] = torch.tensor(w.targets[w.n_context:])
+        state0 = torch.cat([w.state0 for w in windows], dim=1)
         model = self.model
         model.train()
         try:
-            x = torch.tensor([inputs])
-            if 0 < split < len(inputs):
-                la, s_mid = model(x[:, :split], state0, self.generator)
-                lb, _ = model(x[:, split:], s_mid, self.generator)
-                logits = torch.cat([la, lb], dim=1)[0]
-            else:
-                logits, s_mid = model(x, state0, self.generator)
-                logits = logits[0]
-                if split == 0:
-                    s_mid = state0
-            y = torch.tensor(targets[n_context:])
-            loss = F.cross_entropy(logits[n_context:], y)
+            logits, _ = model(x, state0, self.generator)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                   ignore_index=-100)
             applied, loss_v, norm = guarded_step(self.params, self.optimizer, loss,
                                                  self.config.clip)
         finally:
             model.eval()
         s = self.stats
         if applied:
-            self.learned_counts += torch.bincount(y, minlength=self.config.max_vocab)
+            learned = y[y >= 0]
+            self.learned_counts += torch.bincount(learned, minlength=self.config.max_vocab)
             s.lm_updates += 1
         else:
             s.lm_updates_skipped += 1
             log.warning("language model step skipped: loss %s, grad norm %s", loss_v, norm)
         s.lm_last_loss, s.lm_last_grad_norm = loss_v, norm
-        return s_mid.detach()
 
     # -- generation -------------------------------------------------------------------
     def generate(self, prompt: str = "", length: int = 200, temperature: float = 1.0,
@@ -292,8 +321,8 @@ class OnlineLanguageModel:
 
     # -- persistence ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Config, vocabulary, weights, optimizer, dropout RNG and every stream's state
-        (tensors and plain types; an independent copy)."""
+        """Config, vocabulary, weights, optimizer, dropout RNG, every stream's state and the
+        windows waiting for the next step (tensors and plain types; an independent copy)."""
         names = list(self.streams)
         sts = list(self.streams.values())
         empty = self.model.init_state(0)
@@ -307,13 +336,17 @@ class OnlineLanguageModel:
             "streams": {
                 "keys": names,
                 "state": torch.cat([s.state for s in sts], 1) if sts else empty,
-                "buf_state": torch.cat([s.buf_state for s in sts], 1) if sts else empty,
                 "last": [s.last for s in sts],
-                "buf": [list(s.buf) for s in sts],
-                "learned": [s.learned for s in sts],
+                "hist": [list(s.hist) for s in sts],
+                "hist_start": [s.hist_start for s in sts],
+                "mark_pos": [list(s.marks) for s in sts],
+                "mark_state": [[m.clone() for m in s.marks.values()] for s in sts],
                 "pos": [s.pos for s in sts],
+                "next_window": [s.next_window for s in sts],
                 "last_ts": [s.last_ts for s in sts],
             },
+            "due": [[w.key, w.learn_pos, list(w.inputs), list(w.targets), w.state0.clone(),
+                     w.n_context] for w in self.due],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -337,8 +370,12 @@ class OnlineLanguageModel:
         self.streams = OrderedDict()
         for i, key in enumerate(s["keys"]):
             self.streams[key] = _Stream(
-                s["state"][:, i:i + 1].clone(), int(s["last"][i]), list(s["buf"][i]),
-                s["buf_state"][:, i:i + 1].clone(), int(s["learned"][i]), int(s["pos"][i]),
-                int(s["last_ts"][i]))
+                s["state"][:, i:i + 1].clone(), int(s["last"][i]), list(s["hist"][i]),
+                int(s["hist_start"][i]),
+                {int(p): m.clone() for p, m in zip(s["mark_pos"][i], s["mark_state"][i],
+                                                   strict=True)},
+                int(s["pos"][i]), int(s["next_window"][i]), int(s["last_ts"][i]))
+        self.due = [_Window(str(k), int(lp), list(a), list(b), st0.clone(), int(n))
+                    for k, lp, a, b, st0, n in state["due"]]
         self.stats.lm_keys = len(self.streams)
         self.stats.lm_vocab_size = len(self.vocab)

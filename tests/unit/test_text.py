@@ -144,41 +144,51 @@ def test_vocabulary_caps_and_round_trips() -> None:
 
 
 # -- predict, then learn ---------------------------------------------------------------
-def test_lm_scores_every_token_before_learning_it() -> None:
+@pytest.mark.parametrize(("k1", "k2", "batch_windows"), [(16, 24, 1), (8, 8, 3), (5, 12, 2)])
+def test_lm_scores_every_token_before_learning_it(k1: int, k2: int, batch_windows: int
+                                                  ) -> None:
     """Instrumented: each target reaching the learner was scored (and its score recorded)
     earlier, at the same stream position; every scored token is learned exactly once."""
-    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=16, k2=24)))
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=k1, k2=k2,
+                                                  batch_windows=batch_windows)))
     lm = eng.lm
     assert lm is not None
     scored: dict[str, list[int]] = defaultdict(list)
     learned: dict[str, list[int]] = defaultdict(list)
-    predict, train = lm._predict, lm._train_window
+    predict, train = lm._predict, lm._train_due
+    steps = []
 
     def spy_predict(key: str, st: Any, ids: list[int]) -> float:
         nll = predict(key, st, ids)
         scored[key].extend(ids)  # the score of these tokens is recorded
         return nll
 
-    def spy_train(key: str, learn_pos: int, inputs: list[int], targets: list[int],
-                  n_context: int, state0: torch.Tensor, split: int) -> torch.Tensor:
-        new = targets[n_context:]
-        assert learn_pos + len(new) <= len(scored[key]), "learning a token not yet scored"
-        assert scored[key][learn_pos:learn_pos + len(new)] == new
-        assert inputs[1:] == targets[:-1]  # inputs are the targets shifted: no peeking
-        learned[key].extend(range(learn_pos, learn_pos + len(new)))
-        return train(key, learn_pos, inputs, targets, n_context, state0, split)
+    def spy_train() -> None:
+        steps.append(len(lm.due))
+        for w in lm.due:
+            new = w.targets[w.n_context:]
+            assert len(new) == k1 and len(w.inputs) <= k2
+            assert w.learn_pos + k1 <= len(scored[w.key]), "learning a token not yet scored"
+            assert scored[w.key][w.learn_pos:w.learn_pos + k1] == new
+            assert w.inputs[1:] == w.targets[:-1]  # inputs are the targets shifted: no peeking
+            learned[w.key].extend(range(w.learn_pos, w.learn_pos + k1))
+        train()
 
     lm._predict = spy_predict  # type: ignore[method-assign]
-    lm._train_window = spy_train  # type: ignore[method-assign]
+    lm._train_due = spy_train  # type: ignore[method-assign]
     rng = random.Random(1)
     for i in range(200):
         key = f"s{i % 3}"
         eng.process([TextEvent(key, i, "".join(rng.choice("abc \n") for _ in
                                                range(rng.randint(1, 40))))])
+    queued = defaultdict(list)
+    for w in lm.due:
+        queued[w.key].extend(range(w.learn_pos, w.learn_pos + k1))
     for key, toks in scored.items():
-        assert learned[key] == list(range(len(learned[key])))  # each once, in order
-        assert len(toks) - len(learned[key]) < 16  # all but the last partial window
-    assert eng.stats.lm_updates == sum(len(v) for v in learned.values()) // 16
+        assert sorted(learned[key] + queued[key]) == list(range(len(learned[key]) + len(
+            queued[key])))  # each once, in order
+        assert len(toks) - len(learned[key]) - len(queued[key]) < k1
+    assert set(steps) == {batch_windows} and eng.stats.lm_updates == len(steps)
 
 
 def test_classifier_scores_prediction_before_learning_late_label() -> None:
