@@ -50,6 +50,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Processing time of one polled batch (decode + engine + produce).
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The stream's pause for a checkpoint's copy of the shards' state (bench/checkpoint_bench.py:
+# tens of milliseconds at 10k keys, about a quarter of a second at 100k).
+PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: How a partition's state was found when this replica took it over.
 RESTORE_OUTCOMES = ("ok", "none", "failed")
 SHARD_LABELS = ["topic", "partition"]
@@ -198,6 +201,10 @@ class ServiceMetrics:
         self.checkpoint_seconds = Histogram(
             "streamseq_checkpoint_duration_seconds", "Wall time of flush + snapshot + commit.",
             buckets=CHECKPOINT_BUCKETS, registry=r)
+        self.checkpoint_pause_seconds = Histogram(
+            "streamseq_checkpoint_pause_seconds", "Time the stream stood still for one "
+            "checkpoint: copying the shards' state (the write and the commit run in the "
+            "background).", buckets=PAUSE_BUCKETS, registry=r)
         self.checkpoints = Counter(
             "streamseq_checkpoints", "Checkpoints by outcome (ok, failed).", ["outcome"],
             registry=r)

@@ -2,8 +2,9 @@
 
 The loop reads top to bottom: poll -> each partition's records go through
 :func:`streamseq.pipeline.apply` (decode, validate, the shard's engine) -> predictions and
-dead letters are produced, metrics added -> when a checkpoint is due: flush -> durable
-snapshots -> commit. Everything else has its own module: the Kafka clients and delivery
+dead letters are produced, metrics added -> a checkpoint written in the background is
+committed when done -> when one is due, the shards' state is copied and handed to the writer
+(flush -> durable snapshots; the commit comes back to this thread). Everything else has its own module: the Kafka clients and delivery
 tracking (:mod:`.clients`), the owned shards and rebalancing (:mod:`.rebalance`), the broker
 monitor (:mod:`.monitor`), metrics reporting (:mod:`.reporting`), checkpoints
 (:mod:`.checkpoints`) and the health answers (:mod:`.health`).
@@ -160,6 +161,7 @@ class Service:
             stack.callback(sender.close)
             checkpointer = Checkpointer(store, sender, self.metrics,
                                         cfg.checkpoint_every_events, cfg.checkpoint_every_seconds)
+            stack.callback(checkpointer.close)
             consumer = self._connect(self.clients.consumer)
             if consumer is None:
                 return 0
@@ -184,9 +186,10 @@ class Service:
                     assignment.track_positions()
                     self.reporter.levels((s.kind, s.engine.keys_held)
                                          for s in assignment.shards.values())
+                    if checkpointer.poll(commit) == Outcome.REWIND:  # a background write done
+                        assignment.rewind()
                     if assignment.shards and checkpointer.due():
-                        self._checkpoint(checkpointer, list(assignment.shards.values()),
-                                         commit)
+                        checkpointer.start(list(assignment.shards.values()))
             except BaseException:
                 # A shard may be half-applied (engine advanced, offset not): closing the
                 # consumer revokes the partitions, and that must not snapshot them.

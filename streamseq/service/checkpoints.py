@@ -1,4 +1,4 @@
-"""Checkpoints of the service: flush -> durable snapshot -> commit, when due.
+"""Checkpoints of the service: flush -> durable snapshot -> commit, in the background.
 
 The order is what makes restarts exact: a snapshot may only cover predictions that were
 delivered (the producer is flushed first, and any undelivered record fails the checkpoint),
@@ -6,6 +6,14 @@ and offsets are committed only after the snapshots that cover them are durable. 
 (with its offset) is the source of truth for restores; the committed offset follows it and
 serves lag monitoring and tools. A crash anywhere in between re-processes from the last
 durable snapshot, with the same prediction ids.
+
+The stream stops only for the copy: :meth:`Checkpointer.start` takes each shard's
+``state_dict()`` (copies of the engine's arrays, no memory shared with the live engine) at
+its stream position, between two batches, and hands them to a writer thread, which flushes
+the producer, serialises and writes the snapshots while the loop goes on; the loop commits
+the offsets when it sees the write finished (:meth:`Checkpointer.poll`; the consumer is
+not shared across threads). One checkpoint is in flight at a time. A revocation and the
+final checkpoint wait for it, then write synchronously (:meth:`Checkpointer.checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import TopicPartition
@@ -67,8 +77,18 @@ class Outcome:
     DISABLED = "disabled"  # after an unexpected error: the last durable snapshots stay
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """One shard's state at its stream position, taken by :meth:`Checkpointer.start`."""
+
+    name: str
+    tp: TopicPartition
+    offset: int
+    state: dict[str, Any]
+
+
 class Checkpointer:
-    """Decides when a checkpoint is due and writes it.
+    """Decides when a checkpoint is due and writes it in the background.
 
     Parameters
     ----------
@@ -92,43 +112,99 @@ class Checkpointer:
         self.events_since = 0
         self.last = time.monotonic()
         self.disabled = False
+        self._writer = ThreadPoolExecutor(max_workers=1,
+                                          thread_name_prefix="streamseq-checkpoint")
+        self._pending: tuple[float, Future[tuple[str, dict[TopicPartition, Any]]]] | None = None
 
     def note(self, records: int) -> None:
         """``records`` more input records were applied."""
         self.events_since += records
 
-    def due(self) -> bool:
-        return (self.events_since >= self.every_events
-                or time.monotonic() - self.last >= self.every_seconds)
+    @property
+    def writing(self) -> bool:
+        """The writer thread is at work on a checkpoint."""
+        return self._pending is not None and not self._pending[1].done()
 
-    def checkpoint(self, shards: Sequence[Shard], commit: Commit) -> str:
-        """Flush -> snapshot every shard in ``shards`` that applied anything -> commit."""
-        if self.disabled:
-            log.error("not checkpointing %d shards after a failure: the last durable "
-                      "snapshots stay the truth", len(shards))
-            return Outcome.DISABLED
+    def due(self) -> bool:
+        """A checkpoint is due (and none is in flight: written but not committed yet)."""
+        return self._pending is None and (self.events_since >= self.every_events
+                                          or time.monotonic() - self.last >= self.every_seconds)
+
+    def start(self, shards: Sequence[Shard]) -> float:
+        """Copy the state of every shard in ``shards`` that applied anything, now (the only
+        pause of the stream), and write it in the background. Returns the seconds the copy
+        took. Call :meth:`poll` to commit when the write is done."""
+        if self._pending is not None:
+            raise RuntimeError("a checkpoint is already in flight")
         t0 = time.perf_counter()
         self.last = time.monotonic()
+        self.events_since = 0
+        copies = [_Copy(s.name, s.tp, s.next_offset, s.snapshot()) for s in shards
+                  if s.next_offset is not None]
+        paused = time.perf_counter() - t0
+        self.metrics.checkpoint_pause_seconds.observe(paused)
+        self._pending = (t0, self._writer.submit(self._write, copies))
+        return paused
+
+    def _write(self, copies: list[_Copy]) -> tuple[str, dict[TopicPartition, Any]]:
+        """The writer thread: flush -> snapshots durable; the offsets they cover."""
         try:
             self.sender.flush(timeout=60)
         except DeliveryError as exc:
-            self.metrics.checkpoints.labels(outcome="failed").inc()
             if exc.lost:
                 log.error("%s: not committing; rewinding to the last snapshots", exc)
-                return Outcome.REWIND
+                return Outcome.REWIND, {}
             log.error("%s: not checkpointing now", exc)
-            return Outcome.RETRY
+            return Outcome.RETRY, {}
         offsets = {}
-        for shard in shards:
-            if shard.next_offset is None:
-                continue
-            self.store.save(shard.name, shard.snapshot())
-            offsets[shard.tp] = OffsetAndMetadata(shard.next_offset, "", -1)
+        for c in copies:
+            self.store.save(c.name, c.state)
+            offsets[c.tp] = OffsetAndMetadata(c.offset, "", -1)
+        return Outcome.OK, offsets
+
+    def poll(self, commit: Commit, wait: bool = False) -> str | None:
+        """When the checkpoint being written is done (or, with ``wait``, once it is): commit
+        its offsets on this thread and return its outcome; ``None`` if none finished."""
+        if self._pending is None:
+            return None
+        t0, future = self._pending
+        if not wait and not future.done():
+            return None
+        self._pending = None
+        try:
+            outcome, offsets = future.result()
+        except Exception as exc:  # noqa: BLE001 - the store failed: count, retry when due
+            self.metrics.checkpoints.labels(outcome="failed").inc()
+            log.error("checkpoint failed writing a snapshot (%s: %s); the previous snapshots "
+                      "stay the truth, retrying when the next one is due",
+                      type(exc).__name__, exc)
+            return Outcome.RETRY
+        if outcome != Outcome.OK:
+            self.metrics.checkpoints.labels(outcome="failed").inc()
+            return outcome
         if offsets:
             try:
                 commit(offsets)
             except KafkaError as exc:  # the snapshot is durable; the commit only lags
                 log.warning("offset commit failed (%s); snapshots are durable", exc)
-        self.events_since = 0
         self.metrics.checkpoint_done(time.perf_counter() - t0)
         return Outcome.OK
+
+    def checkpoint(self, shards: Sequence[Shard], commit: Commit) -> str:
+        """A checkpoint now, synchronously (a revocation, the final one): the one being
+        written is finished first; then flush -> snapshot ``shards`` -> commit."""
+        if self.disabled:
+            log.error("not checkpointing %d shards after a failure: the last durable "
+                      "snapshots stay the truth", len(shards))
+            return Outcome.DISABLED
+        earlier = self.poll(commit, wait=True)
+        if earlier == Outcome.REWIND:
+            return earlier
+        self.start(shards)
+        outcome = self.poll(commit, wait=True)
+        assert outcome is not None
+        return outcome
+
+    def close(self) -> None:
+        """Let a write in flight finish (its snapshot is consistent), then stop the thread."""
+        self._writer.shutdown(wait=True)

@@ -214,3 +214,36 @@ def test_text_shard_ids_versions_and_refusals() -> None:
     assert {g.name for g in step.gauges} >= {"streamseq_text_lm_log_loss",
                                              "streamseq_text_accuracy"}
     assert shard.model_version == out[-1]["model_version"]
+
+
+def test_a_shard_state_dict_is_a_copy() -> None:
+    """The service writes snapshots in the background while the shard runs on: a
+    ``state_dict()`` must share no memory with the live engine (its bytes do not change when
+    the shard processes more events), for every kind of shard."""
+    from streamseq.state.checkpoint import dumps
+    from streamseq.text.config import ClassifierConfig, LMConfig, TextEngineConfig
+    from streamseq.text.events import TextDecoder
+
+    numeric = NumericShard(CFG)
+    sensor = EventDecoder(kind="sensor")
+    text = TextShard(TextEngineConfig(lm=LMConfig(hidden=8, embed_dim=4),
+                                      classifier=ClassifierConfig(hidden=4, embed_dim=4)))
+
+    def sensor_records(lo: int, hi: int) -> list[InputRecord]:
+        return [InputRecord("s", 0, i, 10, json.dumps(
+            {"kind": "sensor", "sensor_id": f"k{i % 5}", "ts": 60_000 * i,
+             "values": {"temp": float(i % 7)}}).encode()) for i in range(lo, hi)]
+
+    def text_records(lo: int, hi: int) -> list[InputRecord]:
+        return [InputRecord("t", 0, i, 10, json.dumps(
+            {"kind": "text", "key": f"r{i % 3}", "ts": i, "text": f"word {i} again",
+             "id": f"m{i}", "label": "pos" if i % 2 else "neg"}).encode())
+            for i in range(lo, hi)]
+
+    for shard, decoder, records in ((numeric, RecordDecoder(sensor), sensor_records),
+                                    (text, RecordDecoder(TextDecoder()), text_records)):
+        apply(records(0, 200), decoder, shard)
+        state = shard.state_dict()
+        before = dumps(state)
+        apply(records(200, 400), decoder, shard)
+        assert dumps(state) == before, shard.kind
