@@ -124,7 +124,7 @@ def report(results: list[dict[str, Any]], repeats: int, load: tuple[float, ...])
     lines = [
         "# Checkpoints against keys held",
         "",
-        f"Command: `python -m bench.checkpoint_bench`  ",
+        "Command: `python -m bench.checkpoint_bench`  ",
         f"Date: {now}; revision {rev}  ",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, torch threads 1; load average "
         f"before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine)  ",
