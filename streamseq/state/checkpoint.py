@@ -36,10 +36,17 @@ MAGIC = b"STREAMSEQ-SNAPSHOT-1\n"
 
 def dumps(state: dict[str, Any]) -> bytes:
     """Header (magic, SHA-256 of the payload) + ``torch.save`` payload."""
+    header, payload = _serialise(state)
+    return header + payload.tobytes()
+
+
+def _serialise(state: dict[str, Any]) -> tuple[bytes, memoryview]:
+    """The header and a view of the payload (written one after the other, a snapshot of
+    hundreds of megabytes is not copied into one more buffer)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    payload = buf.getvalue()
-    return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    payload = buf.getbuffer()
+    return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n", payload
 
 
 def loads(data: bytes) -> dict[str, Any]:
@@ -123,13 +130,14 @@ class LocalCheckpointStore:
     def save(self, name: str, state: dict[str, Any]) -> None:
         if not _NAME.match(name):
             raise CheckpointError(f"bad snapshot name {name!r}")
-        data = dumps(state)
+        header, payload = _serialise(state)
         files = self._files(name)
         gen = int(files[0].name.rsplit(".", 2)[1]) + 1 if files else time.time_ns()
         final = self.directory / f"{name}.{gen:020d}.ckpt"
         tmp = self.directory / f".{final.name}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            fh.write(header)
+            fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
