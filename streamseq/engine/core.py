@@ -289,7 +289,7 @@ class Shard:
         out = np.full((raw.shape[0], self.config.model.horizon, len(self.targets)), np.nan)
         peek_steps(np.ascontiguousarray(raw, dtype=np.float64),
                    np.ascontiguousarray(ts, dtype=np.int64), position, newest, roll,
-                   self.last_forecast(key)[0], state,
+                   self.last_forecast(key)[0] if roll else np.zeros(len(self.targets)), state,
                    (feat[0], rows["last_raw"], rows["count"], rows["mean"], rows["m2"],
                     rows["frozen"], rows["gap_ema"]), feat_opts, model, model_opts, out)
         return out

@@ -118,7 +118,10 @@ class EngineAdapter:
             columns = self._columns
             for name, value in x.items():
                 col = columns.get(name)
-                if col is not None and isinstance(value, numbers.Real):
+                if col is None:
+                    continue
+                kind = type(value)  # float and int first: the ABC check is slow
+                if kind is float or kind is int or isinstance(value, numbers.Real):
                     v = float(value)
                     if math.isfinite(v):
                         row[col] = v
