@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.engine_speed import cpu_rate, fmt, machine, repeat, series
+from bench.engine_speed import cpu_rate, fmt, machine, series
 
 REPORT = Path(__file__).resolve().parent / "results" / "river.md"
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,33 +225,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     n, r = int(5000 * s), a.repeats
     print(f"river bench {started}: {info['cpu']}, load {info['load']}, rev {info['rev']}")
 
-    def run(name: str, fn: Callable[[], float], table: dict[str, dict[str, float]]) -> None:
-        table[name] = repeat(fn, r)
-        print(f"  {name:<58} {fmt(table[name])} ev/CPU-s", flush=True)
-
-    fc: dict[str, dict[str, float]] = {}
-    run("RNNForecaster forecast(1) + learn_one", lambda: forecaster_rate(n), fc)
-    run("RNNForecaster forecast(12) + learn_one", lambda: forecaster_rate(n, 12), fc)
-    run("Engine.process_one (the adapter's engine path)",
-        lambda: engine_rate("forecaster", n, "process_one"), fc)
-    run("Engine.process, one event per call", lambda: engine_rate("forecaster", n, "process"),
-        fc)
-    run("Engine.process, polls of 256 events", lambda: engine_rate("forecaster", n, "polls"),
-        fc)
     lstm = {"cell": "lstm", "hidden": 16}
-    run("RNNForecaster LSTM 16, forecast(1) + learn_one", lambda: forecaster_rate(n, **lstm),
-        fc)
-    run("Engine.process_one, LSTM 16", lambda: engine_rate("forecaster", n, "process_one",
-                                                          **lstm), fc)
-    rg: dict[str, dict[str, float]] = {}
-    run("RNNRegressor predict_one + learn_one", lambda: regressor_rate(n), rg)
-    run("Engine.process_one (the adapter's engine path)",
-        lambda: engine_rate("regressor", n, "process_one"), rg)
-    run("Engine.process, one event per call", lambda: engine_rate("regressor", n, "process"),
-        rg)
-    run("Engine.process, polls of 256 events", lambda: engine_rate("regressor", n, "polls"),
-        rg)
-    run("RNNRegressor LSTM 16, predict_one + learn_one", lambda: regressor_rate(n, **lstm), rg)
+    forecaster_runs: dict[str, Callable[[], float]] = {
+        "RNNForecaster forecast(1) + learn_one": lambda: forecaster_rate(n),
+        "RNNForecaster forecast(12) + learn_one": lambda: forecaster_rate(n, 12),
+        "Engine.process_one (the adapter's engine path)":
+            lambda: engine_rate("forecaster", n, "process_one"),
+        "Engine.process, one event per call": lambda: engine_rate("forecaster", n, "process"),
+        "Engine.process, polls of 256 events": lambda: engine_rate("forecaster", n, "polls"),
+        "RNNForecaster LSTM 16, forecast(1) + learn_one": lambda: forecaster_rate(n, **lstm),
+        "Engine.process_one, LSTM 16": lambda: engine_rate("forecaster", n, "process_one",
+                                                          **lstm),
+    }
+    regressor_runs: dict[str, Callable[[], float]] = {
+        "RNNRegressor predict_one + learn_one": lambda: regressor_rate(n),
+        "Engine.process_one (the adapter's engine path)":
+            lambda: engine_rate("regressor", n, "process_one"),
+        "Engine.process, one event per call": lambda: engine_rate("regressor", n, "process"),
+        "Engine.process, polls of 256 events": lambda: engine_rate("regressor", n, "polls"),
+        "RNNRegressor LSTM 16, predict_one + learn_one": lambda: regressor_rate(n, **lstm),
+    }
+    # repeats interleaved (every run once, then again): load drift on the shared machine
+    # reaches every run alike
+    got: dict[tuple[str, str], list[float]] = {}
+    for rep in range(r):
+        for part, runs in (("forecaster", forecaster_runs), ("regressor", regressor_runs)):
+            for name, fn in runs.items():
+                got.setdefault((part, name), []).append(fn())
+                print(f"  {rep + 1}/{r} {part:<10} {name:<52} {got[part, name][-1]:,.0f} "
+                      "ev/CPU-s", flush=True)
+
+    def summary(vals: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+    fc = {name: summary(got["forecaster", name]) for name in forecaster_runs}
+    rg = {name: summary(got["regressor", name]) for name in regressor_runs}
     peers = peer_rates(a.peers_python, int(1500 * s), int(1000 * s), r)
     versions = peers.pop("versions")
     for name, v in peers.items():
@@ -283,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Load average (1/5/15 min) before: {info['load']}, after: {info_after['load']} "
         "(shared machine: rates are per CPU second of the process that ran them, in one "
         "run)  ",
-        f"Repeats: {r}; figures are the median (min..max) of events per CPU second; one "
-        "event is one predict-then-learn step. Peers: " + versions + " (bench/.venv-peers, "
+        f"Repeats: {r}, interleaved (each run once, then again); figures are the median "
+        "(min..max) of events per CPU second; one event is one predict-then-learn step. "
+        "Peers: " + versions + " (bench/.venv-peers, "
         "a subprocess).",
         "",
         "Adapters with their defaults (GRU 64, k1 = k2 = 4, Adam 1e-3) unless named; the "

@@ -41,6 +41,7 @@ from streamseq.engine.ordering import (
     Poll,
     plan_segment,
     read_poll,
+    row_problem,
     values_digest,
 )
 from streamseq.engine.output import EngineOutput, EngineStats
@@ -65,6 +66,7 @@ __all__ = ["Engine", "Shard", "FORMAT_VERSION"]
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+_ROW_PROBLEMS = {1: "missing_value", 2: "out_of_range", 3: "non_finite"}  # row_problem's
 _DRIFT_ACTIONS = {"none": DRIFT_NONE, "reset": DRIFT_RESET, "boost_lr": DRIFT_BOOST}
 
 
@@ -197,14 +199,10 @@ class Shard:
         model's forecast ``[horizon, targets]`` (a view, valid until the next call), or
         ``None`` when the event was rejected or dropped."""
         fc = self.config.features
-        known = ~np.isnan(raw)
-        if not known.any() or (fc.missing == "reject" and not known.all()):
+        problem = row_problem(raw, fc.max_abs_value, fc.missing == "reject")
+        if problem:
             stats.events += 1
-            stats.rejected["missing_value"] += 1
-            return None
-        if not (np.abs(raw[known]) <= fc.max_abs_value).all():
-            stats.events += 1
-            stats.rejected["out_of_range" if np.isfinite(raw).all() else "non_finite"] += 1
+            stats.rejected[_ROW_PROBLEMS[problem]] += 1
             return None
         one = self._one
         one.raw[0] = raw
@@ -265,12 +263,12 @@ class Shard:
         """The model's forecast ``[horizon, targets]`` made at ``key``'s last event (NaN
         for a key not held or one that has shown no target yet)."""
         slot = self.table.keys.get(key)
-        count = 0 if slot is None else int(self.table.core["count"][slot])
-        h, t = self.config.model.horizon, len(self.targets)
-        if count == 0:
-            return np.full((h, t), np.nan)
-        forecast = self.scoring.arrays["forecast"]
-        return forecast[slot, (count - 1) % h].copy()
+        h = self.config.model.horizon
+        if slot is not None:
+            count = self.table.core["count"][slot]
+            if count:
+                return self.scoring.arrays["forecast"][slot, (count - 1) % h].copy()
+        return np.full((h, len(self.targets)), np.nan)
 
     def peek(self, key: str, raw: np.ndarray, ts: np.ndarray, roll: bool) -> np.ndarray:
         """The model's forecasts after hypothetical events of ``key``; nothing changes

@@ -29,7 +29,7 @@ from streamseq.events.errors import EventError
 from streamseq.events.schema import Event
 from streamseq.state.table import SlotArrays
 
-__all__ = ["Poll", "read_poll", "OrderingPolicy", "plan_segment", "APPLIED", "LATE",
+__all__ = ["Poll", "read_poll", "row_problem", "OrderingPolicy", "plan_segment", "APPLIED", "LATE",
            "DUPLICATE", "REJECTED", "values_digest", "id_digest"]
 
 PENDING, APPLIED, LATE, DUPLICATE, REJECTED = 0, 1, 2, 3, 4
@@ -71,6 +71,32 @@ def values_digest(raw: np.ndarray) -> np.ndarray:
             h = _mix(h ^ bits[i, j])
         out[i] = h | np.uint64(1)  # 0 marks "no entry"
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def row_problem(raw: np.ndarray, max_abs: float, reject_missing: bool) -> int:
+    """What makes one event's values ``raw`` (NaN: missing) invalid, by
+    :func:`read_poll`'s rules: 0 nothing, 1 ``missing_value`` (no known value, or any with
+    ``reject_missing``), 2 ``out_of_range``, 3 ``non_finite`` (inf).
+
+    >>> [row_problem(np.array(r), 10.0, False) for r in ([1.0, np.nan], [np.nan], [11.0],
+    ...                                                  [np.inf, 1.0])]
+    [0, 1, 2, 3]
+    """
+    known = 0
+    problem = 0
+    for j in range(raw.shape[0]):
+        v = raw[j]
+        if math.isnan(v):
+            if reject_missing:
+                problem = max(problem, 1)
+            continue
+        known += 1
+        if math.isinf(v):
+            problem = 3
+        elif abs(v) > max_abs:
+            problem = max(problem, 2)
+    return 1 if known == 0 else problem
 
 
 def id_digest(event_id: str) -> int:

@@ -62,6 +62,11 @@ def _to_tensors(tree: Any) -> Any:
     return tree
 
 
+def _is_number(value: Any) -> bool:
+    kind = type(value)  # float and int first: the ABC check is slow
+    return kind is float or kind is int or isinstance(value, numbers.Real)
+
+
 class EngineAdapter:
     """The engine, the feature columns and the event clock of one River estimator.
 
@@ -100,10 +105,11 @@ class EngineAdapter:
         return self._engine
 
     def _learn_names(self, x: Mapping[Hashable, Any] | None) -> None:
-        """Give the names of ``x`` not seen before their columns, while columns are free."""
+        """Give the names of ``x`` not seen before their columns, while columns are free
+        (names with a number: a date or a category takes no column)."""
         if not x or len(self._columns) >= self.max_features:
             return
-        new = [k for k in x if k not in self._columns]
+        new = [k for k, v in x.items() if k not in self._columns and _is_number(v)]
         for name in sorted(new, key=str)[:self.max_features - len(self._columns)]:
             self._columns[name] = len(self._columns) + 1
 
@@ -120,8 +126,7 @@ class EngineAdapter:
                 col = columns.get(name)
                 if col is None:
                     continue
-                kind = type(value)  # float and int first: the ABC check is slow
-                if kind is float or kind is int or isinstance(value, numbers.Real):
+                if _is_number(value):
                     v = float(value)
                     if math.isfinite(v):
                         row[col] = v

@@ -679,3 +679,19 @@ def test_peek_changes_nothing_and_runs_the_real_steps(cell: str) -> None:
     np.testing.assert_array_equal(rolled, real("k1", np.full((4, 2), np.nan), roll=True))
     np.testing.assert_array_equal(fresh, real("new-key", given, roll=False))
     assert np.isfinite(rolled).all()
+
+
+def test_process_one_rejects_what_process_rejects() -> None:
+    eng = Engine(make_config(values=("x", "y")))
+    for row in ([np.nan, np.nan], [1e13, 1.0], [np.inf, 1.0], [-np.inf, np.nan]):
+        assert eng.process_one("a", np.array(row), 1) is None
+    assert eng.stats.rejected == {"missing_value": 1, "out_of_range": 1, "non_finite": 2}
+    assert eng.process_one("a", np.array([np.nan, 2.0]), 2) is not None
+    assert eng.process_one("a", np.array([np.nan, 2.0]), 2) is None  # a duplicate
+    assert eng.stats.dropped == {"duplicate": 1} and eng.stats.accepted == 1
+    ref = Engine(make_config(values=("x", "y")))
+    out = ref.process([Event("sensor", "a", 1, {"x": None, "y": None}),
+                       Event("sensor", "a", 1, {"x": 1e13, "y": 1.0}),
+                       Event("sensor", "a", 1, {"x": math.inf, "y": 1.0})])
+    assert [e.reason for _, e in out.rejected] == ["missing_value", "out_of_range",
+                                                   "non_finite"]

@@ -101,3 +101,13 @@ def test_the_readme_section_runs() -> None:
     runner = doctest.DocTestRunner()
     runner.run(test)
     assert runner.summarize(verbose=False).failed == 0 and len(test.examples) >= 5
+
+
+def test_names_without_numbers_take_no_column() -> None:
+    """River's airline passengers carry a date in ``x``: it takes no input column."""
+    model = RNNForecaster(hidden=8, max_features=2, seed=0)
+    for x, y in datasets.AirlinePassengers().take(30):
+        model.learn_one(y, x)
+        model.learn_one(y, {**x, "flag": True, "name": "a", "nan": math.nan})
+    assert model._columns == {"flag": 1, "nan": 2}
+    assert all(math.isfinite(v) for v in model.forecast(3, xs=[x] * 3))
