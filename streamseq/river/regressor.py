@@ -30,7 +30,8 @@ class RNNRegressor(EngineAdapter, base.Regressor):
     order changes nothing; names past ``max_features`` are ignored). A feature absent from
     ``x`` is missing: its last value is carried forward with a missing flag as an input (a
     column never seen is 0 with its flag set). Values that are not finite numbers count as
-    missing, and a name seen only with values that are not numbers takes no column. Features and the target are scaled by running means and variances.
+    missing, and a name seen only with values that are not numbers takes no column.
+    Features and the target are scaled by running means and variances.
 
     Parameters
     ----------
