@@ -1,45 +1,42 @@
-"""End-to-end speed of the Kafka service: produce -> ``streamseq run`` -> prediction topic.
+"""End-to-end speed of the Kafka service, against a bare relay, in one run on one broker.
 
-``python -m bench.e2e [--events 60000] [--keys 1000] [--rate 2000] [--profile]
-[--report bench/results/e2e.md]``
+``python -m bench.e2e [--events 60000] [--keys 200] [--rates 1000,5000] [--seconds 15]
+[--profile] [--report bench/results/e2e.md]``
 
-What it measures, on the local embedded broker (Tansu) and this machine:
+What it measures, on the local embedded broker (Tansu) and this machine, all in one run
+(the machine is shared: figures are read as ratios to the relay of the same run):
 
 1. **Kafka client costs.** The input topic is filled with ``--events`` sensor events of
-   ``--keys`` keys (kafka-python producer, keyed by sensor id) and read back once with a bare
-   consumer: microseconds per record for each, in this process.
-2. **The same events without Kafka.** (a) the engine alone on pre-decoded events, (b) the
-   service's per-event work without Kafka (decode, engine, prediction records, JSON
-   encoding), both per partition in chunks of ``--max-poll-records`` as the service polls,
-   and (c) the file backtest (``read_events`` + ``Backtest``, predictions written as JSON
-   lines) over the same events in a JSONL file.
-3. **End-to-end throughput.** ``streamseq run`` (a subprocess) is started on the filled
-   topic, once per variant (the configured model learning online, and ``--no-learn``), and
-   drains it; throughput = predictions / (last - first prediction record timestamp), and
-   the wall time from the group's assignment to the last prediction.
-4. **Latency at a fixed offered rate.** With the learning service caught up, ``--rate``
-   events/s are produced for ``--seconds``; each prediction's record timestamp (set when the
-   service hands it to its producer) minus its input record's timestamp (set when the bench
-   hands it to its producer) gives event-to-prediction latency p50/p90/p99; the service's own
-   ``streamseq_event_to_prediction_seconds`` histogram is reported beside it, and so is the
-   latency of Kafka alone (a bare consumer, two ``fetch_max_wait_ms`` settings).
-5. ``--profile``: one more run of each variant under py-spy (all threads; cProfile of the
-   main thread when py-spy is not installed); the share of CPU by part (Kafka consumer,
-   producer, network threads, decode, engine, learning ...) goes into the report.
+   ``--keys`` keys and read back with a bare consumer: µs per record for each.
+2. **The service's own work without Kafka.** The pipeline step (decode, engine, prediction
+   records) on the same records, per partition in polls of ``max_poll_records``, with and
+   without learning; decoding alone and building the records alone.
+3. **Throughput.** On the filled topic, each drains it into its own output topic: (a) a
+   bare kafka-python consume -> produce relay (``bench.relay``: the limit), (b) the service
+   with ``--no-learn``, (c) the service with its defaults (checkpoints on, their defaults),
+   (d) ``--workers 2`` when ``streamseq run`` has that flag. Throughput = output records /
+   (last - first output record timestamp), best of ``--repeat`` runs.
+4. **Latency at fixed offered rates** (``--rates``, each for ``--seconds``), the relay and
+   the service with defaults, each caught up beforehand: per event, the output record's
+   timestamp (set when the relay or service hands it to its producer) minus the input
+   record's (set when the bench hands it to its producer), and the time the output record
+   reached a consumer of the output topic (``fetch_max_wait_ms=5``) minus the same.
+5. ``--profile``: a further drain of (b) and (c) under py-spy (all threads): µs per event
+   by part of the service (consumer, decode, engine, learning, records, producer, metrics).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import os
 import platform
-import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -54,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import cpu_model  # noqa: E402
 from streamseq.config import LearnerConfig  # noqa: E402
+from streamseq.service.config import ServiceConfig  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Message,
     ServiceProcess,
@@ -64,21 +62,22 @@ from tests.integration.harness import (  # noqa: E402
     reference_config,
     sensor_stream,
     service_args,
+    wait_until,
 )
 
 REPORT = ROOT / "bench" / "results" / "e2e.md"
 _LC = LearnerConfig()  # the service's learner defaults
+_SC = ServiceConfig()  # the service's defaults (client settings, checkpoints)
 
 
 # ---------------------------------------------------------------------------- machine
 def machine() -> dict[str, str]:
-    cpu = cpu_model()
     import kafka
     import torch
 
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "torch": torch.__version__, "kafka-python": kafka.__version__,
-            "os": platform.platform()}
+    return {"cpu": cpu_model(), "cores": str(os.cpu_count()),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "kafka-python": kafka.__version__, "os": platform.platform()}
 
 
 def load() -> str:
@@ -86,6 +85,11 @@ def load() -> str:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "?"
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of sorted ``values`` (nearest rank)."""
+    return float(values[min(len(values) - 1, int(q * len(values)))])
 
 
 # ---------------------------------------------------------------------------- stages
@@ -115,123 +119,77 @@ def by_partition(records: Sequence[TopicRecord]) -> dict[int, list[TopicRecord]]
     return dict(sorted(parts.items()))
 
 
-def service_work(records: Sequence[TopicRecord], args: Sequence[str], chunk: int,
-                 engine_only: bool = False) -> float:
-    """Seconds for the service's per-event work without Kafka: the pipeline step (decode,
-    engine, serialised prediction records), per partition in polls of ``chunk`` records
-    (``engine_only``: the engine alone on events decoded beforehand)."""
+def in_process(records: Sequence[TopicRecord], args: Sequence[str], chunk: int,
+               repeat: int) -> dict[str, float]:
+    """µs per event of the service's own work without Kafka, per partition in polls of
+    ``chunk`` records: ``step`` (the whole pipeline step: decode, engine, records),
+    ``decode`` (the record decoder alone), ``records`` (building the prediction records
+    alone, from the engine outputs of the step); best of ``repeat``."""
     import torch
 
-    from streamseq.engine import Engine
     from streamseq.pipeline import apply
+    from streamseq.predictions import PredictionEncoder
     from streamseq.service.shards import ShardFactory
 
     torch.set_num_threads(1)
-    cfg = reference_config(args)
-    factory = ShardFactory(cfg)
+    factory = ShardFactory(reference_config(args))
     parts = by_partition(records)
-    if engine_only:
-        decoder = factory.decoders[records[0].topic]
-        decoded = {p: [decoder.decode(r) for r in recs] for p, recs in parts.items()}
+    n = len(records)
+    best: dict[str, float] = defaultdict(lambda: float("inf"))
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        for evs in decoded.values():
-            engine = Engine(cfg.engine.replace(kind="sensor"))
-            for lo in range(0, len(evs), chunk):
-                engine.process(evs[lo:lo + chunk])
-        return time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for recs in parts.values():
+        for recs in parts.values():
+            shard = factory.engine("sensor")
+            decoder = factory.decoders[recs[0].topic]
+            for lo in range(0, len(recs), chunk):
+                apply(recs[lo:lo + chunk], decoder, shard)
+        best["step"] = min(best["step"], time.perf_counter() - t0)
+        decoder = factory.decoders[records[0].topic]
+        t0 = time.perf_counter()
+        events = [decoder.decode(r) for r in records]
+        best["decode"] = min(best["decode"], time.perf_counter() - t0)
+        # the records alone: one engine pass, then the encoder on its outputs
         shard = factory.engine("sensor")
-        decoder = factory.decoders[recs[0].topic]
-        for lo in range(0, len(recs), chunk):
-            apply(recs[lo:lo + chunk], decoder, shard)
-    return time.perf_counter() - t0
+        engine = shard.engine  # type: ignore[attr-defined]
+        calls = []
+        for recs in parts.values():
+            evs = [decoder.decode(r) for r in recs]
+            for lo in range(0, len(recs), chunk):
+                calls.append((evs[lo:lo + chunk], engine.process(evs[lo:lo + chunk]),
+                               recs[lo:lo + chunk]))
+        encoder = PredictionEncoder("sensor")
+        t0 = time.perf_counter()
+        for evs, out, recs in calls:
+            encoder.encode(evs, out, engine.target_names, recs)
+        best["records"] = min(best["records"], time.perf_counter() - t0)
+    del events
+    return {k: 1e6 * v / n for k, v in best.items()}
 
 
-def file_backtest(messages: Sequence[Message], args: Sequence[str], workdir: Path) -> float:
-    """Seconds for ``streamseq backtest``'s path over the events in a JSONL file."""
-    import torch
-
-    from streamseq.backtest import Backtest
-    from streamseq.io.files import FileLayout, read_events
-
-    torch.set_num_threads(1)
-    cfg = reference_config(args)
-    path = workdir / "events.jsonl"
-    with open(path, "wb") as fh:
-        for _key, payload, _ts in messages:
-            fh.write(payload + b"\n")
-    t0 = time.perf_counter()
-    with open(workdir / "predictions.jsonl", "w") as out:
-        bt = Backtest(cfg.engine.replace(kind="sensor"), predictions_out=out)
-        bt.run(read_events([path], FileLayout(kind="sensor")))
-    return time.perf_counter() - t0
-
-
-# ---------------------------------------------------------------------------- the service
-@dataclass
-class E2E:
-    name: str
-    flags: list[str]
-    events: int = 0
-    predictions: int = 0
-    span_s: float = 0.0
-    wall_s: float = 0.0
-    in_process_s: float = 0.0
-    cpu: dict[str, float] = field(default_factory=dict)
-    runs: list[float] = field(default_factory=list)
-
-    @property
-    def in_process_rate(self) -> float:
-        return self.events / self.in_process_s if self.in_process_s else 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.predictions / self.span_s if self.span_s else 0.0
-
-
-def histogram(svc: ServiceProcess, name: str) -> dict[float, float]:
-    """Cumulative bucket counts ``le -> count`` of a histogram (all label sets summed)."""
-    out: dict[float, float] = defaultdict(float)
-    for n, labels, v in svc.samples():
-        if n == name + "_bucket":
-            out[float(labels["le"])] += v
-    return dict(sorted(out.items()))
-
-
-def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]
-                       ) -> float:
-    """Prometheus-style quantile of the increase between two bucket snapshots."""
-    les = sorted(after)
-    counts = [after[le] - before.get(le, 0.0) for le in les]
-    total = counts[-1]
-    if total <= 0:
-        return float("nan")
-    rank = q * total
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in zip(les, counts, strict=True):
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
-        prev_le, prev_c = le, c
-    return les[-2]
-
-
-def cpu_seconds(pid: int | None) -> dict[str, float]:
-    """CPU seconds (user + system) of a process so far: its main thread and the others."""
+# ---------------------------------------------------------------------------- processes
+def cpu_tree(pid: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a process: its main thread, and its other
+    threads plus its child processes (``--workers``)."""
     out = {"main": 0.0, "other": 0.0}
     if pid is None:
         return out
     tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    todo = [(pid, True)]
+    while todo:
+        p, root = todo.pop()
         try:
-            stat = (task / "stat").read_text()
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        out["main" if task.name == str(pid) else "other"] += seconds
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+                todo += [(int(c), False) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            seconds = (int(fields[11]) + int(fields[12])) / tick
+            out["main" if root and task.name == str(p) else "other"] += seconds
     return out
 
 
@@ -248,101 +206,313 @@ def broker_pid() -> int | None:
     return None
 
 
-def run_service(name: str, broker: Any, topics: ServiceTopics, unique: str,
-                flags: Sequence[str], n: int, workdir: Path, hidden: int,
-                python_args: Sequence[str] = (), wrapper: Sequence[str] = (),
-                keep: bool = False) -> tuple[E2E, ServiceProcess, TopicReader, list[str]]:
-    """Start a service (own group, prediction topic, checkpoint dir) on the filled input
-    topic and wait until it has published ``n`` predictions."""
-    bootstrap = broker.bootstrap
-    prediction = f"{topics.prediction}-{name}"
-    broker.create_topics({prediction: topics.partitions})
-    own = ServiceTopics(topics.sensor, prediction, topics.dead_letter, topics.partitions)
-    args = service_args(bootstrap, own, f"bench-{name}-{unique}", workdir / f"ckpt-{name}",
-                        checkpoint_every_events=50_000, checkpoint_every_seconds=30.0,
-                        hidden=hidden, extra=flags)
-    result = E2E(name, list(flags), events=n)
-    svc = ServiceProcess(args, workdir / f"service-{name}.log", log_level="WARNING",
-                         python_args=python_args, wrapper=wrapper).start()
-    reader = TopicReader(bootstrap, prediction)
-    try:
-        svc.wait_ready(timeout=120, shards=topics.partitions)
-        t0 = time.monotonic()
-        cpu0 = cpu_seconds(svc.service_pid), cpu_seconds(broker_pid())
-        svc.wait_until(lambda: svc.metric("streamseq_predictions_published_total") >= n,
-                       1800, f"{n} predictions")
-        cpu1 = cpu_seconds(svc.service_pid), cpu_seconds(broker_pid())
-        result.wall_s = time.monotonic() - t0
-        result.cpu = {
-            "service main thread": cpu1[0]["main"] - cpu0[0]["main"],
-            "service other threads": cpu1[0]["other"] - cpu0[0]["other"],
-            "broker": sum(cpu1[1].values()) - sum(cpu0[1].values())}
-        reader.read_until(lambda recs: len(recs) >= n, 300, f"{n} predictions")
+@dataclass(frozen=True)
+class Variant:
+    """One thing measured: the relay, or ``streamseq run`` with ``flags``."""
+
+    key: str
+    name: str
+    flags: tuple[str, ...] = ()
+    relay: bool = False
+
+    @property
+    def label(self) -> str:
+        what = "bare kafka-python relay" if self.relay else (
+            f"service, `{' '.join(self.flags)}`" if self.flags else "service, defaults")
+        return f"({self.key}) {what}"
+
+
+RELAY = Variant("a", "relay", relay=True)
+NO_LEARN = Variant("b", "no-learn", ("--no-learn",))
+DEFAULTS = Variant("c", "defaults")
+WORKERS = Variant("d", "workers-2", ("--workers", "2"))
+
+
+def has_workers_flag() -> bool:
+    """Whether ``streamseq run`` has ``--workers`` (point 4 of issue 12, another branch)."""
+    out = subprocess.run([sys.executable, "-m", "streamseq", "run", "--help"],
+                         capture_output=True, text=True, cwd=ROOT)
+    return "--workers" in out.stdout
+
+
+class Runner:
+    """The relay or the service as a child process, on the shared input topic with its own
+    group and output topic."""
+
+    def __init__(self, variant: Variant, broker: Any, topics: ServiceTopics, tag: str,
+                 workdir: Path, hidden: int, wrapper: Sequence[str] = ()) -> None:
+        self.variant = variant
+        self.output = f"{topics.prediction}-{tag}"
+        broker.create_topics({self.output: topics.partitions})
+        group = f"bench-{tag}"
+        log = self.log = workdir / f"{tag}.log"
+        self.svc: ServiceProcess | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        if variant.relay:
+            self.status = workdir / f"{tag}.count"
+            cmd = [*wrapper, sys.executable, "-m", "bench.relay", "--bootstrap",
+                   broker.bootstrap, "--input", topics.sensor, "--output", self.output,
+                   "--group", group, "--status", str(self.status)]
+            with open(log, "ab") as out:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                             cwd=ROOT, start_new_session=True)
+        else:
+            own = ServiceTopics(topics.sensor, self.output, topics.dead_letter,
+                                topics.partitions)
+            args = service_args(broker.bootstrap, own, group, workdir / f"ckpt-{tag}",
+                                checkpoint_every_events=_SC.checkpoint_every_events,
+                                checkpoint_every_seconds=_SC.checkpoint_every_seconds,
+                                hidden=hidden, extra=variant.flags)
+            self.svc = ServiceProcess(args, log, log_level="WARNING", wrapper=wrapper).start()
+
+    def count(self) -> int:
+        """Records written so far (the service's counter, the relay's status file)."""
+        if self.svc is not None:
+            return int(self.svc.metric("streamseq_predictions_published_total"))
+        try:
+            return int(self.status.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    @property
+    def pid(self) -> int | None:
+        if self.svc is not None:
+            return self.svc.service_pid
+        assert self.proc is not None
+        if self.proc.args[0] == sys.executable:
+            return self.proc.pid
+        kids = (Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+                .split())  # under a wrapper (py-spy)
+        return int(kids[0]) if kids else None
+
+    def alive(self) -> bool:
+        """True while the process runs (raises with its log's tail once it has exited)."""
+        running = self.svc.running if self.svc is not None else (
+            self.proc is not None and self.proc.poll() is None)
+        if not running:
+            raise RuntimeError(f"{self.variant.name} exited: {self.log.read_text()[-2000:]}")
+        return True
+
+    def stop(self) -> None:
+        if self.svc is not None:
+            self.svc.terminate()
+        elif self.proc is not None and self.proc.poll() is None:
+            import signal
+
+            pid = self.pid
+            os.kill(pid if pid is not None else self.proc.pid, signal.SIGTERM)
+            self.proc.wait(60)
+
+    def kill(self) -> None:
+        if self.svc is not None:
+            self.svc.kill()
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+@dataclass
+class Drain:
+    """One drain of the filled input topic."""
+
+    rate: float
+    wall_s: float
+    cpu: dict[str, float]
+
+
+@dataclass
+class Throughput:
+    variant: Variant
+    runs: list[Drain] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def best(self) -> Drain | None:
+        return max(self.runs, key=lambda d: d.rate) if self.runs else None
+
+    @property
+    def rate(self) -> float:
+        return self.best.rate if self.best else 0.0
+
+
+def drain(runner: Runner, n: int, bootstrap: str, timeout: float = 1800) -> Drain:
+    """Wait until ``runner`` has written ``n`` output records; throughput from their
+    timestamps, CPU of the process (and the broker) from its first output to its last."""
+    wait_until(lambda: runner.alive() and runner.count() > 0, 180,
+               f"first output of {runner.variant.name}", interval=0.1)
+    t0 = time.monotonic()
+    cpu0, b0 = cpu_tree(runner.pid), cpu_tree(broker_pid())
+    wait_until(lambda: runner.alive() and runner.count() >= n, timeout,
+               f"{n} outputs of {runner.variant.name}", interval=0.25)
+    cpu1, b1 = cpu_tree(runner.pid), cpu_tree(broker_pid())
+    wall = time.monotonic() - t0
+    with TopicReader(bootstrap, runner.output) as reader:
+        reader.read_until(lambda recs: len(recs) >= n, 300, f"{n} outputs")
         stamps = [r.timestamp for r in reader.records]
-        result.predictions = len({r.json()["id"] for r in reader.records})
-        result.span_s = (max(stamps) - min(stamps)) / 1000.0
-    except BaseException:
-        svc.kill()
-        reader.close()
-        raise
-    if not keep:
-        svc.terminate()
-        reader.close()
-    return result, svc, reader, args
+    span = (max(stamps) - min(stamps)) / 1000.0
+    cpu = {"main": cpu1["main"] - cpu0["main"], "other": cpu1["other"] - cpu0["other"],
+           "broker": sum(b1.values()) - sum(b0.values())}
+    return Drain(len(stamps) / span if span else 0.0, wall, cpu)
 
 
-def latency_phase(svc: ServiceProcess, reader: TopicReader, bootstrap: str, topic: str,
-                  messages: Sequence[Message], rate: float, already: int) -> dict[str, Any]:
-    """Produce ``messages`` at ``rate``; match each prediction to its input record."""
-    hist0 = histogram(svc, "streamseq_event_to_prediction_seconds")
+# ---------------------------------------------------------------------------- latency
+class PacedProducer(threading.Thread):
+    """Produces ``messages`` at ``rate`` per second (linger 1 ms) and keeps each record's
+    (partition, offset) -> timestamp and value -> timestamp."""
+
+    def __init__(self, bootstrap: str, topic: str, messages: Sequence[Message],
+                 rate: float) -> None:
+        super().__init__(name="bench-paced-producer", daemon=True)
+        self.args = (bootstrap, topic, messages, rate)
+        self.by_offset: dict[tuple[int, int], int] = {}
+        self.by_value: dict[bytes, int] = {}
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+
+        bootstrap, topic, messages, rate = self.args
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1,
+                                 client_id="bench-paced")
+        sent = []
+        t0 = time.monotonic()
+        for i, (key, payload, _ts) in enumerate(messages):
+            ahead = t0 + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            sent.append((payload, producer.send(topic, value=payload, key=key.encode())))
+        producer.flush(60)
+        self.seconds = time.monotonic() - t0
+        producer.close(10)
+        for payload, fut in sent:
+            md = fut.get(0)
+            self.by_offset[(md.partition, md.offset)] = md.timestamp
+            self.by_value[payload] = md.timestamp
+
+
+class ArrivalReader(threading.Thread):
+    """Reads an output topic from its end and notes when each record arrived (epoch ms),
+    with ``fetch_max_wait_ms=5`` (on Tansu a fetch waits about that long)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(name="bench-arrivals", daemon=True)
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                      enable_auto_commit=False, fetch_max_wait_ms=5,
+                                      client_id="bench-arrivals")
+        parts = wait_until(lambda: self.consumer.partitions_for_topic(topic), 30, "metadata")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            self.consumer.position(tp)
+        self.records: list[tuple[bytes, int, float]] = []  # value, timestamp, arrival
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                for recs in self.consumer.poll(timeout_ms=100).values():
+                    now = time.time() * 1000.0
+                    self.records.extend((r.value, r.timestamp, now) for r in recs)
+        finally:
+            self.consumer.close()
+
+
+def histogram(svc: ServiceProcess | None, name: str) -> dict[float, float]:
+    """Cumulative bucket counts ``le -> count`` of a histogram (all label sets summed)."""
+    out: dict[float, float] = defaultdict(float)
+    if svc is None:
+        return out
+    for n, labels, v in svc.samples():
+        if n == name + "_bucket":
+            out[float(labels["le"])] += v
+    return dict(sorted(out.items()))
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]
+                       ) -> float:
+    """Prometheus-style quantile of the increase between two bucket snapshots."""
+    les = sorted(after)
+    if not les:
+        return float("nan")
+    counts = [after[le] - before.get(le, 0.0) for le in les]
+    total = counts[-1]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in zip(les, counts, strict=True):
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return les[-2]
+
+
+def latency_phase(runner: Runner, bootstrap: str, topic: str, messages: Sequence[Message],
+                  rate: float) -> dict[str, Any]:
+    """Offer ``messages`` at ``rate`` to a caught-up runner; match each output to its
+    input: hand-off latency (output record timestamp - input record timestamp) and arrival
+    latency (seen by a consumer of the output topic - input record timestamp), ms."""
+    svc = runner.svc
     batch0 = histogram(svc, "streamseq_batch_processing_seconds")
-    start_ms = int(time.time() * 1000)
-    cpu0 = cpu_seconds(svc.service_pid)["main"]
-    t0 = time.perf_counter()
-    produce(bootstrap, topic, messages, rate=rate, linger_ms=5)
-    produce_s = time.perf_counter() - t0
-    want = already + len(messages)
-    svc.wait_until(lambda: svc.metric("streamseq_predictions_published_total") >= want, 600,
-                   f"{want} predictions")
-    reader.read_until(lambda recs: len(recs) >= want, 120, "latency predictions")
-    busy = (cpu_seconds(svc.service_pid)["main"] - cpu0) / (time.perf_counter() - t0)
-    hist1 = histogram(svc, "streamseq_event_to_prediction_seconds")
+    hist0 = histogram(svc, "streamseq_event_to_prediction_seconds")
+    cpu0 = cpu_tree(runner.pid)
+    arrivals = ArrivalReader(bootstrap, runner.output)
+    arrivals.start()
+    feeder = PacedProducer(bootstrap, topic, messages, rate)
+    t0 = time.monotonic()
+    start_ms = time.time() * 1000.0
+    feeder.start()
+    feeder.join()
+
+    def arrived() -> bool:  # the reader may start a batch early (Tansu's end offsets lag)
+        return sum(stamp >= start_ms for _, stamp, _ in arrivals.records) >= len(messages)
+
+    try:
+        wait_until(arrived, 300, f"{len(messages)} outputs at {rate:.0f}/s")
+    finally:
+        arrivals.stop.set()
+        arrivals.join(10)
+    elapsed = time.monotonic() - t0
+    cpu1 = cpu_tree(runner.pid)
     batch1 = histogram(svc, "streamseq_batch_processing_seconds")
-    batches = batch1[float("inf")] - batch0.get(float("inf"), 0.0)
-    inputs: dict[tuple[int, int], int] = {}
-    with TopicReader(bootstrap, topic) as inp:
-        inp.read_until(lambda recs: len(recs) >= want, 120, "inputs")
-        for r in inp.records:
-            if r.timestamp >= start_ms:  # produced in this phase
-                inputs[(r.partition, r.offset)] = r.timestamp
-    lat = []
-    for r in reader.records:
-        src = r.json()["source"]
-        sent = inputs.get((src["partition"], src["offset"]))
+    hist1 = histogram(svc, "streamseq_event_to_prediction_seconds")
+    handoff, arrival = [], []
+    for value, stamp, seen in arrivals.records:
+        if runner.variant.relay:
+            sent = feeder.by_value.get(value)
+        else:
+            src = json.loads(value)["source"]
+            sent = feeder.by_offset.get((src["partition"], src["offset"]))
         if sent is not None:
-            lat.append(r.timestamp - sent)
-    assert len(lat) == len(messages), (len(lat), len(messages))
-    lat.sort()
-
-    def pct(q: float) -> float:
-        return float(lat[min(len(lat) - 1, int(q * len(lat)))])
-
-    return {"offered": rate, "achieved_offer": len(messages) / produce_s,
-            "n": len(lat), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
-            "max_ms": float(lat[-1]), "mean_ms": statistics.fmean(lat),
-            "hist_p50_ms": 1000 * histogram_quantile(0.50, hist0, hist1),
-            "hist_p99_ms": 1000 * histogram_quantile(0.99, hist0, hist1),
-            "main_thread_busy": busy, "batches": batches, "events_per_batch": len(messages) / max(batches, 1.0),
-            "batch_p50_ms": 1000 * histogram_quantile(0.50, batch0, batch1),
-            "batch_p99_ms": 1000 * histogram_quantile(0.99, batch0, batch1)}
+            handoff.append(stamp - sent)
+            arrival.append(seen - sent)
+    assert len(handoff) == len(messages), (len(handoff), len(messages))
+    handoff.sort()
+    arrival.sort()
+    batches = batch1.get(float("inf"), 0.0) - batch0.get(float("inf"), 0.0)
+    return {"variant": runner.variant.name, "offered": rate,
+            "achieved": len(messages) / feeder.seconds, "n": len(handoff),
+            **{f"handoff_p{q}": pct(handoff, q / 100) for q in (50, 90, 99)},
+            "handoff_max": handoff[-1], "handoff_mean": statistics.fmean(handoff),
+            **{f"arrival_p{q}": pct(arrival, q / 100) for q in (50, 90, 99)},
+            "arrival_max": arrival[-1],
+            "main_busy": (cpu1["main"] - cpu0["main"]) / elapsed,
+            "batches": batches,
+            "batch_p50_ms": 1000 * histogram_quantile(0.5, batch0, batch1),
+            "batch_p99_ms": 1000 * histogram_quantile(0.99, batch0, batch1),
+            "hist_p50_ms": 1000 * histogram_quantile(0.5, hist0, hist1),
+            "hist_p99_ms": 1000 * histogram_quantile(0.99, hist0, hist1)}
 
 
 def transport_latency(broker: Any, messages: Sequence[Message], rate: float,
                       fetch_max_wait_ms: int) -> dict[str, float]:
     """Kafka alone: a bare consumer (manual assignment) receiving ``messages`` produced at
     ``rate``; receive time - record timestamp, in ms."""
-    import threading
-
     from kafka import KafkaConsumer, TopicPartition
 
     topic = f"transport-{uuid.uuid4().hex[:8]}"
@@ -353,8 +523,7 @@ def transport_latency(broker: Any, messages: Sequence[Message], rate: float,
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     consumer.poll(timeout_ms=200)
-    feeder = threading.Thread(target=produce, args=(broker.bootstrap, topic, messages),
-                              kwargs={"rate": rate}, daemon=True)
+    feeder = PacedProducer(broker.bootstrap, topic, messages, rate)
     feeder.start()
     lat: list[float] = []
     deadline = time.monotonic() + len(messages) / rate + 30
@@ -367,33 +536,38 @@ def transport_latency(broker: Any, messages: Sequence[Message], rate: float,
         feeder.join(60)
         consumer.close()
     lat.sort()
-    return {"fetch_max_wait_ms": fetch_max_wait_ms, "n": len(lat),
-            "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+    return {"fetch_max_wait_ms": fetch_max_wait_ms, "n": len(lat), "p50_ms": pct(lat, 0.5),
+            "p99_ms": pct(lat, 0.99)}
 
 
 # ---------------------------------------------------------------------------- profile
 PARTS = (  # (label, substrings of a frame "function (file:line)"), matched leaf first
-    ("start-up (imports), excluded", ("importlib",)),
-    ("kafka consumer: fetch, parse records", ("kafka/consumer", "kafka/record")),
-    ("kafka producer: send, batches", ("kafka/producer",)),
+    ("start-up (imports, numba compilation), excluded", ("importlib", "numba/core")),
+    ("kafka consumer: poll, fetch, records", ("kafka/consumer",)),
+    ("kafka producer: send, batches", ("kafka/producer", "service/clients")),
+    ("kafka record batches (build, parse, CRC)", ("kafka/record",)),
     ("kafka network and protocol (IO threads)", ("kafka/net", "kafka/client", "kafka/conn",
                                                  "kafka/protocol", "kafka/coordinator",
                                                  "kafka/cluster", "kafka/future",
+                                                 "kafka/metrics", "kafka/util",
                                                  "selectors.py")),
-    ("engine: learning (backward, optimizer step)", ("learner/tbptt", "torch/optim",
-                                                     "autograd/graph", "autograd/__init__",
-                                                     "_engine_run_backward")),
-    ("engine: features, forward, hidden state", ("streamseq/engine", "models/recurrent",
-                                                 "state/hidden", "streamseq/features",
-                                                 "streamseq/evaluation", "torch/",
-                                                 "river/", "numpy/")),
-    ("decode input JSON", ("events/decode",)),
-    ("prediction records and JSON", ("streamseq/predictions",)),
-    ("checkpoint", ("state/checkpoint",)),
-    ("service loop, metrics, HTTP", ("service/app", "prometheus_client", "service/http")),
+    ("decode input JSON", ("events/decode", "events/schema", "events/time")),
+    ("learning (TBPTT windows, backward, optimizer)", ("streamseq/learner",)),
+    ("engine: order, features, forward, experts, scoring", (
+        "streamseq/engine", "streamseq/models", "streamseq/features", "streamseq/forecast",
+        "streamseq/evaluation", "streamseq/state/hidden", "streamseq/shards")),
+    ("prediction records (JSON)", ("streamseq/predictions",)),
+    ("pipeline step (apply)", ("streamseq/pipeline",)),
+    ("metrics (reporting, Prometheus, HTTP)", ("prometheus_client", "service/reporting",
+                                               "streamseq/metrics", "service/http")),
+    ("checkpoint", ("state/checkpoint", "service/checkpoints", "service/shards")),
+    ("service loop", ("service/app", "service/rebalance", "service/monitor",
+                      "service/health", "bench/relay")),
 )
 EXCLUDED = PARTS[0][0]
-WAITING = "waiting (select, condition, no Python frame), excluded"
+OTHER = "other (interpreter, libraries called from no part above)"
+WAITS = ("select (selectors.py", "Condition.wait", "Event.wait", "sleep", "_wait_for_tstate",
+         "poll (selectors.py", "epoll")
 
 
 def pyspy_binary() -> str | None:
@@ -405,29 +579,42 @@ def pyspy_binary() -> str | None:
 
 
 def classify(frames: Sequence[str]) -> str:
-    if any("importlib" in f for f in frames):
+    """The part a stack sample belongs to: the first frame from the leaf up that names one
+    (library frames such as numpy, torch or json count for the part that called them)."""
+    if any("importlib" in f or "numba/core" in f for f in frames):
         return EXCLUDED
     for frame in reversed(frames):
         for label, needles in PARTS:
             if any(x in frame for x in needles):
                 return label
-    return "other (start-up, interpreter)"
+    return OTHER
 
 
-WAITS = ("select (selectors.py", "Condition.wait", "Event.wait", "sleep", "_wait_for_tstate")
+@dataclass
+class Profile:
+    """py-spy samples of one drain: CPU by part and by thread, the hottest functions."""
+
+    rate_hz: int
+    events: int
+    parts: dict[str, float]
+    threads: dict[str, float]
+    hot: list[tuple[str, float]]
+
+    @property
+    def working(self) -> float:
+        return sum(self.parts.values())
+
+    def us_per_event(self, samples: float) -> float:
+        return 1e6 * samples / self.rate_hz / self.events
 
 
-def pyspy_summary(path: Path, top: int = 15) -> tuple[list[tuple[str, float]], str, float]:
-    """Share of the samples of working threads by part, the hottest leaf functions, and
-    the sample count, from py-spy's raw (collapsed stack, ``--threads``) output.
-
-    Samples that sit in ``select()`` or a condition wait, or that show no Python frame,
-    are counted apart as waiting (py-spy's idle detection does not catch them here), so
-    the shares are of the remaining, working samples."""
+def pyspy_profile(path: Path, rate_hz: int, events: int, top: int = 15) -> Profile:
+    """Samples of working threads by part, from py-spy's raw (collapsed stack,
+    ``--threads``) output; samples that sit in ``select()``/``poll()`` or a condition
+    wait, or show no Python frame, are left out (py-spy's idle detection misses them)."""
     parts: dict[str, float] = defaultdict(float)
     leaves: dict[str, float] = defaultdict(float)
     threads: dict[str, float] = defaultdict(float)
-    total = 0.0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -435,190 +622,179 @@ def pyspy_summary(path: Path, top: int = 15) -> tuple[list[tuple[str, float]], s
         n = float(count)
         thread, *frames = stack.split(";")
         if not frames or any(w in frames[-1] for w in WAITS):
-            parts[WAITING] += n
             continue
         label = classify(frames)
-        parts[label] += n
         if label == EXCLUDED:
             continue
-        total += n
+        parts[label] += n
         name = thread.split(":", 1)[-1].strip() or "MainThread"
-        threads[name.split(" (")[0]] += n
+        threads[name.split(" (")[0].strip("\" ")] += n
         leaf = frames[-1].replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
         leaves[leaf] += n
     hot = sorted(leaves.items(), key=lambda kv: -kv[1])[:top]
-    by_thread = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in
-                          sorted(threads.items(), key=lambda kv: -kv[1]) if v / total >= 0.01)
-    table = (f"working samples by thread: {by_thread}\n\n"
-             + "\n".join(f"{100 * v / total:5.1f}%  {k}" for k, v in hot))
-    return sorted(parts.items(), key=lambda kv: -kv[1]), table, total
+    return Profile(rate_hz, events, dict(parts), dict(threads), hot)
 
 
-def cprofile_summary(path: Path, top: int = 15) -> tuple[list[tuple[str, float]], str, float]:
-    """Own time by part and the top functions (cProfile sees the main thread only)."""
-    stats = pstats.Stats(str(path))
-    total = 0.0
-    parts: dict[str, float] = defaultdict(float)
-    for (file, line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        label = classify([f"{func} ({file}:{line})"])
-        parts[label] += tt
-        total += 0.0 if label == EXCLUDED else tt
-    buf = io.StringIO()
-    pstats.Stats(str(path), stream=buf).sort_stats("tottime").print_stats(top)
-    text = buf.getvalue()
-    body = text[text.find("   ncalls"):] if "   ncalls" in text else text
-    lines = [ln.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
-             for ln in body.splitlines() if ln.strip()]
-    return sorted(parts.items(), key=lambda kv: -kv[1]), "\n".join(lines), total
-
-
-def profile_run(name: str, flags: Sequence[str], broker: Any, topics: ServiceTopics,
-                unique: str, n: int, workdir: Path, hidden: int
-                ) -> tuple[str, tuple[list[tuple[str, float]], str, float]]:
-    """A service run under py-spy (all threads, native time included) or, without it,
-    cProfile (main thread only); returns the tool and its summary."""
+def profile_drain(variant: Variant, broker: Any, topics: ServiceTopics, unique: str,
+                  n: int, workdir: Path, hidden: int) -> Profile | None:
+    """One more drain of ``variant`` under py-spy (all threads); ``None`` without py-spy."""
     spy = pyspy_binary()
-    if spy:
-        out = workdir / f"service-{name}.pyspy.txt"
-        wrapper = [spy, "record", "--threads", "-r", "200", "-f", "raw", "-o", str(out), "--"]
-        run_service(f"profile-{name}", broker, topics, unique, flags, n, workdir, hidden,
-                    wrapper=wrapper)
-        tool = "py-spy (200 samples/s, all threads, CPU samples only)"
-        summary = pyspy_summary
-    else:
-        out = workdir / f"service-{name}.prof"
-        run_service(f"profile-{name}", broker, topics, unique, flags, n, workdir, hidden,
-                    python_args=("-m", "cProfile", "-o", str(out)))
-        tool = "cProfile (main thread only; about 1.5x slower)"
-        summary = cprofile_summary
-    deadline = time.monotonic() + 60
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return tool, summary(out)
+    if spy is None:
+        return None
+    rate_hz = 200
+    out = workdir / f"profile-{variant.name}.pyspy.txt"
+    wrapper = [spy, "record", "--threads", "-r", str(rate_hz), "-f", "raw", "-o", str(out),
+               "--"]
+    runner = Runner(variant, broker, topics, f"profile-{variant.name}-{unique}", workdir,
+                    hidden, wrapper=wrapper)
+    try:
+        drain(runner, n, broker.bootstrap)
+    finally:
+        runner.stop()
+    wait_until(lambda: out.exists(), 60, f"py-spy output {out.name}")
+    return pyspy_profile(out, rate_hz, n)
 
 
 # ---------------------------------------------------------------------------- report
-def us(seconds: float, n: int) -> str:
-    return f"{1e6 * seconds / n:,.1f}"
+TARGETS = {"b": 0.70, "c": 0.50}  # share of the relay's throughput (issue 12, point 6)
+LATENCY_TARGET_MS = {1000.0: 50.0, 5000.0: 100.0}  # p99 with defaults at these rates
 
 
-VARIANTS = (  # name, service flags, what it shows
-    ("learning", [], "the service as configured by default: predict, then learn"),
-    ("learning, fewer steps", ["--batch-windows", "256"],
-     "one optimizer step per 256 due TBPTT windows instead of 16"),
-    ("no-learn", ["--no-learn"], "forecasts with fixed weights: the Kafka path's ceiling"),
-)
+def mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
 
 
 def write_report(path: Path, ctx: dict[str, Any]) -> str:
-    n = ctx["events"]
-    s = ctx["stages"]
     m = ctx["machine"]
+    tp: list[Throughput] = ctx["throughput"]
+    relay = next(t for t in tp if t.variant.relay)
     lines = [
-        "# End-to-end benchmark: Kafka service",
+        "# End-to-end benchmark: the Kafka service against a bare relay",
         "",
         f"Command: `{ctx['command']}`  ",
         f"Date: {ctx['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores shared with other work (load average "
         f"{ctx['load_start']} at start, {ctx['load_end']} at the end); Python {m['python']}, "
-        f"torch {m['torch']} (1 thread), kafka-python {m['kafka-python']} with crc32c; "
-        "broker: the embedded Tansu on loopback, on the same 2 cores.  ",
-        f"Workload: {n:,} sensor events of {ctx['keys']:,} keys (1 value each, "
-        f"~{n // ctx['keys']} per key), {ctx['partitions']} partitions, one service process, "
-        f"GRU hidden {ctx['hidden']}, service defaults otherwise (max.poll.records 2000; "
-        f"k1 {_LC.k1}, k2 {_LC.k2}, an optimizer step every {_LC.batch_windows} due windows).",
+        f"torch {m['torch']} (1 thread), kafka-python {m['kafka-python']}; broker: the "
+        "embedded Tansu on loopback, on the same cores.  ",
+        f"Workload: {ctx['events']:,} sensor events of {ctx['keys']:,} keys (1 value each), "
+        f"{ctx['partitions']} partitions, one process; GRU hidden {ctx['hidden']}; service "
+        f"defaults otherwise (k1 {_LC.k1}, k2 {_LC.k2}, an optimizer step per "
+        f"{_LC.batch_windows} due windows; checkpoints every "
+        f"{_SC.checkpoint_every_events:,} events or {_SC.checkpoint_every_seconds:.0f} s; "
+        f"fetch_max_wait_ms {_SC.fetch_max_wait_ms}, max_poll_records {_SC.max_poll_records}, "
+        f"producer linger {_SC.producer_linger_ms} ms, batches of "
+        f"{_SC.producer_batch_bytes // 1024} KiB, compression {_SC.producer_compression}).",
         "",
-        "## Throughput",
+        "## Throughput, against the relay",
         "",
-        "The input topic is filled first; the service then drains it. End to end = distinct "
-        "prediction ids / (last - first prediction record timestamp). In process = the "
-        "service's own per-event work on the same records without Kafka (decode, engine, "
-        "prediction records, JSON), per partition in polls of 2,000; in process best of "
-        f"{ctx['repeat']}; end to end, best of {ctx['repeat']} runs (all runs in brackets).",
+        "Each drains the filled input topic into its own output topic. Throughput = output "
+        "records / (last - first output record timestamp); best of "
+        f"{ctx['repeat']} (all runs in brackets). CPU in % of one core between the first and "
+        "the last output record (the machine has "
+        f"{m['cores']}).",
         "",
-        "| service variant | end to end, events/s | in process, events/s | Kafka's share, "
-        "µs/event |",
-        "|---|---:|---:|---:|",
+        "| | events/s | of (a) | target | main thread | other threads, children | broker |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
-    for r in ctx["e2e"]:
-        over = 1e6 / r.rate - 1e6 / r.in_process_rate if r.rate and r.in_process_rate else 0
-        runs = ", ".join(f"{x:,.0f}" for x in r.runs)
-        lines.append(f"| {r.name} (`{' '.join(r.flags) or 'defaults'}`) | {r.rate:,.0f} "
-                     f"({runs}) | {r.in_process_rate:,.0f} | {over:,.0f} |")
+    for t in tp:
+        b = t.best
+        if b is None:
+            lines.append(f"| {t.variant.label} | not measured: {t.note} | | | | | |")
+            continue
+        share = t.rate / relay.rate if relay.rate else 0.0
+        target = TARGETS.get(t.variant.key)
+        goal = f"≥ {100 * target:.0f}%: {mark(share >= target)}" if target else ""
+        runs = ", ".join(f"{d.rate:,.0f}" for d in t.runs)
+        lines.append(
+            f"| {t.variant.label} | {t.rate:,.0f} ({runs}) | {100 * share:.0f}% | {goal} | "
+            f"{100 * b.cpu['main'] / b.wall_s:.0f}% | {100 * b.cpu['other'] / b.wall_s:.0f}% "
+            f"| {100 * b.cpu['broker'] / b.wall_s:.0f}% |")
+    ip, s, n = ctx["in_process"], ctx["stages"], ctx["events"]
     lines += [
         "",
-        "| the same events elsewhere | events/s | µs/event |",
-        "|---|---:|---:|",
-    ]
-    for name, sec in (
-            ("engine alone, learning (pre-decoded events, polls of 2,000)", s["engine"]),
-            ("file backtest, learning (JSONL -> `Backtest` -> predictions JSONL)",
-             s["backtest"]),
-            ("kafka-python producer alone (filling the input topic, linger 20 ms)",
-             s["produce"]),
-            ("kafka-python consumer alone (reading the input topic back)", s["consume"])):
-        lines.append(f"| {name} | {n / sec:,.0f} | {1e6 * sec / n:,.1f} |")
-    lines += [
+        "The same events without Kafka (µs per event, in process, polls of "
+        f"{_SC.max_poll_records:,} per partition, best of {ctx['repeat']}):",
         "",
-        "Where the CPU went while the service drained the topic (from /proc, between the "
-        "group's assignment and the last prediction counted by /metrics), in % of one core; "
-        "the machine has 2:",
+        "| work | µs/event |",
+        "|---|---:|",
+        f"| pipeline step, `--no-learn` (decode, engine, records) | {ip['no-learn']['step']:.1f} |",
+        f"| pipeline step, defaults (decode, engine with learning, records) | "
+        f"{ip['defaults']['step']:.1f} |",
+        f"| of which decoding the input JSON | {ip['defaults']['decode']:.1f} |",
+        f"| of which building the prediction records | {ip['defaults']['records']:.1f} |",
+        f"| kafka-python producer alone (filling the input topic, linger 20 ms) | "
+        f"{1e6 * s['produce'] / n:.1f} |",
+        f"| kafka-python consumer alone (reading it back) | {1e6 * s['consume'] / n:.1f} |",
         "",
-        "| service variant | wall | service main thread | service other threads (Kafka IO, "
-        "producer sender, HTTP) | broker |",
-        "|---|---:|---:|---:|---:|",
+        "## Event-to-prediction latency at fixed offered rates",
+        "",
+        "Each runner caught up first, then offered the rate for "
+        f"{ctx['seconds']:.0f} s (the bench's producer, linger 1 ms). Hand-off = output "
+        "record timestamp (set when the relay or the service hands the record to its "
+        "producer) - input record timestamp (set when the bench hands the event to its "
+        "producer): broker, fetch, poll, decode, engine, records. Arrival = when a consumer "
+        "of the output topic (`fetch_max_wait_ms=5`) received the record - the same: adds "
+        "the producer's linger, the broker and that consumer's own fetch (~half of 5 ms on "
+        "Tansu). ms.",
+        "",
+        "| offered | runner | hand-off p50 / p90 / p99 / max | arrival p50 / p99 | "
+        "target (p99) | service histogram p50 / p99 | polled batches: n, p50 / p99 ms | "
+        "main thread busy |",
+        "|---:|---|---:|---:|---|---:|---:|---:|",
     ]
-    for r in ctx["e2e"]:
-        c = r.cpu
-        lines.append(f"| {r.name} | {r.wall_s:.1f} s | "
-                     f"{100 * c['service main thread'] / r.wall_s:.0f}% | "
-                     f"{100 * c['service other threads'] / r.wall_s:.0f}% | "
-                     f"{100 * c['broker'] / r.wall_s:.0f}% |")
+    for lat in ctx["latency"]:
+        svc = lat["variant"] != "relay"
+        target = LATENCY_TARGET_MS.get(lat["offered"]) if svc else None
+        goal = (f"≤ {target:.0f} ms: hand-off {mark(lat['handoff_p99'] <= target)}, arrival "
+                f"{mark(lat['arrival_p99'] <= target)}" if target else "")
+        hist = (f"{lat['hist_p50_ms']:.0f} / {lat['hist_p99_ms']:.0f}" if svc else "")
+        batches = (f"{lat['batches']:,.0f}, {lat['batch_p50_ms']:.1f} / "
+                   f"{lat['batch_p99_ms']:.0f}" if svc else "")
+        lines.append(
+            f"| {lat['offered']:,.0f}/s (achieved {lat['achieved']:,.0f}) | {lat['variant']} | "
+            f"{lat['handoff_p50']:.0f} / {lat['handoff_p90']:.0f} / {lat['handoff_p99']:.0f} / "
+            f"{lat['handoff_max']:.0f} | {lat['arrival_p50']:.0f} / {lat['arrival_p99']:.0f} | "
+            f"{goal} | {hist} | {batches} | {100 * lat['main_busy']:.0f}% |")
     lines.append("")
-    lat = ctx.get("latency")
-    if lat:
+    for t in ctx.get("transport", []):
+        lines.append(
+            f"- Kafka alone (a bare kafka-python consumer, `fetch_max_wait_ms="
+            f"{t['fetch_max_wait_ms']}`, {t['n']:,} events produced at "
+            f"{ctx['rates'][0]:,.0f}/s): p50 {t['p50_ms']:.0f} ms, p99 {t['p99_ms']:.0f} ms.")
+    profiles: list[tuple[Variant, Profile]] = ctx.get("profiles", [])
+    if profiles:
+        labels = [label for label, _ in PARTS[1:]] + [OTHER]
         lines += [
-            "## Event-to-prediction latency at a fixed offered rate",
             "",
-            f"{lat['n']:,} events offered at {lat['offered']:,.0f} events/s (achieved "
-            f"{lat['achieved_offer']:,.0f}/s) to the learning service (defaults), caught up "
-            "beforehand. Latency = prediction record timestamp (the service hands it to its "
-            "producer) - input record timestamp (the bench hands it to its producer, linger "
-            "5 ms): broker, fetch, decode, engine and encoding, in ms resolution. The "
-            "service's own histogram (`streamseq_event_to_prediction_seconds`, interpolated "
-            "in its buckets) measures the same span.",
+            "## Where each microsecond per event goes",
             "",
-            "| p50 | p90 | p99 | max | mean | service histogram p50 / p99 |",
-            "|---:|---:|---:|---:|---:|---:|",
-            f"| {lat['p50_ms']:.0f} ms | {lat['p90_ms']:.0f} ms | {lat['p99_ms']:.0f} ms | "
-            f"{lat['max_ms']:.0f} ms | {lat['mean_ms']:.0f} ms | {lat['hist_p50_ms']:.0f} / "
-            f"{lat['hist_p99_ms']:.0f} ms |",
+            "One more drain of each under py-spy (200 samples/s, all threads, CPU samples "
+            "only; start-up, imports, numba compilation and waiting left out): CPU "
+            "µs per event by part, over the whole process (its main thread and Kafka's IO "
+            "threads). Library frames (numpy, torch, json) count for the part that called "
+            "them. py-spy slows the process down somewhat; the split is what counts.",
             "",
-            f"Meanwhile the service processed {lat['batches']:,.0f} polled batches "
-            f"(~{lat['events_per_batch']:,.0f} events each); processing one batch "
-            f"(`streamseq_batch_processing_seconds`) took p50 {lat['batch_p50_ms']:.0f} ms, "
-            f"p99 {lat['batch_p99_ms']:.0f} ms; the service's main thread was busy "
-            f"{100 * lat['main_thread_busy']:.0f}% of the time.",
-            "",
+            "| part | " + " | ".join(f"{v.label}" for v, _ in profiles) + " |",
+            "|---|" + "---:|" * len(profiles),
         ]
-        for t in ctx.get("transport", []):
-            lines.append(
-                f"- Kafka alone (a bare kafka-python consumer, `fetch_max_wait_ms="
-                f"{t['fetch_max_wait_ms']}`, reading {t['n']:,} events produced at the same "
-                f"rate): p50 {t['p50_ms']:.0f} ms, p99 {t['p99_ms']:.0f} ms.")
-        lines.append("")
-    for title, tool, prof in ctx.get("profiles", []):
-        parts, table, total = prof
-        lines += [f"## Profile of the service: {title}", "",
-                  f"{tool}, over the whole run; start-up imports and waiting samples left "
-                  "out, shares of the working samples of all threads.", "",
-                  "| part | share |", "|---|---:|"]
-        for label, t in parts:
-            if label not in (EXCLUDED, WAITING) and t / total >= 0.005:
-                lines.append(f"| {label} | {100 * t / total:.0f}% |")
-        lines += ["", "<details><summary>hottest functions (own time)</summary>", "", "```",
-                  table, "```", "", "</details>", ""]
-    lines += ["## Bottleneck", "", *ctx["analysis"], ""]
+        for label in labels:
+            if all(p.parts.get(label, 0.0) / max(p.working, 1) < 0.005 for _, p in profiles):
+                continue
+            cells = [f"{p.us_per_event(p.parts.get(label, 0.0)):.1f} "
+                     f"({100 * p.parts.get(label, 0.0) / p.working:.0f}%)" for _, p in profiles]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("| **total** | " + " | ".join(
+            f"**{p.us_per_event(p.working):.1f}**" for _, p in profiles) + " |")
+        for v, p in profiles:
+            threads = ", ".join(f"{k} {100 * x / p.working:.0f}%" for k, x in
+                                sorted(p.threads.items(), key=lambda kv: -kv[1])
+                                if x / p.working >= 0.01)
+            hot = "\n".join(f"{100 * x / p.working:5.1f}%  {k}" for k, x in p.hot)
+            lines += ["", f"<details><summary>{v.label}: threads and hottest functions (own "
+                      "time)</summary>", "", "```", f"by thread: {threads}", "", hot, "```",
+                      "", "</details>"]
+    lines += ["", "## Findings", "", *ctx["analysis"], ""]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -626,96 +802,42 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
 
 
 def analysis(ctx: dict[str, Any]) -> list[str]:
-    n = ctx["events"]
-    s = ctx["stages"]
-    runs = {r.name: r for r in ctx["e2e"]}
-    produce_us = 1e6 * s["produce"] / n
-    consume_us = 1e6 * s["consume"] / n
+    """Findings computed from the run's numbers."""
+    tp = {t.variant.key: t for t in ctx["throughput"]}
+    relay, nolearn, defaults = tp["a"], tp["b"], tp["c"]
     out = []
-    busy = [r.cpu["service main thread"] / r.wall_s for r in ctx["e2e"] if r.wall_s]
-    if busy and max(busy) < 0.9:
+    if relay.rate and nolearn.rate and defaults.rate:
+        us = {k: 1e6 / t.rate for k, t in tp.items() if t.rate}
+        ip = ctx["in_process"]
         out.append(
-            f"- **The service did not even get a whole core.** Its main thread (where polling, "
-            f"decoding, the engine and producing all run) was busy only "
-            f"{100 * min(busy):.0f}-{100 * max(busy):.0f}% of the drain's wall time: the 2 "
-            f"cores were shared with other work (load average {ctx['load_start']}). On a "
-            "quiet machine the end-to-end figures would be up to about 1 / that share higher; "
-            "the per-event costs below are what limits them even then.")
-    learn = runs.get("learning")
-    nolearn = runs.get("no-learn")
-    if learn and learn.rate and nolearn and nolearn.in_process_rate:
-        work = 1e6 / learn.in_process_rate
-        learning = work - 1e6 / nolearn.in_process_rate
-        out.append(
-            f"- **Learning is the first bottleneck.** With the default learner the service's "
-            f"own work is ~{work:.0f} µs per event, ~{learning:.0f} µs of which is learning "
-            "(what `--no-learn` saves: TBPTT window capture and the optimizer steps; with "
-            "1,000 keys a window falls due every ~4 events of a key, so an Adam step over 16 "
-            "windows x 16 steps comes every ~64 events). End to end it reaches "
-            f"{learn.rate:,.0f} events/s against {learn.in_process_rate:,.0f}/s in process.")
-    fewer = runs.get("learning, fewer steps")
-    if fewer and fewer.rate:
-        out.append(
-            f"- Fewer, larger optimizer steps (`--batch-windows 256`) take the service to "
-            f"{fewer.rate:,.0f} events/s end to end ({fewer.in_process_rate:,.0f}/s in "
-            "process); that is a modelling choice (16x fewer weight updates), not a free "
-            "speed-up.")
-    if nolearn and nolearn.rate:
-        work = 1e6 / nolearn.in_process_rate
-        e2e = 1e6 / nolearn.rate
-        out.append(
-            f"- **Then kafka-python.** Without learning the service's own work is ~{work:.0f} "
-            f"µs per event, yet the run reaches only {nolearn.rate:,.0f} events/s: the other "
-            f"~{e2e - work:.0f} µs per event are the Kafka client's Python code (alone here: "
-            f"producer {produce_us:.0f} µs and consumer {consume_us:.0f} µs per record, plus "
-            "its IO threads competing for the GIL) and the broker taking CPU from the same 2 "
-            "cores. One Python process cannot move more than ~1e6 / (producer + consumer) = "
-            f"{1e6 / (produce_us + consume_us):,.0f} records/s in and out, whatever the model.")
-    lat = ctx.get("latency")
-    transport = {t["fetch_max_wait_ms"]: t for t in ctx.get("transport", [])}
-    if lat and 500 in transport:
-        slow, fast = transport[500], transport.get(min(transport))
-        text = (f"- **Latency** at {lat['offered']:,.0f} events/s is p50 {lat['p50_ms']:.0f} ms, "
-                f"p99 {lat['p99_ms']:.0f} ms, while processing a polled batch takes p50 "
-                f"{lat['batch_p50_ms']:.0f} ms, p99 {lat['batch_p99_ms']:.0f} ms. Most of the "
-                "wait is the fetch: a bare kafka-python consumer with the same default "
-                f"`fetch_max_wait_ms=500` sees p50 {slow['p50_ms']:.0f} ms, p99 "
-                f"{slow['p99_ms']:.0f} ms on this broker (Tansu answers a fetch late even when "
-                "data is there)")
-        if fast is not slow and fast is not None:
-            text += (f", and p50 {fast['p50_ms']:.0f} ms, p99 {fast['p99_ms']:.0f} ms with "
-                     f"`fetch_max_wait_ms={fast['fetch_max_wait_ms']}`. The service does not "
-                     "set it: a `fetch_max_wait_ms` setting (say 50-100 ms) in ServiceConfig "
-                     "would cut its latency on Tansu; on Apache Kafka a fetch returns as soon "
-                     "as data is there, so the default costs nothing")
-        out.append(text + ".")
-    profiles = {title.split(" (")[0]: prof for title, _tool, prof in ctx.get("profiles", [])}
-    if "no-learn" in profiles:
-        parts, _table, total = profiles["no-learn"]
-        share = {label: 100 * t / total for label, t in parts}
-        kafka = sum(v for k, v in share.items() if k.startswith("kafka"))
-        out.append(
-            "- **Without learning, the working CPU splits** (py-spy, no-learn run) into the "
-            f"service's own per-event Python code, prediction records and JSON "
-            f"{share.get('prediction records and JSON', 0):.0f}%, decoding the input JSON "
-            f"{share.get('decode input JSON', 0):.0f}%, engine forward and features "
-            f"{share.get('engine: features, forward, hidden state', 0):.0f}%, against "
-            f"kafka-python {kafka:.0f}% (producer, consumer and IO threads). "
-            "`prediction_records` slices numpy once per record and target "
-            "(`yhat[row, :, j].tolist()`) and `encode_record` builds a JSON encoder per "
-            "record: one `tolist()` per batch and a shared encoder would save a good part of "
-            "it. kafka-python also creates a future and computes a murmur2 partition in "
-            "Python for every produced record, and the latency histogram is observed once "
-            "per prediction.")
-    out.append(
-        "- **The aim of 30,000 events/s end to end is not reached** on this machine, and "
-        "cannot be with kafka-python in one process: publishing one prediction per event "
-        "costs more than 30 µs by itself. Getting there needs (1) a C client "
-        "(confluent-kafka / librdkafka: a few µs per record) or several forecasts per "
-        "Kafka record (a change of the prediction topic's contract), (2) cheaper learning "
-        "per event (larger `--batch-windows`, or learning moved off the serving path), and "
-        "(3) more cores: one service process per partition scales out with the consumer "
-        "group, but here 2 cores carry the broker, the producer and the service together.")
+            f"- **Per event, end to end**: the relay spends {us['a']:.0f} µs (kafka-python in "
+            f"and out, the broker, on these shared cores), the service without learning "
+            f"{us['b']:.0f} µs and with its defaults {us['c']:.0f} µs. The service's own work "
+            f"measured without Kafka is {ip['no-learn']['step']:.0f} µs and "
+            f"{ip['defaults']['step']:.0f} µs: {us['b'] - us['a']:.0f} and "
+            f"{us['c'] - us['a']:.0f} µs more than the relay end to end.")
+    profiles = dict((v.key, p) for v, p in ctx.get("profiles", []))
+    for key, p in sorted(profiles.items()):
+        top = sorted(p.parts.items(), key=lambda kv: -kv[1])[:4]
+        parts = ", ".join(f"{label} {p.us_per_event(x):.1f} µs" for label, x in top)
+        out.append(f"- **{tp[key].variant.label}** under py-spy: "
+                   f"{p.us_per_event(p.working):.0f} µs of CPU per event, the largest parts "
+                   f"{parts}.")
+    for lat in ctx["latency"]:
+        if lat["variant"] == "relay":
+            continue
+        floor = next((x for x in ctx["latency"] if x["variant"] == "relay"
+                      and x["offered"] == lat["offered"]), None)
+        text = (f"- At {lat['offered']:,.0f} events/s the service hands a prediction to its "
+                f"producer p50 {lat['handoff_p50']:.0f} ms, p99 {lat['handoff_p99']:.0f} ms "
+                "after the event was produced")
+        if floor:
+            text += (f" (the relay: p50 {floor['handoff_p50']:.0f}, p99 "
+                     f"{floor['handoff_p99']:.0f} ms)")
+        text += (f"; a polled batch took p50 {lat['batch_p50_ms']:.1f} ms, p99 "
+                 f"{lat['batch_p99_ms']:.0f} ms to process, and the main thread was busy "
+                 f"{100 * lat['main_busy']:.0f}% of the time.")
+        out.append(text)
     return out
 
 
@@ -723,87 +845,115 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n")[0])
     p.add_argument("--events", type=int, default=60_000)
-    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--keys", type=int, default=200)
     p.add_argument("--partitions", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--rate", type=float, default=1000.0, help="offered rate of the latency "
-                   "phase (events/s)")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
-    p.add_argument("--profile", action="store_true", help="profile the service (py-spy or "
-                   "cProfile) in a further run of each variant")
-    p.add_argument("--repeat", type=int, default=2, help="best of this many measurements "
-                   "(in process and end to end; the machine is shared)")
+    p.add_argument("--rates", default="1000,5000", help="offered rates of the latency "
+                   "phases (events/s, comma-separated)")
+    p.add_argument("--seconds", type=float, default=15.0, help="length of each latency phase")
+    p.add_argument("--variants", default="a,b,c,d", help="which of (a) relay, (b) no-learn, "
+                   "(c) defaults, (d) --workers 2 to run")
+    p.add_argument("--profile", action="store_true", help="profile (b) and (c) with py-spy "
+                   "in a further drain each")
+    p.add_argument("--repeat", type=int, default=2, help="best of this many drains and "
+                   "in-process measurements (the machine is shared)")
     p.add_argument("--report", type=Path, default=REPORT)
     p.add_argument("--workdir", type=Path, help="keep logs, checkpoints and profiles here")
     a = p.parse_args(argv)
+    sys.setswitchinterval(0.0005)  # this process's threads time events: hand off often
 
     from streamseq.broker import EmbeddedBroker
 
+    rates = [float(x) for x in a.rates.split(",") if x]
+    chosen = set(a.variants.split(","))
+    variants = [v for v in (RELAY, NO_LEARN, DEFAULTS, WORKERS) if v.key in chosen | {"a"}]
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="streamseq-e2e-"))
     workdir.mkdir(parents=True, exist_ok=True)
     unique = uuid.uuid4().hex[:8]
-    n_latency = int(a.rate * a.seconds)
     ctx: dict[str, Any] = {
         "command": "python -m bench.e2e " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "load_start": load(), "events": a.events, "keys": a.keys,
-        "partitions": a.partitions, "hidden": a.hidden, "repeat": a.repeat, "e2e": [],
-        "profiles": []}
+        "partitions": a.partitions, "hidden": a.hidden, "repeat": a.repeat,
+        "seconds": a.seconds, "rates": rates, "latency": [], "transport": []}
     print(f"workdir {workdir}", flush=True)
-    messages = sensor_stream(a.events + n_latency, n_keys=a.keys, seed=11)
-    bulk, live = messages[:a.events], messages[a.events:]
+    n_live = [int(r * a.seconds) for r in rates]
+    latency_variants = [v for v in (RELAY, DEFAULTS) if v in variants]
+    messages = sensor_stream(a.events + len(latency_variants) * sum(n_live), n_keys=a.keys,
+                             seed=11)
+    bulk = messages[:a.events]
+    lives: dict[str, list[list[Message]]] = {}  # fresh events for each phase
+    at = a.events
+    for v in latency_variants:
+        for k in n_live:
+            lives.setdefault(v.key, []).append(messages[at:at + k])
+            at += k
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         topics = ServiceTopics.create(broker, unique, partitions=a.partitions)
         stages: dict[str, float] = {}
         stages["produce"] = produce_timed(broker.bootstrap, topics.sensor, bulk)
         records, stages["consume"] = consume_timed(broker.bootstrap, topics.sensor, a.events)
-        print(f"kafka-python: produce {us(stages['produce'], a.events)} µs/record, consume "
-              f"{us(stages['consume'], a.events)} µs/record", flush=True)
-        base = service_args(broker.bootstrap, topics, "x", workdir / "x", hidden=a.hidden)
-        service_work(records[:4000], base, 2000)  # warm-up: torch and numpy first calls
-        results = []
-        for name, flags, _why in VARIANTS:
-            r = E2E(name, list(flags), events=a.events)
-            r.in_process_s = min(service_work(records, [*base, *flags], 2000)
-                                 for _ in range(a.repeat))
-            print(f"in process, {name}: {r.in_process_rate:,.0f} ev/s", flush=True)
-            results.append(r)
-        stages["engine"] = min(service_work(records, base, 2000, engine_only=True)
-                               for _ in range(a.repeat))
-        stages["backtest"] = min(file_backtest(bulk, base, workdir) for _ in range(a.repeat))
         ctx["stages"] = stages
-        for r in results:
-            for rep in range(a.repeat):
-                keep = r.name == "learning" and rep == 0 and n_latency > 0
-                tag = f"{r.name.replace(' ', '').replace(',', '-')}-{rep}"
-                done, svc, reader, _ = run_service(tag, broker, topics, unique, r.flags,
-                                                   a.events, workdir, a.hidden, keep=keep)
-                print(f"end to end, {r.name}: {done.rate:,.0f} ev/s", flush=True)
-                r.runs.append(done.rate)
-                if done.rate > r.rate:
-                    r.predictions, r.span_s, r.wall_s = (done.predictions, done.span_s,
-                                                         done.wall_s)
-                    r.cpu = done.cpu
-                if keep:
-                    try:
-                        ctx["latency"] = latency_phase(svc, reader, broker.bootstrap,
-                                                       topics.sensor, live, a.rate, a.events)
-                        print(f"latency: {json.dumps(ctx['latency'])}", flush=True)
-                    finally:
-                        svc.terminate()
-                        reader.close()
-                    probe = live[:min(len(live), int(5 * a.rate))]
-                    ctx["transport"] = [transport_latency(broker, probe, a.rate, wait)
-                                        for wait in (500, 20)]
-                    print(f"transport: {json.dumps(ctx['transport'])}", flush=True)
-            ctx["e2e"].append(r)
+        print(f"kafka-python: produce {1e6 * stages['produce'] / a.events:.1f} µs/record, "
+              f"consume {1e6 * stages['consume'] / a.events:.1f} µs/record", flush=True)
+        base = service_args(broker.bootstrap, topics, "x", workdir / "x", hidden=a.hidden)
+        in_process(records[:4000], base, _SC.max_poll_records, 1)  # warm-up
+        ctx["in_process"] = {
+            "no-learn": in_process(records, [*base, "--no-learn"], _SC.max_poll_records,
+                                   a.repeat),
+            "defaults": in_process(records, base, _SC.max_poll_records, a.repeat)}
+        print(f"in process: {json.dumps(ctx['in_process'])}", flush=True)
+        del records
+
+        results = [Throughput(v) for v in variants]
+        if WORKERS in variants and not has_workers_flag():
+            results[variants.index(WORKERS)].note = (
+                "`streamseq run` has no `--workers` flag on this branch yet (issue 12, "
+                "point 4, is another branch's)")
+        for rep in range(a.repeat):
+            for t in results:
+                if t.note:
+                    continue
+                tag = f"{t.variant.name}-{rep}-{unique}"
+                runner = Runner(t.variant, broker, topics, tag, workdir, a.hidden)
+                try:
+                    t.runs.append(drain(runner, a.events, broker.bootstrap))
+                except BaseException:
+                    runner.kill()
+                    raise
+                runner.stop()
+                print(f"{t.variant.label}: {t.runs[-1].rate:,.0f} ev/s "
+                      f"(load {load()})", flush=True)
+        ctx["throughput"] = results
+
+        produced = a.events
+        for variant in latency_variants:
+            tag = f"latency-{variant.name}-{unique}"
+            runner = Runner(variant, broker, topics, tag, workdir, a.hidden)
+            try:
+                wait_until(lambda r=runner, k=produced: r.count() >= k, 600,  # type: ignore[misc]
+                           f"{variant.name} caught up", interval=0.2)
+                for rate, live in zip(rates, lives[variant.key], strict=True):
+                    lat = latency_phase(runner, broker.bootstrap, topics.sensor, live, rate)
+                    produced += len(live)
+                    ctx["latency"].append(lat)
+                    print(f"latency: {json.dumps(lat)}", flush=True)
+            except BaseException:
+                runner.kill()
+                raise
+            runner.stop()
+        probe = bulk[:int(5 * rates[0])]  # its own topic
+        ctx["transport"] = [transport_latency(broker, probe, rates[0], wait)
+                            for wait in sorted({_SC.fetch_max_wait_ms, 500})]
+        print(f"transport: {json.dumps(ctx['transport'])}", flush=True)
+
+        ctx["profiles"] = []
         if a.profile:
-            for name, flags, _why in VARIANTS[::2]:
-                tag = name.replace(" ", "").replace(",", "-")
-                tool, summary = profile_run(tag, flags, broker, topics, unique,
-                                            a.events, workdir, a.hidden)
-                ctx["profiles"].append((f"{name} (`{' '.join(flags) or 'defaults'}`)", tool,
-                                        summary))
+            total = produced
+            for variant in (NO_LEARN, DEFAULTS):
+                prof = profile_drain(variant, broker, topics, unique, total, workdir, a.hidden)
+                if prof is not None:
+                    ctx["profiles"].append((variant, prof))
     ctx["load_end"] = load()
     ctx["analysis"] = analysis(ctx)
     print(write_report(a.report, ctx))

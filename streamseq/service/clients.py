@@ -9,6 +9,7 @@ that were delivered (:meth:`Sender.flush`).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +17,12 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
 from streamseq.pipeline import DeadLetter, Prediction, dead_letter_headers
 from streamseq.service.config import ServiceConfig
 
-__all__ = ["ClientFactory", "KafkaClients", "Sender", "DeliveryError"]
+__all__ = ["ClientFactory", "KafkaClients", "KeyPartitioner", "Sender", "DeliveryError"]
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +184,81 @@ def _close_quietly(client: Any) -> None:
         log.debug("closing an abandoned client: %s", exc)
 
 
+class KeyPartitioner:
+    """The partition of each key of one topic, as kafka-python's default partitioner picks
+    it (murmur2 of the key bytes, like the Java client), computed once per key.
+
+    Naming the partition in ``send`` skips the partitioner's per-record work; records land
+    where they would have landed without it. The partition count is read again at most
+    every ``refresh_s`` seconds (:meth:`refresh`, once per batch): a topic that gained
+    partitions re-maps its keys, as Kafka's clients do.
+
+    Parameters
+    ----------
+    producer
+        Answers ``partitions_for(topic)`` (a kafka-python producer).
+    topic
+        The topic.
+    max_keys
+        Bound of the cache (cleared when full).
+
+    Examples
+    --------
+    >>> from kafka.partitioner import DefaultPartitioner
+    >>> class Producer:
+    ...     def partitions_for(self, topic): return {0, 1, 2}
+    >>> class Cluster:
+    ...     def topics(self): return {"p"}
+    ...     def partitions_for_topic(self, topic): return {0, 1, 2}
+    ...     def available_partitions_for_topic(self, topic): return {0, 1, 2}
+    >>> keys = [f"s-{i:04d}".encode() for i in range(50)]
+    >>> part = KeyPartitioner(Producer(), "p")
+    >>> part.refresh()
+    >>> [part.of(k) for k in keys] == [DefaultPartitioner().partition("p", k, k, None, None,
+    ...                                                           Cluster()) for k in keys]
+    True
+    """
+
+    def __init__(self, producer: Any, topic: str, max_keys: int = 200_000,
+                 refresh_s: float = 30.0) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.max_keys = max_keys
+        self.refresh_s = refresh_s
+        self._cache: dict[bytes, int] = {}
+        self._count = 0
+        self._read = -math.inf
+
+    def refresh(self) -> None:
+        """Read the topic's partition count if ``refresh_s`` have passed since the last
+        time (call once per batch, before :meth:`of`)."""
+        now = time.monotonic()
+        if now - self._read < self.refresh_s:
+            return
+        count = len(self.producer.partitions_for(self.topic))
+        self._read = now
+        if count != self._count:
+            self._cache.clear()
+            self._count = count
+
+    def of(self, key: bytes) -> int:
+        """The partition of ``key``."""
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= self.max_keys:
+                self._cache.clear()
+            found = self._cache[key] = (murmur2(key) & 0x7FFFFFFF) % self._count
+        return found
+
+
 class Sender:
     """Produces predictions, dead letters and anomalies; counts the records not delivered.
 
     Parameters
     ----------
     producer
-        A kafka-python producer (or a test double with ``send``/``flush``).
+        A kafka-python producer (or a test double with ``send``, ``partitions_for`` and
+        ``flush``).
     prediction_topic, dead_letter_topic
         Where records go.
     dead_letter_cap
@@ -212,20 +282,28 @@ class Sender:
         self._lock = threading.Lock()
         self._errbacks = {t: self._errback(t) for t in
                           (prediction_topic, dead_letter_topic, anomaly_topic) if t}
+        self._partitioners: dict[str, KeyPartitioner] = {}
 
     def predictions(self, preds: Sequence[Prediction]) -> None:
-        send, topic = self.producer.send, self.prediction_topic
-        errback = self._errbacks[topic]
-        for p in preds:
-            send(topic, key=p.key, value=p.value).add_errback(errback)
+        self._send(self.prediction_topic, preds)
 
     def anomalies(self, records: Sequence[Prediction]) -> None:
-        if self.anomaly_topic is None:
+        if self.anomaly_topic is not None:
+            self._send(self.anomaly_topic, records)
+
+    def _send(self, topic: str, records: Sequence[Prediction]) -> None:
+        """Pre-serialised records to ``topic``, each to its key's partition (named
+        explicitly: kafka-python then skips its partitioner)."""
+        if not records:
             return
-        send, topic = self.producer.send, self.anomaly_topic
-        errback = self._errbacks[topic]
+        send, errback = self.producer.send, self._errbacks[topic]
+        partitioner = self._partitioners.get(topic)
+        if partitioner is None:
+            partitioner = self._partitioners[topic] = KeyPartitioner(self.producer, topic)
+        partitioner.refresh()
+        of = partitioner.of
         for p in records:
-            send(topic, key=p.key, value=p.value).add_errback(errback)
+            send(topic, key=p.key, value=p.value, partition=of(p.key)).add_errback(errback)
 
     def dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         cap = self.dead_letter_cap

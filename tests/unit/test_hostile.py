@@ -663,6 +663,9 @@ class _Producer:
             raise RuntimeError("boom")
         return _Future()
 
+    def partitions_for(self, _topic: str) -> set[int]:
+        return {0}
+
     def flush(self, timeout: float = 0) -> None:
         pass
 
