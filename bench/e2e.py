@@ -465,7 +465,7 @@ def latency_phase(runner: Runner, bootstrap: str, topic: str, messages: Sequence
     arrivals.start()
     feeder = PacedProducer(bootstrap, topic, messages, rate)
     t0 = time.monotonic()
-    start_ms = time.time() * 1000.0
+    start_ms = int(time.time() * 1000) - 1  # record timestamps are whole ms
     feeder.start()
     feeder.join()
 
@@ -804,9 +804,8 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
 def analysis(ctx: dict[str, Any]) -> list[str]:
     """Findings computed from the run's numbers."""
     tp = {t.variant.key: t for t in ctx["throughput"]}
-    relay, nolearn, defaults = tp["a"], tp["b"], tp["c"]
     out = []
-    if relay.rate and nolearn.rate and defaults.rate:
+    if all(k in tp and tp[k].rate for k in "abc"):
         us = {k: 1e6 / t.rate for k, t in tp.items() if t.rate}
         ip = ctx["in_process"]
         out.append(

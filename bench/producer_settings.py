@@ -104,7 +104,7 @@ def paced(bootstrap: str, topic: str, setting: tuple[int, int, str | None], rate
     tps = [TopicPartition(topic, q) for q in sorted(p.partitions_for(topic))]
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
-    start_ms = time.time() * 1000
+    start_ms = int(time.time() * 1000) - 1  # record timestamps are whole ms
     n = int(rate * seconds)
     lat: list[float] = []
     stop = threading.Event()

@@ -53,10 +53,12 @@ class ClientFactory(Protocol):
 class KafkaClients:
     """kafka-python clients configured from a :class:`ServiceConfig`.
 
-    Producer settings (measured in bench/results/e2e.md): ``linger_ms=2`` (a poll's
-    predictions leave in a few batches without holding the first ones back), 1 MiB batches,
-    no compression (loopback and LAN: compressing costs more CPU than it saves), ``acks=all``
-    with idempotence (a retried batch is not written twice).
+    Producer settings (measured in bench/results/producer_settings.md and e2e.md):
+    ``linger_ms=2`` (a poll's predictions leave in a few batches without holding the first
+    ones back), 1 MiB batches, no compression (loopback and LAN: compressing costs more CPU
+    than it saves), ``acks=all`` with idempotence (a retried batch is not written twice).
+    The consumer's ``fetch_max_wait_ms`` is 10 ms (:class:`ServiceConfig`: the latency floor
+    on brokers that hold a fetch that long).
     """
 
     def __init__(self, config: ServiceConfig) -> None:

@@ -168,12 +168,18 @@ class ServiceConfig(ConfigBase):
     warm_start: str | None = field(default=None, metadata=flag(
         help="checkpoint from `streamseq backtest --save-checkpoint` used by partitions "
              "without a snapshot"))
+    # Client settings measured in bench/results/e2e.md and producer_settings.md. A poll
+    # returns as soon as records are buffered (the timeout only bounds an idle wait); a
+    # fetch waits up to fetch_max_wait_ms for data: on Apache Kafka it returns as soon as
+    # there is any, on Tansu it waits about that long, so it sets the latency floor there
+    # (kafka-python's 500 ms default: p50 ~130 ms at 1,000 events/s; 10 ms: ~9 ms), and
+    # when idle it is one small request per partition leader every 10 ms.
     poll_timeout_ms: int = 200
-    fetch_max_wait_ms: int = 50  # kafka-python's 500 ms default dominates latency at low rates
+    fetch_max_wait_ms: int = 10
     max_poll_records: int = field(default=2000, metadata=flag())
-    producer_linger_ms: int = 5
-    producer_batch_bytes: int = 262_144
-    producer_compression: str = "none"
+    producer_linger_ms: int = 2  # a poll's predictions are sent in one loop: no wait needed
+    producer_batch_bytes: int = 1_048_576
+    producer_compression: str = "none"  # loopback and LAN: compressing costs more CPU
     session_timeout_ms: int = field(default=10_000, metadata=flag())
     heartbeat_interval_ms: int = field(default=2_000, metadata=flag())
     max_poll_interval_ms: int = 300_000
