@@ -45,7 +45,7 @@ from streamseq.events import REASONS, Event, EventDecoder, EventError
 from streamseq.events.decode import MAX_TS_MS
 from streamseq.pipeline import InputRecord, RecordDecoder, apply
 from streamseq.shards import NumericShard
-from streamseq.state.checkpoint import LocalCheckpointStore
+from streamseq.state.checkpoint import LocalCheckpointStore, SnapshotsUnreadableError
 
 FUZZ = settings(deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
@@ -595,13 +595,15 @@ def test_torn_newest_snapshot_falls_back_to_previous(tmp_path: Path, damage: str
     assert store.load("sensors-0")["offset"] == 1
 
 
-def test_all_snapshots_torn_means_no_snapshot(tmp_path: Path) -> None:
+def test_all_snapshots_torn_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
     store = LocalCheckpointStore(tmp_path, keep=2)
     store.save("s-1", _snap(1))
     store.save("s-1", _snap(2))
     for p in store._files("s-1"):
         p.write_bytes(p.read_bytes()[:100])
-    assert store.load("s-1") is None
+    with pytest.raises(SnapshotsUnreadableError, match="every snapshot of s-1"):
+        store.load("s-1")
+    assert LocalCheckpointStore(tmp_path / "none", keep=2).load("s-1") is None
 
 
 def test_leftover_temp_file_of_a_crashed_write_is_ignored(tmp_path: Path) -> None:
@@ -705,6 +707,9 @@ def test_unexpected_error_mid_batch_never_snapshots_the_half_applied_shard(
 
         def seek(self, *_a: Any) -> None:
             pass
+
+        def position(self, _tp: Any, timeout_ms: int = 0) -> int:
+            return 0
 
         def commit(self, *_a: Any) -> None:
             pass
