@@ -158,10 +158,10 @@ class Service:
                             cfg.dead_letter_max_bytes, cfg.anomaly_topic,
                             on_undelivered=lambda topic: self.metrics.producer_send_errors
                             .labels(topic=topic).inc())
-            stack.callback(sender.close)
+            stack.callback(lambda: sender.close(timeout=self._close_timeout()))
             checkpointer = Checkpointer(store, sender, self.metrics,
                                         cfg.checkpoint_every_events, cfg.checkpoint_every_seconds)
-            stack.callback(checkpointer.close)
+            stack.callback(lambda: checkpointer.close(wait=self.health.broker_ok))
             consumer = self._connect(self.clients.consumer)
             if consumer is None:
                 return 0
@@ -197,6 +197,11 @@ class Service:
                 raise
             if self._fatal is not None:
                 raise self._fatal
+            if not self.health.broker_ok:  # nothing sent since the last flush can be delivered
+                log.warning("stopping while the broker is unreachable: no final checkpoint; "
+                            "the next start resumes from the last snapshot")
+                checkpointer.disabled = True
+                return 0
             log.info("stopping: final checkpoint of %d shards", len(assignment.shards))
             self._checkpoint(checkpointer, list(assignment.shards.values()), commit)
         return 0
@@ -212,9 +217,14 @@ class Service:
             self.health.broker_ok = True
         return client
 
+    def _close_timeout(self) -> float:
+        """Seconds a client may take to close: short when the broker is unreachable (a
+        SIGTERM during an outage exits at once; nothing it could still send counts)."""
+        return 10.0 if self.health.broker_ok else 1.0
+
     def _close_consumer(self, consumer: Any) -> None:
         try:
-            consumer.close(autocommit=False)
+            consumer.close(autocommit=False, timeout_ms=int(self._close_timeout() * 1000))
         except KafkaError as exc:
             log.warning("consumer close: %s", exc)
 

@@ -18,10 +18,12 @@ final checkpoint wait for it, then write synchronously (:meth:`Checkpointer.chec
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +114,6 @@ class Checkpointer:
         self.events_since = 0
         self.last = time.monotonic()
         self.disabled = False
-        self._writer = ThreadPoolExecutor(max_workers=1,
-                                          thread_name_prefix="streamseq-checkpoint")
         self._pending: tuple[float, Future[tuple[str, dict[TopicPartition, Any]]]] | None = None
 
     def note(self, records: int) -> None:
@@ -143,7 +143,18 @@ class Checkpointer:
                   if s.next_offset is not None]
         paused = time.perf_counter() - t0
         self.metrics.checkpoint_pause_seconds.observe(paused)
-        self._pending = (t0, self._writer.submit(self._write, copies))
+        future: Future[tuple[str, dict[TopicPartition, Any]]] = Future()
+
+        def write() -> None:
+            try:
+                future.set_result(self._write(copies))
+            except BaseException as exc:  # noqa: BLE001 - handed to poll()
+                future.set_exception(exc)
+
+        # a daemon: an exit during a broker outage does not wait for a flush that cannot
+        # succeed (a write cut short leaves a temporary file, never a torn snapshot)
+        threading.Thread(target=write, name="streamseq-checkpoint", daemon=True).start()
+        self._pending = (t0, future)
         return paused
 
     def _write(self, copies: list[_Copy]) -> tuple[str, dict[TopicPartition, Any]]:
@@ -194,8 +205,8 @@ class Checkpointer:
         """A checkpoint now, synchronously (a revocation, the final one): the one being
         written is finished first; then flush -> snapshot ``shards`` -> commit."""
         if self.disabled:
-            log.error("not checkpointing %d shards after a failure: the last durable "
-                      "snapshots stay the truth", len(shards))
+            log.warning("not checkpointing %d shards (after a failure, or the broker is "
+                        "unreachable): the last durable snapshots stay the truth", len(shards))
             return Outcome.DISABLED
         earlier = self.poll(commit, wait=True)
         if earlier == Outcome.REWIND:
@@ -205,6 +216,9 @@ class Checkpointer:
         assert outcome is not None
         return outcome
 
-    def close(self) -> None:
-        """Let a write in flight finish (its snapshot is consistent), then stop the thread."""
-        self._writer.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Let a write in flight finish (its snapshot is consistent; never committed now)
+        unless ``wait`` is false (the broker is unreachable: its flush cannot succeed)."""
+        if self._pending is not None and wait:
+            with contextlib.suppress(Exception):
+                self._pending[1].result()

@@ -337,8 +337,8 @@ class Sender:
         if failures:
             raise DeliveryError(f"{failures} records undelivered", lost=True)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         try:
-            self.producer.close(timeout=10)
+            self.producer.close(timeout=timeout)
         except KafkaError as exc:
             log.warning("producer close: %s", exc)

@@ -59,7 +59,7 @@ class BrokerMonitor(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=10)
+        self.join(timeout=10 if self.health.broker_ok else 1)  # a daemon: left to exit
         if self._consumer is not None:
             with suppress(KafkaError):
                 self._consumer.close()
