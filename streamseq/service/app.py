@@ -35,6 +35,7 @@ from streamseq.service.clients import ClientFactory, KafkaClients, Sender, conne
 from streamseq.service.config import ServiceConfig
 from streamseq.service.health import Health
 from streamseq.service.http import HealthServer
+from streamseq.service.memory import reuse_freed_memory
 from streamseq.service.monitor import BrokerMonitor
 from streamseq.service.rebalance import Assignment
 from streamseq.service.reporting import MetricsReporter
@@ -139,6 +140,7 @@ class Service:
     def run(self) -> int:
         cfg = self.config
         torch.set_num_threads(max(1, cfg.threads))
+        reuse_freed_memory()  # each checkpoint's copy reuses the last one's pages
         factory = ShardFactory(cfg, load_file(cfg.warm_start) if cfg.warm_start else None)
         factory.check_warm_start()
         log.info("starting streamseq %s with %r", __version__, cfg)
