@@ -722,7 +722,7 @@ def test_unexpected_error_mid_batch_never_snapshots_the_half_applied_shard(
         def end_offsets(self, tps: Any) -> dict[Any, int]:
             return {t: 20 for t in tps}
 
-        def close(self, autocommit: bool = False) -> None:
+        def close(self, autocommit: bool = False, timeout_ms: int | None = None) -> None:
             if self.listener is not None:
                 self.listener.on_partitions_revoked([tp])
 
