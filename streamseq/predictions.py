@@ -15,11 +15,12 @@ of each step (default coverage 90%; ``null`` until the key has a scale). With
 of the published forecast at each step. Values flagged as anomalies get their own records
 (:meth:`PredictionEncoder.anomalies`, the ``--anomaly-topic``).
 
-A batch is serialised in one pass (:class:`PredictionEncoder`): numpy arrays become Python
-lists once per batch, and each record is one string format of pre-escaped parts, byte for
-byte what ``json.dumps(record, separators=(",", ":"))`` gives (about 5x faster than building
-a dict per record and encoding it, and 2.7x faster than doing the same with orjson; measured
-in bench/results/e2e.md).
+A batch is serialised in one pass (:class:`PredictionEncoder`): each numeric field is
+formatted for the whole batch at once (numpy arrays to Python floats to text in a few
+passes), and each record is one string format of pre-escaped parts, byte for byte what
+``json.dumps(record, separators=(",", ":"))`` gives (measured in bench/results/e2e.md,
+"prediction records"; a dict per record encoded by orjson would cost more than this
+format, so the service needs no JSON library beyond the standard one).
 """
 
 from __future__ import annotations
@@ -60,6 +61,29 @@ def encode_json(rec: dict[str, Any]) -> bytes:
 
 def _number(x: float) -> str:
     return "null" if x != x or x == _INF or x == -_INF else repr(x)
+
+
+def _fields(values: np.ndarray, names: Sequence[str]) -> list[str]:
+    """Per row of ``values`` ``[rows, horizon, targets]``, the inside of its JSON object
+    ``"t1":[v,v],"t2":[v,v]`` (``names[j]`` is target ``j``'s ``"name":[``), numbers as
+    :func:`_number` writes them (rounded to 10 decimals, ``null`` when not finite),
+    formatted in a few passes over the whole batch.
+
+    >>> _fields(np.array([[[1.5, np.nan]], [[-0.25, 2.0]]]), ['"a":[', '"b":['])
+    ['"a":[1.5],"b":[null]', '"a":[-0.25],"b":[2.0]']
+    """
+    rows, horizon, n_targets = values.shape
+    flat = np.round(values, 10).transpose(0, 2, 1).ravel()  # [row][target][step]
+    text = list(map(repr, flat.tolist()))
+    for k in np.flatnonzero(~np.isfinite(flat)).tolist():
+        text[k] = "null"
+    cells = text if horizon == 1 else [",".join(text[k:k + horizon])
+                                       for k in range(0, len(text), horizon)]
+    if n_targets == 1:
+        name = names[0]
+        return [name + c + "]" for c in cells]
+    return [",".join(name + cells[r * n_targets + j] + "]" for j, name in enumerate(names))
+            for r in range(rows)]
 
 
 class PredictionEncoder:
@@ -119,42 +143,35 @@ class PredictionEncoder:
         if not index:
             return []
         horizon = int(out.yhat.shape[1])
-        # one conversion per batch: [row][target][step] as Python floats
-        yhat = np.round(out.yhat, 10).transpose(0, 2, 1).tolist()
-        lo = np.round(out.lo, 10).transpose(0, 2, 1).tolist()
-        hi = np.round(out.hi, 10).transpose(0, 2, 1).tolist()
+        names = [json.dumps(t) + ":[" for t in targets]
+        # one conversion per batch: each field's text for every row
+        yhat, lo, hi = (_fields(a, names) for a in (out.yhat, out.lo, out.hi))
         weights = (None if out.weights is None
                    else np.round(out.weights, 6).transpose(0, 2, 3, 1).tolist())
         experts = [json.dumps(e) + ":[" for e in EXPERTS]
-        target_ts = out.target_ts.tolist()
+        target_ts = (list(map(str, out.target_ts[:, 0].tolist())) if horizon == 1
+                     else [",".join(map(str, ts)) for ts in out.target_ts.tolist()])
         versions = out.version.tolist()
-        names = [json.dumps(t) + ":[" for t in targets]
         kind = f'"kind":{json.dumps(self.kind)},"event_ts":'
         mid = f'],"horizon":{horizon},"yhat":{{'
         recs: list[Prediction] = []
         append = recs.append
         key_of = self._key
         src_of = self._source
-        number = _number
         for row, i in enumerate(index):
             ev = events[i]
             src = sources[i]
             head, tail = src_of(src.topic, src.partition)
             kb, kj = key_of(ev.key)
-            yh, lo_, hi_ = (",".join(name + ",".join(map(number, rows[row][j])) + "]"
-                                     for j, name in enumerate(names))
-                            for rows in (yhat, lo, hi))
-            ts = target_ts[row]
-            tts = str(ts[0]) if horizon == 1 else ",".join(map(str, ts))
             w = ""
             if weights is not None:
                 w = ',"weights":{' + ",".join(
-                    name[:-1] + "{" + ",".join(e + ",".join(map(number, weights[row][j][k]))
+                    name[:-1] + "{" + ",".join(e + ",".join(map(_number, weights[row][j][k]))
                                                + "]" for k, e in enumerate(experts)) + "}"
                     for j, name in enumerate(names)) + "}"
-            text = (f'{head}{src.offset}","key":{kj},{kind}{ev.ts_ms},"target_ts":[{tts}'
-                    f'{mid}{yh}}},"lo":{{{lo_}}},"hi":{{{hi_}}},"model_version":'
-                    f'{versions[row]},{tail}{src.offset}}}{w}}}')
+            text = (f'{head}{src.offset}","key":{kj},{kind}{ev.ts_ms},"target_ts":['
+                    f'{target_ts[row]}{mid}{yhat[row]}}},"lo":{{{lo[row]}}},"hi":{{{hi[row]}'
+                    f'}},"model_version":{versions[row]},{tail}{src.offset}}}{w}}}')
             append(Prediction(kb, text.encode(), src.timestamp))
         return recs
 
