@@ -89,7 +89,7 @@ def load_json_object(payload: bytes | str, max_bytes: int) -> dict[str, object]:
         raise EventError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
     if isinstance(payload, (bytes, bytearray, memoryview)):
         try:
-            payload = bytes(payload).decode("utf-8")
+            payload = (payload if type(payload) is bytes else bytes(payload)).decode("utf-8")
         except UnicodeDecodeError:
             raise EventError("not_utf8") from None
     try:
@@ -237,7 +237,11 @@ class EventDecoder:
         if kind not in KINDS:
             raise EventError("bad_kind", f"kind {kind!r} is not one of {KINDS}")
         key = self._key(doc)
-        ts_raw = next((doc[f] for f in TIME_FIELDS if f in doc), None)
+        ts_raw = None
+        for f in TIME_FIELDS:  # a loop, not next(generator): this runs once per event
+            if f in doc:
+                ts_raw = doc[f]
+                break
         if ts_raw is None:
             raise EventError("missing_time")
         ts_ms = parse_time(ts_raw, self.naive_tz)
@@ -258,7 +262,11 @@ class EventDecoder:
 
     # -- helpers ----------------------------------------------------------------------
     def _key(self, doc: Mapping[str, object]) -> str:
-        raw = next((doc[f] for f in KEY_FIELDS if f in doc), None)
+        raw = None
+        for f in KEY_FIELDS:
+            if f in doc:
+                raw = doc[f]
+                break
         if raw is None:
             raise EventError("missing_key")
         return check_key(raw, self.max_key_len)
