@@ -357,7 +357,7 @@ def drain(runner: Runner, n: int, bootstrap: str, timeout: float = 1800) -> Drai
 
 # ---------------------------------------------------------------------------- latency
 class PacedProducer(threading.Thread):
-    """Produces ``messages`` at ``rate`` per second (linger 1 ms) and keeps each record's
+    """Produces ``messages`` at ``rate`` per second (linger 2 ms) and keeps each record's
     (partition, offset) -> timestamp and value -> timestamp."""
 
     def __init__(self, bootstrap: str, topic: str, messages: Sequence[Message],
@@ -372,7 +372,7 @@ class PacedProducer(threading.Thread):
         from kafka import KafkaProducer
 
         bootstrap, topic, messages, rate = self.args
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1,
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
                                  client_id="bench-paced")
         sent = []
         t0 = time.monotonic()
@@ -567,7 +567,8 @@ PARTS = (  # (label, substrings of a frame "function (file:line)"), matched leaf
 EXCLUDED = PARTS[0][0]
 OTHER = "other (interpreter, libraries called from no part above)"
 WAITS = ("select (selectors.py", "Condition.wait", "Event.wait", "sleep", "_wait_for_tstate",
-         "poll (selectors.py", "epoll")
+         "poll (selectors.py", "epoll",
+         "_worker (concurrent/futures/thread.py")  # an idle pool thread in queue.get()
 
 
 def pyspy_binary() -> str | None:
@@ -730,7 +731,7 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         "## Event-to-prediction latency at fixed offered rates",
         "",
         "Each runner caught up first, then offered the rate for "
-        f"{ctx['seconds']:.0f} s (the bench's producer, linger 1 ms). Hand-off = output "
+        f"{ctx['seconds']:.0f} s (the bench's producer, linger 2 ms). Hand-off = output "
         "record timestamp (set when the relay or the service hands the record to its "
         "producer) - input record timestamp (set when the bench hands the event to its "
         "producer): broker, fetch, poll, decode, engine, records. Arrival = when a consumer "
