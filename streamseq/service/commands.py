@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     # set by the supervisor of `--workers N` on the command of each worker
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-port-file", type=Path, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, exit_at_once=True)
 
     b = sub.add_parser("broker", help="run an embedded Kafka-compatible broker (Tansu)")
     b.add_argument("--host", default="127.0.0.1")

@@ -551,7 +551,6 @@ def test_sigterm_during_a_broker_outage_exits_at_once(unique: str, tmp_path: Pat
             took = time.monotonic() - t0
         finally:
             own.resume()
-    # the service's own shutdown takes about a second; the interpreter's teardown of torch
-    # and numba one or two more on a loaded machine (it used to wait 60 s for the flush)
-    assert took < 6.0, f"{took:.1f}s\n{svc.log_tail()}"
+    # about 1.5 s measured (it used to wait 60 s for the flush, then close each client)
+    assert took < 3.0, f"{took:.1f}s\n{svc.log_tail()}"
     assert "no final checkpoint" in svc.log_path.read_text()
