@@ -336,7 +336,10 @@ def test_alerts_spare_an_idle_replica_and_a_partition_not_yet_consumed(
                    in ([1, 0], [0, 1]), 90, "one owner and one idle replica",
                    on_timeout=lambda: "\n".join(s.log_tail() for s in replicas))
         owner, idle = sorted(replicas, key=lambda s: -s.metric("streamseq_shards_assigned"))
-        assert idle.status("/readyz") == 200 and owner.status("/readyz") == 200
+        # an idle replica is a ready standby once the group has handed it its (empty) share
+        wait_until(lambda: idle.status("/readyz") == 200 and owner.status("/readyz") == 200,
+                   60, "both replicas ready", on_timeout=lambda: "\n".join(
+                       s.log_tail() for s in replicas))
         assert owner.metric("streamseq_checkpoint_restores_total", outcome="failed") == 1
         assert idle.metric("streamseq_checkpoint_restores_total") == 0
         assert "its learned state is lost" in owner.log_path.read_text()
