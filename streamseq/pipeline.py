@@ -29,7 +29,7 @@ Examples
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -177,7 +177,8 @@ class MetricDeltas:
     abs_error_model: float = 0.0
     abs_error_persistence: float = 0.0
     # the experts' and the published mixture's (smoother, seasonal, linear, mixture)
-    abs_error_forecasters: Counter[str] = field(default_factory=Counter)
+    abs_error_forecasters: defaultdict[str, float] = field(
+        default_factory=lambda: defaultdict(float))
     scored: int = 0
     anomalies: int = 0
     interval_scored: int = 0
@@ -198,7 +199,8 @@ class MetricDeltas:
         self.evicted += other.evicted
         self.abs_error_model += other.abs_error_model
         self.abs_error_persistence += other.abs_error_persistence
-        self.abs_error_forecasters.update(other.abs_error_forecasters)
+        for name, value in other.abs_error_forecasters.items():
+            self.abs_error_forecasters[name] += value
         self.scored += other.scored
         self.anomalies += other.anomalies
         self.interval_scored += other.interval_scored

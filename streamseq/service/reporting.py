@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
@@ -34,7 +34,8 @@ class MetricsReporter:
         self.metrics = metrics
         # since-start sums per kind: |z error| per forecaster, values scored, and the
         # one-step intervals scored, covered and their z-scored widths
-        self._errors: dict[str, Counter[str]] = defaultdict(Counter)
+        self._errors: defaultdict[str, defaultdict[str, float]] = defaultdict(
+            lambda: defaultdict(float))
         self._kinds: set[str] = set()  # kinds whose keys_held was set
 
     def applied(self, topic: str, kind: str, step: Applied, partition: int = 0) -> None:
