@@ -61,25 +61,40 @@ def _bits(rows: Sequence[tuple[float, int]]) -> tuple[float, float]:
             sum(n for n, _ in t) / sum(c for _, c in t) / LN2)
 
 
-def bench_lm(path: Path, chars: int | None, config: LMConfig) -> dict[str, Any]:
+#: A smaller, batched language model next to the defaults: the speed/quality trade.
+FAST_LM = LMConfig(hidden=128, embed_dim=32, batch_windows=4, lr=8e-3)
+
+
+def _lm_name(c: LMConfig) -> str:
+    return (f"{c.cell.upper()} {c.layers}x{c.hidden}, embed {c.embed_dim}, k1=k2={c.k1}, "
+            f"batch_windows {c.batch_windows}, lr {c.lr:g}")
+
+
+def bench_lm(path: Path, chars: int | None, configs: Sequence[tuple[str, LMConfig]]
+             ) -> dict[str, Any]:
     events = [e for e in read_text_events([path], TextBacktestOptions(limit_chars=chars))
               if isinstance(e, TextEvent)]
     n_chars = sum(len(e.text) for e in events)
-    rows_out: dict[str, Any] = {"messages": len(events), "chars": n_chars, "models": []}
-    engine = TextEngine(TextEngineConfig(lm=config))
-    rows: list[tuple[float, int]] = []
-    t0 = time.process_time()
-    for a in range(0, len(events), 256):
-        for o in engine.process(events[a:a + 256]):
-            rows.append((o["nll_per_char"] * o["chars"], o["chars"]))
-    secs = time.process_time() - t0
-    ours = f"ours: {config.cell.upper()} {config.layers}x{config.hidden}, k1=k2={config.k1}"
-    rows_out["models"].append((ours, *_bits(rows), n_chars / secs, len(events) / secs))
-    log.info("%s: %.3f bits/char (last tenth %.3f), %.0f s", ours, *_bits(rows), secs)
-    assert engine.lm is not None
-    rows_out["samples"] = [engine.lm.generate("ROMEO:", 240, temperature=0.8, top_k=20,
-                                              seed=s) for s in (1, 2)]
-    rows_out["updates"] = engine.stats.lm_updates
+    rows_out: dict[str, Any] = {"messages": len(events), "chars": n_chars, "models": [],
+                                "ours": []}
+    for label, config in configs:
+        engine = TextEngine(TextEngineConfig(lm=config))
+        rows: list[tuple[float, int]] = []
+        t0 = time.process_time()
+        for a in range(0, len(events), 256):
+            for o in engine.process(events[a:a + 256]):
+                rows.append((o["nll_per_char"] * o["chars"], o["chars"]))
+        secs = time.process_time() - t0
+        ours = f"ours ({label}): {_lm_name(config)}"
+        rows_out["models"].append((ours, *_bits(rows), n_chars / secs, len(events) / secs))
+        rows_out["ours"].append((label, n_chars / secs, engine.stats.lm_updates))
+        log.info("%s: %.3f bits/char (last tenth %.3f), %.0f CPU-s", ours, *_bits(rows), secs)
+        assert engine.lm is not None
+        if "samples" not in rows_out:
+            rows_out["samples"] = [engine.lm.generate("ROMEO:", 240, temperature=0.8,
+                                                      top_k=20, top_p=0.95, seed=s)
+                                   for s in (1, 2)]
+            rows_out["updates"] = engine.stats.lm_updates
     baselines: list[tuple[str, Callable[[], Any]]] = [
         ("online unigram, Laplace", UnigramCharModel),
         ("online bigram, Laplace", lambda: BigramCharModel(smoothing="laplace")),
@@ -145,12 +160,13 @@ def _clf_row(name: str, m: PrequentialClassification, n_messages: int, n_events:
             n_messages / secs, n_events / secs)
 
 
-def bench_classifier(paths: Sequence[Path], delays: Sequence[int] = (0,), rnn: bool = True
-                     ) -> dict[str, Any]:
+def bench_classifier(paths: Sequence[Path], role: str, delays: Sequence[int] = (0,),
+                     rnn: bool = True) -> dict[str, Any]:
     base = read_text_events(paths, TextBacktestOptions())
     pairs = [(e.text, e.label) for e in base if isinstance(e, TextEvent) and e.label]
     classes = sorted({y for _, y in pairs})
-    out: dict[str, Any] = {"messages": len(pairs), "classes": classes, "models": []}
+    out: dict[str, Any] = {"messages": len(pairs), "classes": classes, "models": [],
+                           "role": role}
     counts = {c: sum(y == c for _, y in pairs) for c in classes}
     out["shares"] = {c: n / len(pairs) for c, n in counts.items()}
     seen: dict[str, int] = {}
@@ -161,7 +177,7 @@ def bench_classifier(paths: Sequence[Path], delays: Sequence[int] = (0,), rnn: b
         seen[y] = seen.get(y, 0) + 1
     out["majority"] = hits / len(pairs)
     labels = tuple(classes)  # the task's classes, known up front (river's binary LR too)
-    variants = [("ours (defaults): word NB + char 3-5-gram NB, log-linear pool",
+    variants = [(f"{CLF_DEFAULTS}: word NB + char 2-5-gram NB, log-linear pool",
                  ClassifierConfig(labels=labels), delays)]
     if rnn:
         variants += [
@@ -203,6 +219,37 @@ def machine() -> str:
             f"load average {load:.1f} at start (the machine is shared)")
 
 
+RIVER_NB = "river BagOfWords + MultinomialNB"
+CLF_DEFAULTS = "ours (defaults)"
+LM_TARGET = 50_000
+
+
+def targets(lm: dict[str, Any] | None, clfs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The issue-16 targets against this run's figures."""
+    out = ["## Targets (issue 16), this run", "",
+           "| target | figure | met |", "|---|---|:-:|"]
+    for title, r in clfs:
+        rows = {m[0]: m for m in r["models"]}
+        nb = rows[RIVER_NB]
+        ours = next(m for name, m in rows.items() if name.startswith(CLF_DEFAULTS)
+                    and "late" not in name)
+        short = title.split(" (")[0]
+        gain = ours[1] - nb[1]
+        ratio = ours[5] / nb[5]
+        out.append(f"| classifier accuracy >= river NB + 0.02, {short} ({r['role']}) | "
+                   f"{ours[1]:.3f} vs {nb[1]:.3f} ({gain:+.3f}) | "
+                   f"{'yes' if gain >= 0.02 else 'no'} |")
+        out.append(f"| classifier messages/CPU-s >= 0.5 x river NB, {short} | "
+                   f"{ours[5]:,.0f} vs {nb[5]:,.0f} ({ratio:.2f}x) | "
+                   f"{'yes' if ratio >= 0.5 else 'no'} |")
+    if lm is not None:
+        for label, cps, _ in lm["ours"]:
+            out.append(f"| LM characters/CPU-s >= {LM_TARGET:,} ({label}) | {cps:,.0f} | "
+                       f"{'yes' if cps >= LM_TARGET else 'no'} |")
+    out.append("")
+    return out
+
+
 def render(args: argparse.Namespace, lm: dict[str, Any] | None,
            clfs: list[tuple[str, dict[str, Any]]], started: str, secs: float) -> str:
     cmd = "python -m bench.text_bench" + (" " + " ".join(args.argv) if args.argv else "")
@@ -214,21 +261,24 @@ def render(args: argparse.Namespace, lm: dict[str, Any] | None,
         f"- Date: {started} (bench wall time {secs / 60:.1f} min)",
         "- Protocol: one pass, predict then learn, every model on the same stream in the same "
         "order; no metric uses a label or token before the prediction scored against it.",
+        "- Speed: messages (characters) per CPU-second of the process (`time.process_time`), "
+        "all models in this one run, one torch thread.",
         "",
     ]
+    lines += targets(lm, clfs)
     if lm is not None:
         lines += [
             f"## Language model: tiny Shakespeare, {lm['chars']:,} characters, "
             f"{lm['messages']:,} messages (one line each)",
             "",
-            "| model | bits/char | bits/char, last tenth | chars/s | messages/s |",
+            "| model | bits/char | bits/char, last tenth | chars/CPU-s | messages/CPU-s |",
             "|---|---:|---:|---:|---:|",
         ]
         for name, b, bt, cps, mps in lm["models"]:
             lines.append(f"| {name} | {b:.3f} | {bt:.3f} | {cps:,.0f} | {mps:,.0f} |")
-        lines += ["", f"Optimizer steps: {lm['updates']:,}. Samples from the final model "
-                  "(`streamseq generate --prompt ROMEO: --length 240 --temperature 0.8 "
-                  "--top-k 20`, seeds 1 and 2):", ""]
+        lines += ["", f"Optimizer steps of the defaults: {lm['updates']:,}. Samples from "
+                  "their final model (`streamseq generate --prompt ROMEO: --length 240 "
+                  "--temperature 0.8 --top-k 20 --top-p 0.95`, seeds 1 and 2):", ""]
         for s in lm["samples"]:
             lines += ["```", "ROMEO:" + s, "```"]
         lines.append("")
@@ -237,8 +287,8 @@ def render(args: argparse.Namespace, lm: dict[str, Any] | None,
         lines += [
             f"## Classification: {title}, {r['messages']:,} messages ({shares})",
             "",
-            "| model | accuracy | macro F1 | log-loss | accuracy, last 500 | messages/s "
-            "| events/s |",
+            "| model | accuracy | macro F1 | log-loss | accuracy, last 500 | messages/CPU-s "
+            "| events/CPU-s |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, acc, f1, ll, wacc, mps, eps in r["models"]:
@@ -248,7 +298,7 @@ def render(args: argparse.Namespace, lm: dict[str, Any] | None,
     lines += [
         "Notes: events/s counts text and label events (a late label is its own event, so a "
         "late-label run has twice as many events as messages); our figures include the "
-        "bookkeeping of the engine (pending labels, metrics, per-key state) and are wall "
+        "bookkeeping of the engine (pending labels, metrics, per-key state) and are CPU "
         "time on a shared machine (see the load above). Our classifier is told the task's label "
         "set up front (as river's binary LogisticRegression is); MultinomialNB learns it. "
         "Log-loss clips probabilities to 1e-15: a prediction with no probability for the "
@@ -279,15 +329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.perf_counter()
     lm = None if args.skip_lm else bench_lm(args.data / "tinyshakespeare" / "input.txt",
-                                            args.lm_chars, LMConfig())
+                                            args.lm_chars,
+                                            [("defaults", LMConfig()), ("fast", FAST_LM)])
     clfs: list[tuple[str, dict[str, Any]]] = []
     if not args.skip_classifier:
         delays = [int(d) for d in args.delays.split(",") if d.strip()]
         clfs.append(("sentiment labelled sentences (imdb, amazon, yelp interleaved)",
-                     bench_classifier([args.data / "sentiment_labelled_sentences"], delays,
-                                      not args.no_rnn)))
+                     bench_classifier([args.data / "sentiment_labelled_sentences"],
+                                      "defaults chosen on this set", delays, not args.no_rnn)))
         clfs.append(("rt-polarity (pos/neg interleaved)",
-                     bench_classifier([args.data / "rt_polarity"], delays, not args.no_rnn)))
+                     bench_classifier([args.data / "rt_polarity"], "held out", delays,
+                                      not args.no_rnn)))
     text = render(args, lm, clfs, started, time.perf_counter() - t0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

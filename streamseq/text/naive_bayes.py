@@ -44,38 +44,47 @@ class HashedNaiveBayes:
         self.buckets = int(buckets)
         self.alpha = float(alpha)
         self.counts = np.zeros((self.buckets, 0), dtype=np.int32)
+        self.log_counts = np.zeros((self.buckets, 0))  # log(counts + alpha), kept in step
         self.row_total = np.zeros(self.buckets, dtype=np.int32)
         self.class_docs = np.zeros(0, dtype=np.int64)
         self.class_feats = np.zeros(0, dtype=np.int64)
         self.seen = 0  # V: buckets held by at least one learned message
+        self._terms_for = -1  # n_classes of the cached prior and denominator
+        self._prior = self._denominator = np.zeros(0)
 
     def _grow(self, n_classes: int) -> None:
         k = n_classes - self.counts.shape[1]
         if k > 0:
             self.counts = np.concatenate(
                 [self.counts, np.zeros((self.buckets, k), dtype=np.int32)], axis=1)
+            self.log_counts = np.concatenate(
+                [self.log_counts, np.full((self.buckets, k), np.log(self.alpha))], axis=1)
             self.class_docs = np.concatenate([self.class_docs, np.zeros(k, dtype=np.int64)])
             self.class_feats = np.concatenate([self.class_feats, np.zeros(k, dtype=np.int64)])
 
     def log_proba(self, feats: np.ndarray, n_classes: int) -> np.ndarray:
         """Normalised log-probabilities ``[n_classes]`` of a message's features."""
-        self._grow(n_classes)
-        docs = self.class_docs[:n_classes]
-        z = np.log((docs + 1.0) / (docs.sum() + n_classes))
+        if self._terms_for != n_classes:  # the per-class terms change only when learning
+            self._grow(n_classes)
+            docs = self.class_docs[:n_classes]
+            self._prior = np.log((docs + 1.0) / (docs.sum() + n_classes))
+            self._denominator = np.log(self.class_feats[:n_classes]
+                                       + self.alpha * max(self.seen, 1))
+            self._terms_for = n_classes
+        z = self._prior
         if len(feats):
-            a = self.alpha
-            rows = self.counts[feats, :n_classes]
-            z = z + np.log(rows + a).sum(0) - len(feats) * np.log(
-                self.class_feats[:n_classes] + a * max(self.seen, 1))
+            z = z + self.log_counts[feats].sum(0)[:n_classes] - len(feats) * self._denominator
         z = z - z.max()
         return z - np.log(np.exp(z).sum())
 
     def learn(self, feats: np.ndarray, y: int) -> None:
         """Count one labelled message (``feats`` unique)."""
         self._grow(y + 1)
+        self._terms_for = -1
         self.seen += int((self.row_total[feats] == 0).sum())
         self.row_total[feats] += 1
         self.counts[feats, y] += 1
+        self.log_counts[feats, y] = np.log(self.counts[feats, y] + self.alpha)
         self.class_docs[y] += 1
         self.class_feats[y] += len(feats)
 
@@ -96,6 +105,8 @@ class HashedNaiveBayes:
         self.counts = np.zeros((self.buckets, counts.shape[1]), dtype=np.int32)
         self.counts[rows] = counts
         self.row_total = self.counts.sum(1).astype(np.int32)
+        self.log_counts = np.log(self.counts + self.alpha)
         self.class_docs = state["class_docs"].numpy().astype(np.int64).copy()
         self.class_feats = state["class_feats"].numpy().astype(np.int64).copy()
         self.seen = int(len(rows))
+        self._terms_for = -1
