@@ -61,8 +61,9 @@ def _bits(rows: Sequence[tuple[float, int]]) -> tuple[float, float]:
             sum(n for n, _ in t) / sum(c for _, c in t) / LN2)
 
 
-#: A smaller, batched language model next to the defaults: the speed/quality trade.
-FAST_LM = LMConfig(hidden=128, embed_dim=32, batch_windows=4, lr=8e-3)
+#: The defaults before issue 16 (1x256, one step per window) next to the batched defaults:
+#: the speed/quality trade.
+V1_LM = LMConfig(hidden=256, embed_dim=64, batch_windows=1, lr=2e-3)
 
 
 def _lm_name(c: LMConfig) -> str:
@@ -330,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     lm = None if args.skip_lm else bench_lm(args.data / "tinyshakespeare" / "input.txt",
                                             args.lm_chars,
-                                            [("defaults", LMConfig()), ("fast", FAST_LM)])
+                                            [("defaults", LMConfig()),
+                                             ("v1 defaults", V1_LM)])
     clfs: list[tuple[str, dict[str, Any]]] = []
     if not args.skip_classifier:
         delays = [int(d) for d in args.delays.split(",") if d.strip()]

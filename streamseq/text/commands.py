@@ -75,6 +75,8 @@ def register(subparsers: Any) -> None:
     m.add_argument("--dropout", type=float, default=d.dropout)
     m.add_argument("--k1", type=int, default=d.k1, help="tokens between optimizer steps")
     m.add_argument("--k2", type=int, default=None, help="backprop length (default: k1)")
+    m.add_argument("--batch-windows", type=int, default=d.batch_windows,
+                   help="TBPTT windows (of any streams) per optimizer step")
     m.add_argument("--lr", type=float, default=d.lr)
     m.add_argument("--boundary-token", action="store_true",
                    help="append an end-of-message token to each message")
@@ -130,7 +132,8 @@ def options_from_args(args: argparse.Namespace) -> TextBacktestOptions:
     max_vocab = args.max_vocab or (256 if args.tokens == "char" else 30_000)
     lm = LMConfig(tokens=args.tokens, max_vocab=max_vocab, cell=args.cell,
                   embed_dim=args.embed_dim, hidden=args.hidden, layers=args.layers,
-                  dropout=args.dropout, k1=args.k1, k2=args.k2 or args.k1, lr=args.lr,
+                  dropout=args.dropout, k1=args.k1, k2=args.k2 or args.k1,
+                  batch_windows=args.batch_windows, lr=args.lr,
                   boundary_token=args.boundary_token)
     experts = tuple(e.strip() for e in args.clf_experts.split(",") if e.strip())
     clf = ClassifierConfig(experts=experts, tokens=args.clf_tokens, cell=args.clf_cell, hidden=args.clf_hidden,

@@ -122,7 +122,7 @@ class OnlineLanguageModel:
 
     Examples
     --------
-    >>> lm = OnlineLanguageModel(LMConfig(hidden=16, embed_dim=8, k1=4, k2=8))
+    >>> lm = OnlineLanguageModel(LMConfig(hidden=16, embed_dim=8, k1=4, k2=8, batch_windows=1))
     >>> out = lm.learn_message("s1", 0, "hello world\\n", msg_id="m1")
     >>> out["tokens"], round(out["nll_per_char"], 1) == round(out["nll_per_token"], 1)
     (12, True)

@@ -40,7 +40,7 @@ from streamseq.text.baselines import BigramCharModel
 from streamseq.text.vocab import Vocabulary
 
 SHAKESPEARE_CHARS = 40_000
-SMALL_LM = LMConfig(hidden=128, embed_dim=32, k1=32, k2=32, lr=3e-3)
+SMALL_LM = LMConfig(hidden=128, embed_dim=32, k1=32, k2=32, batch_windows=1, lr=3e-3)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -274,7 +274,8 @@ def test_generation_draws_only_tokens_the_model_has_learned() -> None:
     the ids no text filled, are never drawn, whatever the temperature, top-k or top-p."""
     from streamseq.text.exceptions import TextModelError
 
-    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=8, k2=8)))
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=8, k2=8,
+                                                  batch_windows=1)))
     lm = eng.lm
     assert lm is not None
     eng.process([TextEvent("a", 0, "xyz")])  # read, not learned: no window fell due
