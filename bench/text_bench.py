@@ -162,7 +162,10 @@ def _clf_row(name: str, m: PrequentialClassification, n_messages: int, n_events:
 
 
 def bench_classifier(paths: Sequence[Path], role: str, delays: Sequence[int] = (0,),
-                     rnn: bool = True) -> dict[str, Any]:
+                     rnn: bool = True, repeats: int = 3) -> dict[str, Any]:
+    """Our classifier's variants and river's pipelines on one labelled set; the fast runs
+    are timed ``repeats`` times and the least CPU time kept (the machine is shared: the
+    least is the one least disturbed)."""
     base = read_text_events(paths, TextBacktestOptions())
     pairs = [(e.text, e.label) for e in base if isinstance(e, TextEvent) and e.label]
     classes = sorted({y for _, y in pairs})
@@ -189,24 +192,29 @@ def bench_classifier(paths: Sequence[Path], role: str, delays: Sequence[int] = (
     for name, cfg, cfg_delays in variants:
         for delay in cfg_delays:
             events = read_text_events(paths, TextBacktestOptions(label_delay=delay))
-            engine = TextEngine(TextEngineConfig(lm=None, classifier=cfg))
-            t0 = time.process_time()
-            for a in range(0, len(events), 256):
-                engine.process(events[a:a + 256])
-            secs = time.process_time() - t0
+            best = math.inf
+            for _ in range(1 if "rnn" in cfg.experts else repeats):
+                engine = TextEngine(TextEngineConfig(lm=None, classifier=cfg))
+                t0 = time.process_time()
+                for a in range(0, len(events), 256):
+                    engine.process(events[a:a + 256])
+                best = min(best, time.process_time() - t0)
             assert engine.classifier is not None
             label = name + (f", labels {delay} messages late" if delay else "")
             out["models"].append(_clf_row(label, engine.classifier.metrics, len(pairs),
-                                          len(events), secs))
+                                          len(events), best))
             log.info("%s: %s", label, out["models"][-1][1:])
-    for model in river_models(classes):
-        m = PrequentialClassification(ClassifierConfig().window)
-        t0 = time.process_time()
-        for text, y in pairs:
-            m.update(y, model.predict(text))
-            model.learn(text, y)
-        secs = time.process_time() - t0
-        out["models"].append(_clf_row(model.name, m, len(pairs), len(pairs), secs))
+    for i in range(len(river_models(classes))):
+        best = math.inf
+        for _ in range(repeats):
+            model = river_models(classes)[i]
+            m = PrequentialClassification(ClassifierConfig().window)
+            t0 = time.process_time()
+            for text, y in pairs:
+                m.update(y, model.predict(text))
+                model.learn(text, y)
+            best = min(best, time.process_time() - t0)
+        out["models"].append(_clf_row(model.name, m, len(pairs), len(pairs), best))
         log.info("%s: %s", model.name, out["models"][-1][1:])
     return out
 
@@ -295,7 +303,8 @@ def render(args: argparse.Namespace, lm: dict[str, Any] | None,
         "- Protocol: one pass, predict then learn, every model on the same stream in the same "
         "order; no metric uses a label or token before the prediction scored against it.",
         "- Speed: messages (characters) per CPU-second of the process (`time.process_time`), "
-        "all models in this one run, one torch thread.",
+        "all models in this one run, one torch thread; the classifiers without a recurrent "
+        "network are timed three times and the least CPU time kept.",
         "",
     ]
     lines += targets(lm, clfs)
