@@ -162,7 +162,7 @@ def _clf_row(name: str, m: PrequentialClassification, n_messages: int, n_events:
 
 
 def bench_classifier(paths: Sequence[Path], role: str, delays: Sequence[int] = (0,),
-                     rnn: bool = True, repeats: int = 3) -> dict[str, Any]:
+                     rnn: bool = True, repeats: int = 5) -> dict[str, Any]:
     """Our classifier's variants and river's pipelines on one labelled set; the fast runs
     are timed ``repeats`` times and the least CPU time kept (the machine is shared: the
     least is the one least disturbed)."""
@@ -304,7 +304,7 @@ def render(args: argparse.Namespace, lm: dict[str, Any] | None,
         "order; no metric uses a label or token before the prediction scored against it.",
         "- Speed: messages (characters) per CPU-second of the process (`time.process_time`), "
         "all models in this one run, one torch thread; the classifiers without a recurrent "
-        "network are timed three times and the least CPU time kept.",
+        "network are timed five times and the least CPU time kept.",
         "",
     ]
     lines += targets(lm, clfs)

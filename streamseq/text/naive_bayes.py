@@ -79,12 +79,15 @@ class HashedNaiveBayes:
 
     def learn(self, feats: np.ndarray, y: int) -> None:
         """Count one labelled message (``feats`` unique)."""
-        self._grow(y + 1)
+        if y >= self.counts.shape[1]:
+            self._grow(y + 1)
         self._terms_for = -1
-        self.seen += int((self.row_total[feats] == 0).sum())
-        self.row_total[feats] += 1
-        self.counts[feats, y] += 1
-        self.log_counts[feats, y] = np.log(self.counts[feats, y] + self.alpha)
+        total = self.row_total[feats]
+        self.seen += int(np.count_nonzero(total == 0))
+        self.row_total[feats] = total + 1
+        c = self.counts[feats, y] + 1
+        self.counts[feats, y] = c
+        self.log_counts[feats, y] = np.log(c + self.alpha)
         self.class_docs[y] += 1
         self.class_feats[y] += len(feats)
 
