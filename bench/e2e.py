@@ -818,11 +818,15 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
             f"{us['c'] - us['a']:.0f} µs more than the relay end to end.")
     profiles = dict((v.key, p) for v, p in ctx.get("profiles", []))
     for key, p in sorted(profiles.items()):
-        top = sorted(p.parts.items(), key=lambda kv: -kv[1])[:4]
-        parts = ", ".join(f"{label} {p.us_per_event(x):.1f} µs" for label, x in top)
+        kafka = sum(x for label, x in p.parts.items() if label.startswith("kafka"))
+        own = {label: x for label, x in p.parts.items() if not label.startswith("kafka")}
+        top = sorted(own.items(), key=lambda kv: -kv[1])[:5]
+        parts = ", ".join(f"{label} {p.us_per_event(x):.1f}" for label, x in top)
         out.append(f"- **{tp[key].variant.label}** under py-spy: "
-                   f"{p.us_per_event(p.working):.0f} µs of CPU per event, the largest parts "
-                   f"{parts}.")
+                   f"{p.us_per_event(p.working):.0f} µs of CPU per event, of which kafka-python "
+                   f"{p.us_per_event(kafka):.0f} µs (what the relay pays too: consumer, "
+                   f"producer, record batches, IO threads) and the service's own "
+                   f"{p.us_per_event(p.working - kafka):.0f} µs: {parts} µs.")
     for lat in ctx["latency"]:
         if lat["variant"] == "relay":
             continue
