@@ -59,6 +59,7 @@ from streamseq.learner.tbptt import OnlineLearner
 from streamseq.learner.windows import PendingWindows, WindowRings
 from streamseq.models.flat import FlatWeights
 from streamseq.models.recurrent import RecurrentForecaster
+from streamseq.models.seeding import seeded_init
 from streamseq.state.table import KeyTable
 
 __all__ = ["Engine", "Shard", "FORMAT_VERSION"]
@@ -131,10 +132,10 @@ class Shard:
         t, h = len(targets), mc.horizon
         self.features = FeaturePipeline(config, self.names, t)
         self.level_targets = self.features.target_codes == CODES["level"]
-        torch.manual_seed(lc.seed)
-        self.model = RecurrentForecaster(
-            self.features.n_inputs, t, mc,
-            residual_mask=[c != CODES["logret"] for c in self.features.target_codes])
+        with seeded_init(lc.seed):  # the caller's torch random state is left alone
+            self.model = RecurrentForecaster(
+                self.features.n_inputs, t, mc,
+                residual_mask=[c != CODES["logret"] for c in self.features.target_codes])
         self.model.eval()
         self.weights = FlatWeights(self.model)
         state_size = self.model.state_size

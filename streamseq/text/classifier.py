@@ -29,10 +29,11 @@ from torch.nn import functional as F
 
 from streamseq.events.errors import EventError
 from streamseq.exceptions import CheckpointError
+from streamseq.models.seeding import seeded_init
 from streamseq.text.config import ClassifierConfig
 from streamseq.text.hashing import Featurizer
 from streamseq.text.metrics import PrequentialClassification
-from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout, seeded_init
+from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout
 from streamseq.text.naive_bayes import HashedNaiveBayes
 from streamseq.text.pooling import LogLinearPool
 from streamseq.text.stats import TextStats

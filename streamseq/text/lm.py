@@ -32,9 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from streamseq.exceptions import CheckpointError
+from streamseq.models.seeding import seeded_init
 from streamseq.text.config import LMConfig
 from streamseq.text.exceptions import TextModelError
-from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout, seeded_init
+from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout
 from streamseq.text.sampling import sample_next
 from streamseq.text.stats import TextStats
 from streamseq.text.vocab import BOS, EOM, RESERVED, Vocabulary

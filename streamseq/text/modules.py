@@ -8,14 +8,12 @@ masks an uninterrupted one would have drawn, whatever else runs in the process.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["CELLS", "RecurrentStack", "seeded_dropout", "guarded_step", "seeded_init"]
+__all__ = ["CELLS", "RecurrentStack", "seeded_dropout", "guarded_step"]
 
 CELLS = ("gru", "lstm")
 
@@ -175,21 +173,3 @@ def guarded_step(params: list[nn.Parameter],
     for opt in opts:
         opt.step()
     return True, loss_value, norm
-
-
-@contextlib.contextmanager
-def seeded_init(seed: int) -> Iterator[None]:
-    """Build modules from ``seed`` without touching the global RNG state.
-
-    Examples
-    --------
-    >>> with seeded_init(3):
-    ...     a = nn.Linear(2, 2).weight.tolist()
-    >>> with seeded_init(3):
-    ...     b = nn.Linear(2, 2).weight.tolist()
-    >>> a == b
-    True
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

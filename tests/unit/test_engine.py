@@ -695,3 +695,11 @@ def test_process_one_rejects_what_process_rejects() -> None:
                        Event("sensor", "a", 1, {"x": math.inf, "y": 1.0})])
     assert [e.reason for _, e in out.rejected] == ["missing_value", "out_of_range",
                                                    "non_finite"]
+
+
+def test_building_an_engine_leaves_the_callers_torch_random_state_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Shard(EngineConfig(), ["x"])
+    assert torch.equal(torch.rand(3), expected)
