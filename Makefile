@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean lock
+.PHONY: setup test demo bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -17,11 +17,8 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
-
-lint: $(STAMP)
-	$(BIN)/ruff check .
 	$(BIN)/mypy streamseq
+	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
 	$(BIN)/streamseq demo $(ARGS)
