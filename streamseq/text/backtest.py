@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamseq.events.errors import EventError
+from streamseq.exceptions import UsageError
 from streamseq.io.files import SUFFIXES as NUMERIC_SUFFIXES
 from streamseq.io.sniff import content_kind
 from streamseq.text.baselines import BigramCharModel
@@ -219,6 +220,8 @@ def read_text_sources(paths: Sequence[str | Path], options: TextBacktestOptions 
     opt = options or TextBacktestOptions()
     sources: dict[str, TextSource] = {}
     for path in expand_text_paths(paths):
+        if not path.exists():
+            raise UsageError(f"no such file or folder: {path}")
         layout = text_layout(path)
         if layout is None:
             raise EventError("bad_text", f"{path} is not a text layout this reader knows")

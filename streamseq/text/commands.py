@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
 import torch
 
-from streamseq.exceptions import StreamseqError
+from streamseq.exceptions import DataError, UsageError
 from streamseq.text.backtest import TextBacktestOptions, format_report, run_text_backtest
 from streamseq.text.config import ClassifierConfig, LMConfig
 from streamseq.text.engine import TextEngine
 
 __all__ = ["register", "options_from_args"]
 
-log = logging.getLogger(__name__)
 
 
 def _chunk(value: str) -> str | int:
@@ -148,7 +146,7 @@ def options_from_args(args: argparse.Namespace) -> TextBacktestOptions:
         tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
         unknown = set(tasks) - {"lm", "classifier"}
         if unknown:
-            raise StreamseqError(f"unknown tasks {sorted(unknown)}: use lm and/or classifier")
+            raise UsageError(f"unknown tasks {sorted(unknown)}: use lm and/or classifier")
     return TextBacktestOptions(
         chunk=args.chunk, limit_chars=args.limit_chars, limit_messages=args.limit_messages,
         label_delay=args.label_delay, seed=args.seed, tasks=tasks, lm=lm, classifier=clf,
@@ -160,11 +158,7 @@ def options_from_args(args: argparse.Namespace) -> TextBacktestOptions:
 def _backtest_text(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        report = run_text_backtest(args.paths, options_from_args(args))
-    except (StreamseqError, OSError, ValueError) as exc:
-        log.error("backtest-text failed: %s", exc)
-        return 1
+    report = run_text_backtest(args.paths, options_from_args(args))
     print(format_report(report))
     if args.save_checkpoint:
         print(f"\ncheckpoint written to {args.save_checkpoint}")
@@ -175,15 +169,11 @@ def _backtest_text(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    try:
-        engine = TextEngine.from_checkpoint(args.checkpoint)
-        if engine.lm is None:
-            raise StreamseqError(f"{args.checkpoint} holds no language model")
-        text = engine.lm.generate(args.prompt, args.length, args.temperature, args.top_k,
-                                  args.seed, key=args.key, top_p=args.top_p)
-    except (StreamseqError, ValueError) as exc:
-        log.error("generate failed: %s", exc)
-        return 1
+    engine = TextEngine.from_checkpoint(args.checkpoint)
+    if engine.lm is None:
+        raise DataError(f"{args.checkpoint} holds no language model")
+    text = engine.lm.generate(args.prompt, args.length, args.temperature, args.top_k,
+                              args.seed, key=args.key, top_p=args.top_p)
     sep = " " if engine.lm.vocab.mode == "word" and args.prompt and text else ""
     sys.stdout.write(text if args.no_echo else args.prompt + sep + text)
     sys.stdout.write("\n")

@@ -171,7 +171,7 @@ def test_the_readme_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize("argv, code", [
     (["run"], 2),  # no broker configured
     (["generate", "--checkpoint", "{dir}/nope.ckpt"], 1),
-    (["backtest-text", "{dir}/nope.bin"], 1),
+    (["backtest-text", "{dir}/nope.bin"], 2),  # no such file: usage, as every command
 ])
 def test_other_commands_fail_on_one_line_too(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
