@@ -26,7 +26,6 @@ from streamseq.text.engine import TextEngine
 __all__ = ["register", "options_from_args"]
 
 
-
 def _chunk(value: str) -> str | int:
     if value == "line":
         return value
