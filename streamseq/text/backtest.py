@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamseq.events.errors import EventError
-from streamseq.exceptions import UsageError
+from streamseq.exceptions import DataError, UsageError
 from streamseq.io.files import SUFFIXES as NUMERIC_SUFFIXES
 from streamseq.io.sniff import content_kind
 from streamseq.text.baselines import BigramCharModel
@@ -269,7 +269,7 @@ def _chunk(text: str, chunk: str | int) -> list[str]:
         return _lines(text, keepends=True)
     n = int(chunk)
     if n < 1:
-        raise ValueError("chunk must be 'line' or a positive number of characters")
+        raise UsageError(f"chunk must be 'line' or a positive number of characters, not {chunk}")
     return [text[i:i + n] for i in range(0, len(text), n)]
 
 
@@ -343,7 +343,7 @@ def _events_from_sources(sources: list[TextSource], opt: TextBacktestOptions
     recorded = [s for s in sources if s.events is not None]
     if recorded:
         if len(recorded) != len(sources):
-            raise ValueError("JSONL text events cannot be mixed with other text layouts")
+            raise DataError("JSONL text events cannot be mixed with other text layouts")
         merged = [e for s in recorded for e in s.events or []]
         merged.sort(key=lambda e: e.ts_ms)  # stable: each file's order is kept
         return merged

@@ -31,12 +31,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from streamseq.exceptions import CheckpointError
+from streamseq.exceptions import CheckpointError, UsageError
 from streamseq.models.seeding import seeded_init
 from streamseq.text.config import LMConfig
 from streamseq.text.exceptions import TextModelError
 from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout
-from streamseq.text.sampling import sample_next
+from streamseq.text.sampling import check_sampling, sample_next
 from streamseq.text.stats import TextStats
 from streamseq.text.vocab import BOS, EOM, RESERVED, Vocabulary
 
@@ -297,7 +297,8 @@ class OnlineLanguageModel:
         ``seed`` give the same text. Learning state is not touched.
         """
         if length < 0:
-            raise ValueError("length must be >= 0")
+            raise UsageError(f"length must be >= 0, not {length}")
+        check_sampling(temperature, top_k, top_p)
         allowed = self.learned_counts > 0
         allowed[: len(RESERVED)] = False
         if length and not bool(allowed.any()):

@@ -12,7 +12,26 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["next_token_distribution", "sample_next"]
+from streamseq.exceptions import UsageError
+
+__all__ = ["check_sampling", "next_token_distribution", "sample_next"]
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse sampling options that mean nothing (:class:`UsageError`, a ``ValueError``).
+
+    >>> check_sampling(0.8, 20, 0.95)
+    >>> check_sampling(1.0, None, 1.5)
+    Traceback (most recent call last):
+    ...
+    streamseq.exceptions.UsageError: top_p must be in (0, 1], not 1.5
+    """
+    if not temperature >= 0:
+        raise UsageError(f"temperature must be >= 0 (0: the most likely token), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"top_k must be >= 1, not {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UsageError(f"top_p must be in (0, 1], not {top_p}")
 
 
 def next_token_distribution(logits: torch.Tensor, allowed: torch.Tensor,
@@ -39,10 +58,9 @@ def next_token_distribution(logits: torch.Tensor, allowed: torch.Tensor,
     >>> (next_token_distribution(z, ok, temperature=100.0) > 0).sum().item()
     4
     """
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (use greedy decoding for 0)")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError("top_p must be in (0, 1]")
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        raise UsageError("temperature 0 is greedy decoding: the caller's argmax")
     z = logits.detach().to(torch.float64) / float(temperature)
     z = z.masked_fill(~allowed, float("-inf"))
     n_allowed = int(allowed.sum())
