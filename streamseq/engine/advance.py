@@ -24,9 +24,27 @@ from streamseq.features.pipeline import featurize
 from streamseq.learner.windows import capture, from_half, record_step, to_half
 from streamseq.models.kernels import cell_step, forecast_head
 
-__all__ = ["advance_segment", "DRIFT_NONE", "DRIFT_RESET", "DRIFT_BOOST"]
+__all__ = ["advance_segment", "step_forecast", "DRIFT_NONE", "DRIFT_RESET", "DRIFT_BOOST"]
 
 DRIFT_NONE, DRIFT_RESET, DRIFT_BOOST = 0, 1, 2
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def step_forecast(x: np.ndarray, state: np.ndarray, z: np.ndarray, model: tuple,
+                  model_opts: tuple, scratch: np.ndarray, head: np.ndarray,
+                  y_scaled: np.ndarray) -> None:
+    """Advance one key's ``state`` by input ``x`` and forecast: ``y_scaled [horizon,
+    targets]`` is the residual base (the scaled current value ``z``) plus the head's
+    change, in scaled units (the per-event path and :mod:`~streamseq.engine.peek`)."""
+    theta, theta_t, offs, toffs, residual = model
+    cell, hidden_size, head_off, head_t_off = model_opts
+    cell_step(cell, hidden_size, x, state, theta, theta_t, offs, toffs, scratch)
+    forecast_head(state[-1, :hidden_size], theta, theta_t, head_off, head_t_off, head)
+    horizon, n_t = y_scaled.shape
+    for j in range(horizon):
+        for c in range(n_t):
+            b = np.float32(z[c]) * residual[c]
+            y_scaled[j, c] = np.float64(head[j * n_t + c] + b)
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -48,8 +66,7 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
     forecast, unit, persistence, m_abs, m_sq, p_abs, p_sq, cnt = score
     drift_n, drift_stats = drift
     drift_on, drift_action, min_inst, delta, threshold, alpha = drift_opts
-    theta, theta_t, offs, toffs, residual = model
-    cell, hidden_size, head_off, head_t_off = model_opts
+    hidden_size = model_opts[1]
     ring_x, ring_y, ring_mask, start_state, start_at = win
     learn, k1, k2 = win_opts
     px, py, pw, ph0, plen, pbase, pcount = pend
@@ -106,14 +123,9 @@ def advance_segment(ev: tuple, raw: np.ndarray, hidden: np.ndarray, feat: tuple,
         state = hidden[slot]
         record_step(slot, n, x, target, mask, state, k1, k2, ring_x, ring_y, ring_mask,
                     start_state, start_at)
-        cell_step(cell, hidden_size, x, state, theta, theta_t, offs, toffs, scratch)
         # (4) forecast: residual base (the scaled value) plus the head's change
-        forecast_head(state[-1, :hidden_size], theta, theta_t, head_off, head_t_off, head)
-        for j in range(horizon):
-            for c in range(n_t):
-                b = np.float32(z[c]) * residual[c]
-                y_scaled[j, c] = np.float64(head[j * n_t + c] + b)
-                yhat_z[row, j, c] = y_scaled[j, c]
+        step_forecast(x, state, z, model, model_opts, scratch, head, y_scaled)
+        yhat_z[row] = y_scaled
         for c in range(n_t):
             z_mean[row, c] = mean[slot, c]
             z_std[row, c] = std[c]

@@ -4,8 +4,8 @@
 these events came next?": a recursive multi-step forecast (the model run forward on its own
 predictions) or a prediction for inputs whose target is not known yet (a regressor's
 ``predict_one``). It runs the same compiled steps as the per-event path
-(:func:`~streamseq.features.pipeline.featurize`, :func:`~streamseq.models.kernels.cell_step`,
-:func:`~streamseq.models.kernels.forecast_head`, :func:`~streamseq.evaluation.scoring.record_forecast`)
+(:func:`~streamseq.features.pipeline.featurize`,
+:func:`~streamseq.engine.advance.step_forecast`, :func:`~streamseq.evaluation.scoring.record_forecast`)
 on copies of the key's row: its hidden state, scaler statistics and last values, so a peek
 changes nothing the engine holds.
 """
@@ -17,11 +17,11 @@ import math
 import numba as nb
 import numpy as np
 
+from streamseq.engine.advance import step_forecast
 from streamseq.evaluation.scoring import record_forecast
 from streamseq.features.calendar import N_CALENDAR
 from streamseq.features.pipeline import featurize
 from streamseq.learner.windows import from_half, to_half
-from streamseq.models.kernels import cell_step, forecast_head
 
 __all__ = ["peek_steps"]
 
@@ -41,8 +41,7 @@ def peek_steps(raw: np.ndarray, ts: np.ndarray, position: int, newest_ts: int, r
     """
     codes, last_raw, count, mean, m2, frozen, _gap_ema = feat
     fixed, fixed_warmup, clip, target_clip, use_gap, use_calendar, _level = feat_opts
-    theta, theta_t, offs, toffs, residual = model
-    cell, hidden_size, head_off, head_t_off = model_opts
+    hidden_size = model_opts[1]
     steps, v = raw.shape
     horizon, n_t = out.shape[1], out.shape[2]
     n_in = 2 * v + (1 if use_gap else 0) + (N_CALENDAR if use_calendar else 0)
@@ -74,11 +73,6 @@ def peek_steps(raw: np.ndarray, ts: np.ndarray, position: int, newest_ts: int, r
                   unknown)
         to_half(x, x_half)  # the inputs at the precision the per-event path uses
         from_half(x_half, x)
-        cell_step(cell, hidden_size, x, state, theta, theta_t, offs, toffs, scratch)
-        forecast_head(state[-1, :hidden_size], theta, theta_t, head_off, head_t_off, head)
-        for j in range(horizon):
-            for c in range(n_t):
-                b = np.float32(z[c]) * residual[c]
-                y_scaled[j, c] = np.float64(head[j * n_t + c] + b)
+        step_forecast(x, state, z, model, model_opts, scratch, head, y_scaled)
         record_forecast(0, 0, y_scaled, mean[0, :n_t], std[:n_t], filled[:n_t],
                         unknown[:n_t], codes[:n_t], kept, unit, persistence, out[s])
