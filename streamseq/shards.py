@@ -111,11 +111,17 @@ class NumericShard:
                                      {"kind": self.kind}))
         return ShardOutput(preds, anomalies, out.rejected, out.dropped, deltas, gauges)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.engine.state_dict()
+    def state_dict(self, changed_only: bool = False) -> dict[str, Any]:
+        return self.engine.state_dict(changed_only)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state)
+
+    def clear_changes(self) -> None:
+        self.engine.clear_changes()
+
+    def changed_share(self) -> float:
+        return self.engine.changed_share()
 
     @property
     def model_version(self) -> int:

@@ -257,6 +257,7 @@ class Shard:
             elif reason in (FULL, CLOSED):
                 self._update_point(out, stats, poll, plan.slot_of_key)
             elif reason == DONE:
+                self.table.mark_changed(plan.slot_of_key)  # the rows the poll wrote
                 return
 
     # ------------------------------------------------------------------ peeking
@@ -436,13 +437,13 @@ class Shard:
         self.max_ts = np.iinfo(np.int64).min
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, changed_only: bool = False) -> dict[str, Any]:
         return {
             "counters": torch.from_numpy(self.counters.copy()),
             "max_ts": int(self.max_ts),
             "model": self.weights.state_dict(),
             "learner": self.learner.state_dict(),
-            "table": self.table.state_dict(),
+            "table": self.table.state_dict(changed_only),
             "evicted_totals": {n: torch.from_numpy(getattr(self.scoring.evicted, n).copy())
                                for n in ("m_abs", "m_sq", "p_abs", "p_sq", "cnt")},
             "forecast_evicted": {n: torch.from_numpy(a.copy())
@@ -656,8 +657,13 @@ class Engine:
         return self.shard.forecast.key_weights(self.shard.table.keys[key])
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        """Complete engine state as tensors and plain types (``torch.load(weights_only=True)``)."""
+    def state_dict(self, changed_only: bool = False) -> dict[str, Any]:
+        """Complete engine state as tensors and plain types (``torch.load(weights_only=True)``).
+
+        With ``changed_only`` the key table holds only the rows of keys changed since
+        :meth:`clear_changes` (see :func:`streamseq.state.table.merge_changes`); everything
+        else (weights, optimizer, pending windows, counters) is complete.
+        """
         d: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -667,8 +673,18 @@ class Engine:
             "scoring": self.scoring,
         }
         if self.shard is not None:
-            d["shard"] = self.shard.state_dict()
+            d["shard"] = self.shard.state_dict(changed_only)
         return d
+
+    def clear_changes(self) -> None:
+        """A snapshot was taken: :meth:`state_dict` ``changed_only`` is relative to it."""
+        if self.shard is not None:
+            self.shard.table.clear_changes()
+
+    def changed_share(self) -> float:
+        """Keys changed since :meth:`clear_changes` per key held (1.0 before the value
+        names are known)."""
+        return 1.0 if self.shard is None else self.shard.table.changed_share()
 
     def load_state_dict(self, d: dict[str, Any], *, weights_only: bool = False) -> None:
         """Restore a state from :meth:`state_dict`.

@@ -162,7 +162,8 @@ class Service:
                             .labels(topic=topic).inc())
             stack.callback(lambda: sender.close(timeout=self._close_timeout()))
             checkpointer = Checkpointer(store, sender, self.metrics,
-                                        cfg.checkpoint_every_events, cfg.checkpoint_every_seconds)
+                                        cfg.checkpoint_every_events, cfg.checkpoint_every_seconds,
+                                        cfg.checkpoint_full_every)
             stack.callback(lambda: checkpointer.close(wait=self.health.broker_ok))
             consumer = self._connect(self.clients.consumer)
             if consumer is None:

@@ -14,6 +14,13 @@ the producer, serialises and writes the snapshots while the loop goes on; the lo
 the offsets when it sees the write finished (:meth:`Checkpointer.poll`; the consumer is
 not shared across threads). One checkpoint is in flight at a time. A revocation and the
 final checkpoint wait for it, then write synchronously (:meth:`Checkpointer.checkpoint`).
+
+Snapshots are proportional to what changed: when the store takes deltas, a shard's snapshot
+holds the weights, optimizer, pending windows and counters plus only the rows of the keys
+changed since its previous snapshot, which it names as its base. A complete snapshot is
+written first (after a start or a restore), after ``full_every`` deltas, when more than
+``delta_share`` of the keys changed, and after any checkpoint that failed (its change marks
+were cleared by the copy, so the next snapshot must not rely on them).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from kafka.structs import OffsetAndMetadata
 from streamseq.metrics import ServiceMetrics
 from streamseq.service.clients import DeliveryError, Sender
 from streamseq.service.shards import Shard
-from streamseq.state.checkpoint import CheckpointStore
+from streamseq.state.checkpoint import CheckpointStore, SnapshotRef
 
 __all__ = ["Checkpointer", "Outcome", "commit_sync", "commit_async"]
 
@@ -81,12 +88,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class _Copy:
-    """One shard's state at its stream position, taken by :meth:`Checkpointer.start`."""
+    """One shard's state at its stream position, taken by :meth:`Checkpointer.start`
+    (complete, or a delta on top of ``base``)."""
 
-    name: str
-    tp: TopicPartition
+    shard: Shard
     offset: int
     state: dict[str, Any]
+    base: SnapshotRef | None
+
+
+_Written = tuple[str, dict[TopicPartition, Any], list[SnapshotRef]]
 
 
 class Checkpointer:
@@ -102,19 +113,26 @@ class Checkpointer:
         ``streamseq_checkpoint*`` are set here.
     every_events, every_seconds
         A checkpoint is due after this many records or this much time (monotonic clock).
+    full_every
+        A shard's snapshot is complete after this many deltas (0: always complete).
+    delta_share
+        A shard's snapshot is complete when more than this share of its keys changed.
     """
 
     def __init__(self, store: CheckpointStore, sender: Sender, metrics: ServiceMetrics,
-                 every_events: int, every_seconds: float) -> None:
+                 every_events: int, every_seconds: float, full_every: int = 8,
+                 delta_share: float = 0.5) -> None:
         self.store = store
         self.sender = sender
         self.metrics = metrics
         self.every_events = every_events
         self.every_seconds = every_seconds
+        self.full_every = full_every if store.incremental else 0
+        self.delta_share = delta_share
         self.events_since = 0
         self.last = time.monotonic()
         self.disabled = False
-        self._pending: tuple[float, Future[tuple[str, dict[TopicPartition, Any]]]] | None = None
+        self._pending: tuple[float, list[_Copy], Future[_Written]] | None = None
 
     def note(self, records: int) -> None:
         """``records`` more input records were applied."""
@@ -123,7 +141,7 @@ class Checkpointer:
     @property
     def writing(self) -> bool:
         """The writer thread is at work on a checkpoint."""
-        return self._pending is not None and not self._pending[1].done()
+        return self._pending is not None and not self._pending[2].done()
 
     def due(self) -> bool:
         """A checkpoint is due (and none is in flight: written but not committed yet)."""
@@ -139,11 +157,10 @@ class Checkpointer:
         t0 = time.perf_counter()
         self.last = time.monotonic()
         self.events_since = 0
-        copies = [_Copy(s.name, s.tp, s.next_offset, s.snapshot()) for s in shards
-                  if s.next_offset is not None]
+        copies = [self._copy(s, s.next_offset) for s in shards if s.next_offset is not None]
         paused = time.perf_counter() - t0
         self.metrics.checkpoint_pause_seconds.observe(paused)
-        future: Future[tuple[str, dict[TopicPartition, Any]]] = Future()
+        future: Future[_Written] = Future()
 
         def write() -> None:
             try:
@@ -154,36 +171,44 @@ class Checkpointer:
         # a daemon: an exit during a broker outage does not wait for a flush that cannot
         # succeed (a write cut short leaves a temporary file, never a torn snapshot)
         threading.Thread(target=write, name="streamseq-checkpoint", daemon=True).start()
-        self._pending = (t0, future)
+        self._pending = (t0, copies, future)
         return paused
 
-    def _write(self, copies: list[_Copy]) -> tuple[str, dict[TopicPartition, Any]]:
-        """The writer thread: flush -> snapshots durable; the offsets they cover."""
+    def _copy(self, shard: Shard, offset: int) -> _Copy:
+        """``shard``'s snapshot: a delta on its last durable one when allowed and small."""
+        delta = shard.deltas < self.full_every and shard.changed_share() <= self.delta_share
+        return _Copy(shard, offset, shard.snapshot(delta), shard.base if delta else None)
+
+    def _write(self, copies: list[_Copy]) -> _Written:
+        """The writer thread: flush -> snapshots durable; the offsets they cover and the
+        snapshots' references."""
         try:
             self.sender.flush(timeout=60)
         except DeliveryError as exc:
             if exc.lost:
                 log.error("%s: not committing; rewinding to the last snapshots", exc)
-                return Outcome.REWIND, {}
+                return Outcome.REWIND, {}, []
             log.error("%s: not checkpointing now", exc)
-            return Outcome.RETRY, {}
-        offsets = {}
+            return Outcome.RETRY, {}, []
+        offsets, refs = {}, []
         for c in copies:
-            self.store.save(c.name, c.state)
-            offsets[c.tp] = OffsetAndMetadata(c.offset, "", -1)
-        return Outcome.OK, offsets
+            refs.append(self.store.save(c.shard.name, c.state, base=c.base))
+            offsets[c.shard.tp] = OffsetAndMetadata(c.offset, "", -1)
+        return Outcome.OK, offsets, refs
 
     def poll(self, commit: Commit, wait: bool = False) -> str | None:
         """When the checkpoint being written is done (or, with ``wait``, once it is): commit
         its offsets on this thread and return its outcome; ``None`` if none finished."""
         if self._pending is None:
             return None
-        t0, future = self._pending
+        t0, copies, future = self._pending
         if not wait and not future.done():
             return None
         self._pending = None
+        for c in copies:  # until a write succeeds, the next snapshot is complete
+            c.shard.base = None
         try:
-            outcome, offsets = future.result()
+            outcome, offsets, refs = future.result()
         except Exception as exc:  # noqa: BLE001 - the store failed: count, retry when due
             self.metrics.checkpoints.labels(outcome="failed").inc()
             log.error("checkpoint failed writing a snapshot (%s: %s); the previous snapshots "
@@ -193,6 +218,9 @@ class Checkpointer:
         if outcome != Outcome.OK:
             self.metrics.checkpoints.labels(outcome="failed").inc()
             return outcome
+        for c, ref in zip(copies, refs, strict=True):
+            c.shard.base = ref
+            c.shard.deltas = c.shard.deltas + 1 if c.base is not None else 0
         if offsets:
             try:
                 commit(offsets)
@@ -221,4 +249,4 @@ class Checkpointer:
         unless ``wait`` is false (the broker is unreachable: its flush cannot succeed)."""
         if self._pending is not None and wait:
             with contextlib.suppress(Exception):
-                self._pending[1].result()
+                self._pending[2].result()

@@ -160,6 +160,9 @@ class ServiceConfig(ConfigBase):
     checkpoint_keep: int = 3
     checkpoint_every_events: int = field(default=50_000, metadata=flag())
     checkpoint_every_seconds: float = field(default=30.0, metadata=flag())
+    checkpoint_full_every: int = field(default=8, metadata=flag(
+        help="with the local store, a complete snapshot after this many deltas (snapshots "
+             "of the keys changed since the previous one); 0: every snapshot complete"))
     on_corrupt_state: str = field(default="refuse", metadata=flag(
         help="when every snapshot of a partition is unreadable: refuse (stop, exit code 3; "
              "the default) or fresh (start it from a fresh or warm-start model at the "
@@ -219,6 +222,8 @@ class ServiceConfig(ConfigBase):
             raise ConfigError("on_corrupt_state must be refuse or fresh")
         if self.checkpoint_every_events < 1 or self.checkpoint_every_seconds <= 0:
             raise ConfigError("checkpoint intervals must be positive")
+        if self.checkpoint_full_every < 0:
+            raise ConfigError("checkpoint_full_every must be 0 or more")
         if not 0 < self.metrics_port < 65536 and self.metrics_port != 0:
             raise ConfigError("metrics_port must be a TCP port")
         if self.bootstrap:

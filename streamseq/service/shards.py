@@ -13,7 +13,7 @@ from streamseq.exceptions import CheckpointError, StreamseqError
 from streamseq.pipeline import RecordDecoder, ShardEngine
 from streamseq.service.config import ServiceConfig
 from streamseq.shards import NumericShard, TextShard
-from streamseq.state.checkpoint import CheckpointStore, SnapshotsUnreadableError
+from streamseq.state.checkpoint import CheckpointStore, SnapshotRef, SnapshotsUnreadableError
 
 __all__ = ["Shard", "ShardFactory", "ServiceError", "SHARD_FORMAT"]
 
@@ -33,6 +33,9 @@ class Shard:
     ``position`` is where the consumer stands before the shard's first record (the lag
     gauge's reference until ``next_offset`` is known); ``origin`` how its state was found (``streamseq.metrics.RESTORE_OUTCOMES``): ``ok`` a
     snapshot, ``none`` no snapshot (new), ``failed`` unreadable snapshots (started fresh).
+    ``base`` is the shard's last durable snapshot taken by this process, the one a delta
+    builds on (``None``: the next snapshot is complete), ``deltas`` how many deltas were
+    written since the last complete one.
     """
 
     tp: TopicPartition
@@ -42,6 +45,8 @@ class Shard:
     first_offset: int | None = None
     origin: str = "none"
     position: int | None = None  # the consumer's position before the first record applied
+    base: SnapshotRef | None = None
+    deltas: int = 0
 
     @property
     def name(self) -> str:
@@ -51,10 +56,28 @@ class Shard:
     def kind(self) -> str:
         return self.engine.kind
 
-    def snapshot(self) -> dict[str, Any]:
-        """The shard's state at :attr:`next_offset` (what a checkpoint writes)."""
+    def changed_share(self) -> float:
+        """Keys changed since the last snapshot per key held: a delta's rows against a
+        complete snapshot's (1.0 when no delta can be taken: no durable snapshot of this
+        shard from this process yet, or a text shard, which tracks no changes)."""
+        if self.base is None or not isinstance(self.engine, NumericShard):
+            return 1.0
+        return self.engine.changed_share()
+
+    def snapshot(self, delta: bool = False) -> dict[str, Any]:
+        """The shard's state at :attr:`next_offset` (what a checkpoint writes): complete, or
+        with ``delta`` only the keys changed since the last snapshot (a delta on top of
+        :attr:`base`). Either way the next delta is relative to this snapshot."""
+        engine = self.engine
+        if isinstance(engine, NumericShard):
+            state = engine.state_dict(changed_only=delta)
+            engine.clear_changes()
+        elif delta:
+            raise ValueError(f"{self.kind} shards take complete snapshots only")
+        else:
+            state = engine.state_dict()
         return {"format": SHARD_FORMAT, "topic": self.tp.topic, "partition": self.tp.partition,
-                "offset": self.next_offset, "engine": self.engine.state_dict()}
+                "offset": self.next_offset, "engine": state}
 
 
 class ShardFactory:

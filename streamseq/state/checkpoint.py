@@ -6,6 +6,14 @@ objects), behind a header holding the SHA-256 of the payload. A write goes to a 
 file that is fsynced and then renamed, so a crash leaves either the old snapshot or the new
 one; a torn or corrupted file fails its digest on load and the previous good snapshot is
 used instead.
+
+A snapshot is complete, or a *delta*: a state whose key table holds only the rows changed
+since the snapshot it builds on (``state_dict(changed_only=True)``), saved with ``base``,
+the :class:`SnapshotRef` (generation and SHA-256) of that snapshot. A store that takes
+deltas (``incremental``) restores the newest complete snapshot, then each delta that names
+the state so far as its base, in order (:func:`apply_delta`); a delta that is unreadable or
+names another base ends the chain there, so a torn or missing link falls back to the newest
+consistent point before it.
 """
 
 from __future__ import annotations
@@ -17,21 +25,31 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from streamseq.exceptions import CheckpointError
+from streamseq.state.table import merge_changes
 
-__all__ = ["CheckpointStore", "LocalCheckpointStore", "SnapshotsUnreadableError", "dumps",
-           "loads"]
+__all__ = ["CheckpointStore", "LocalCheckpointStore", "SnapshotRef", "SnapshotsUnreadableError",
+           "apply_delta", "dumps", "loads"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
 MAGIC = b"STREAMSEQ-SNAPSHOT-1\n"
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """A durable snapshot as its store names it: a delta names its base by both fields."""
+
+    gen: int
+    sha256: str
 
 
 def dumps(state: dict[str, Any]) -> bytes:
@@ -49,12 +67,17 @@ def _serialise(state: dict[str, Any]) -> tuple[bytes, memoryview]:
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n", payload
 
 
+def _digest(header: bytes) -> str:
+    """The payload's SHA-256 named in a snapshot's header."""
+    return header[len(MAGIC):len(MAGIC) + 64].decode("ascii", "replace")
+
+
 def loads(data: bytes) -> dict[str, Any]:
     """Verify the digest, then ``torch.load(weights_only=True)``."""
     if not data.startswith(MAGIC):
         raise CheckpointError("not a streamseq snapshot (bad header)")
     head = len(MAGIC)
-    digest, payload = data[head:head + 64].decode("ascii", "replace"), data[head + 65:]
+    digest, payload = _digest(data), data[head + 65:]
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CheckpointError("snapshot digest mismatch (torn or corrupted file)")
     try:
@@ -64,6 +87,27 @@ def loads(data: bytes) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError("snapshot is not a dict")
     return state
+
+
+def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """The complete state after ``delta``: everything as in ``delta``, except the key tables
+    saved ``changed_only``, whose rows are merged into ``state``'s
+    (:func:`~streamseq.state.table.merge_changes`).
+
+    Examples
+    --------
+    >>> apply_delta({"step": 1, "cfg": {"a": 1, "b": 2}}, {"step": 2, "cfg": {"a": 3}})
+    {'step': 2, 'cfg': {'a': 3}}
+    """
+    out: dict[str, Any] = {}
+    for name, value in delta.items():
+        if isinstance(value, dict) and value.get("rows") == "changed":
+            out[name] = merge_changes(state[name], value)
+        elif isinstance(value, dict) and isinstance(state.get(name), dict):
+            out[name] = apply_delta(state[name], value)
+        else:
+            out[name] = value
+    return out
 
 
 class SnapshotsUnreadableError(CheckpointError):
@@ -82,32 +126,50 @@ class SnapshotsUnreadableError(CheckpointError):
 class CheckpointStore(Protocol):
     """Where shard snapshots live. ``name`` identifies a shard (e.g. ``sensors-3``).
 
-    ``load`` returns the newest readable snapshot, ``None`` when there is none, and raises
-    :class:`SnapshotsUnreadableError` when there are snapshots but none can be read.
-    ``set_aside`` keeps the unreadable snapshots of ``name`` out of the rotation (for
-    inspection) and returns where they went.
+    ``save`` makes a snapshot durable and returns its :class:`SnapshotRef`; with ``base`` the
+    state is a delta on top of that snapshot (only when ``incremental``). ``load`` returns
+    the newest readable state (a complete snapshot with the deltas that follow it applied),
+    ``None`` when there is none, and raises :class:`SnapshotsUnreadableError` when there are
+    snapshots but none can be read. ``set_aside`` keeps the unreadable snapshots of ``name``
+    out of the rotation (for inspection) and returns where they went.
     """
 
-    def save(self, name: str, state: dict[str, Any]) -> None: ...
+    incremental: bool
+
+    def save(self, name: str, state: dict[str, Any],
+             base: SnapshotRef | None = None) -> SnapshotRef: ...
 
     def load(self, name: str) -> dict[str, Any] | None: ...
 
     def set_aside(self, name: str) -> list[str]: ...
 
 
+@dataclass(frozen=True)
+class _File:
+    """One snapshot file: ``{name}.{gen}.ckpt`` (complete) or ``{name}.{gen}.delta.ckpt``."""
+
+    gen: int
+    delta: bool
+    path: Path
+
+
 class LocalCheckpointStore:
-    """Snapshots in a local directory, ``keep`` generations per name.
+    """Snapshots in a local directory: the newest ``keep`` complete snapshots of each name,
+    and the deltas on top of the newest one.
 
     Examples
     --------
     >>> import tempfile
     >>> store = LocalCheckpointStore(tempfile.mkdtemp())
-    >>> store.save("sensors-0", {"offsets": {"0": 41}, "w": torch.ones(2)})
+    >>> ref = store.save("sensors-0", {"offsets": {"0": 41}, "w": torch.ones(2)})
+    >>> _ = store.save("sensors-0", {"offsets": {"0": 57}, "w": torch.ones(2)}, base=ref)
     >>> store.load("sensors-0")["offsets"]
-    {'0': 41}
+    {'0': 57}
     >>> store.load("missing") is None
     True
     """
+
+    incremental = True
 
     def __init__(self, directory: str | Path, keep: int = 3) -> None:
         self.directory = Path(directory)
@@ -121,19 +183,26 @@ class LocalCheckpointStore:
                 if stale.stat().st_mtime < cutoff:
                     stale.unlink()
 
-    def _files(self, name: str) -> list[Path]:
-        pattern = re.compile(re.escape(name) + r"\.(\d{20})\.ckpt$")
-        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
+    def _entries(self, name: str) -> list[_File]:
+        """The snapshot files of ``name``, newest first."""
+        pattern = re.compile(re.escape(name) + r"\.(\d{20})\.(delta\.)?ckpt$")
+        found = [_File(int(m.group(1)), bool(m.group(2)), p) for p in self.directory.iterdir()
                  if (m := pattern.match(p.name))]
-        return [p for _, p in sorted(found, reverse=True)]
+        return sorted(found, key=lambda f: f.gen, reverse=True)
 
-    def save(self, name: str, state: dict[str, Any]) -> None:
+    def _files(self, name: str) -> list[Path]:
+        return [f.path for f in self._entries(name)]
+
+    def save(self, name: str, state: dict[str, Any],
+             base: SnapshotRef | None = None) -> SnapshotRef:
         if not _NAME.match(name):
             raise CheckpointError(f"bad snapshot name {name!r}")
+        if base is not None:
+            state = {**state, "base": {"gen": base.gen, "sha256": base.sha256}}
         header, payload = _serialise(state)
-        files = self._files(name)
-        gen = int(files[0].name.rsplit(".", 2)[1]) + 1 if files else time.time_ns()
-        final = self.directory / f"{name}.{gen:020d}.ckpt"
+        files = self._entries(name)
+        gen = files[0].gen + 1 if files else time.time_ns()
+        final = self.directory / f"{name}.{gen:020d}.{'delta.' if base else ''}ckpt"
         tmp = self.directory / f".{final.name}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(header)
@@ -146,22 +215,56 @@ class LocalCheckpointStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        for old in self._files(name)[self.keep:]:
-            old.unlink(missing_ok=True)
+        self._retire(name)
+        return SnapshotRef(gen, _digest(header))
+
+    def _retire(self, name: str) -> None:
+        """Remove complete snapshots beyond the newest ``keep``, and deltas older than the
+        newest complete one (never one a kept delta builds on: deltas follow their base)."""
+        entries = self._entries(name)
+        full = [f for f in entries if not f.delta]
+        if not full:
+            return
+        for f in full[self.keep:] + [f for f in entries if f.delta and f.gen < full[0].gen]:
+            f.path.unlink(missing_ok=True)
+
+    def _read(self, f: _File) -> tuple[dict[str, Any], str]:
+        data = f.path.read_bytes()
+        return loads(data), _digest(data)
 
     def load(self, name: str) -> dict[str, Any] | None:
-        """The newest readable snapshot of ``name`` (skipping torn ones), or ``None`` when
-        there is none; :class:`SnapshotsUnreadableError` when none of them can be read."""
+        """The newest readable state of ``name``: the newest readable complete snapshot
+        (skipping torn ones) with the deltas that follow it applied, in order, as long as
+        each names the state so far as its base; ``None`` when there is no snapshot;
+        :class:`SnapshotsUnreadableError` when none of the complete ones can be read."""
+        entries = self._entries(name)
         reasons = []
-        for path in self._files(name):
+        for full in (f for f in entries if not f.delta):
             try:
-                return loads(path.read_bytes())
+                state, sha = self._read(full)
             except (CheckpointError, OSError) as exc:
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
-                            path.name, exc)
-                reasons.append(f"{path.name}: {exc}")
-        if reasons:
-            raise SnapshotsUnreadableError(name, reasons)
+                            full.path.name, exc)
+                reasons.append(f"{full.path.name}: {exc}")
+                continue
+            gen = full.gen
+            for f in sorted((f for f in entries if f.delta and f.gen > full.gen),
+                            key=lambda f: f.gen):
+                try:
+                    delta, delta_sha = self._read(f)
+                except (CheckpointError, OSError) as exc:
+                    log.warning("checkpoint delta %s is unreadable (%s); restoring the state "
+                                "before it", f.path.name, exc)
+                    continue
+                if delta.pop("base", None) != {"gen": gen, "sha256": sha}:
+                    log.warning("checkpoint delta %s does not build on generation %d; "
+                                "skipped", f.path.name, gen)
+                    continue
+                state, gen, sha = apply_delta(state, delta), f.gen, delta_sha
+            return state
+        if reasons or entries:
+            raise SnapshotsUnreadableError(name, reasons or [
+                f"{f.path.name}: a delta without its complete snapshot" for f in entries])
         return None
 
     def set_aside(self, name: str) -> list[str]:
@@ -176,7 +279,7 @@ class LocalCheckpointStore:
     def names(self) -> list[str]:
         out = set()
         for p in self.directory.iterdir():
-            m = re.match(r"^(.*)\.\d{20}\.ckpt$", p.name)
+            m = re.match(r"^(.*)\.\d{20}\.(delta\.)?ckpt$", p.name)
             if m:
                 out.add(m.group(1))
         return sorted(out)

@@ -6,6 +6,11 @@ keeps the newest generation of every chunk) and carries headers with the generat
 chunk count and the SHA-256 of the whole snapshot. Loading reads the topic, assembles the
 newest generation whose chunks are all present and whose digest matches, and ignores torn
 ones. Create the topic with ``cleanup.policy=compact`` in production.
+
+This store takes complete snapshots only (``incremental`` is false): compaction keeps one
+record per chunk key, so a chain of deltas would need keys per link and a retention that
+knows which complete snapshot they build on. The service writes every snapshot complete
+when its store is this one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamseq.exceptions import CheckpointError
-from streamseq.state.checkpoint import SnapshotsUnreadableError, dumps, loads
+from streamseq.state.checkpoint import SnapshotRef, SnapshotsUnreadableError, dumps, loads
 
 __all__ = ["KafkaCheckpointStore"]
 
@@ -54,7 +59,12 @@ class KafkaCheckpointStore:
         self._positions: dict[TopicPartition, int] = {}
         self._gen: dict[str, int] = {}
 
-    def save(self, name: str, state: dict[str, Any]) -> None:
+    incremental = False
+
+    def save(self, name: str, state: dict[str, Any],
+             base: SnapshotRef | None = None) -> SnapshotRef:
+        if base is not None:
+            raise CheckpointError("the Kafka checkpoint store takes complete snapshots only")
         data = dumps(state)
         sha = hashlib.sha256(data).hexdigest()
         gen = max(self._gen.get(name, 0) + 1, time.time_ns())
@@ -70,6 +80,7 @@ class KafkaCheckpointStore:
         self._producer.flush(timeout=60)
         for f in futures:
             f.get(timeout=60)  # raises if a chunk was not delivered: the snapshot is not durable
+        return SnapshotRef(gen, sha)
 
     def _refresh(self, timeout: float = 10.0) -> None:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","),

@@ -7,6 +7,11 @@ and evicts them all together. A slot is a row index shared by all of them.
 
 Eviction is by idle time (on event time) and by count (least recently seen first), and
 happens only when the engine asks, at update points, so it is a function of the stream.
+
+The table marks the slots whose rows changed since :meth:`KeyTable.clear_changes` (the
+engine marks the slots a poll wrote; taking, resetting and evicting a slot mark it), so a
+checkpoint can save only those rows (``state_dict(changed_only=True)``) and
+:func:`merge_changes` rebuilds the complete state from the previous one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SlotArrays", "KeyTable"]
+__all__ = ["SlotArrays", "KeyTable", "merge_changes"]
 
 _NEVER = np.iinfo(np.int64).min
 
@@ -117,6 +122,10 @@ class KeyTable:
     core
         The table's own per-key arrays: ``count`` (events applied), ``newest_ts`` (newest
         event time applied), ``last_seen`` (stream sequence number of the last one).
+    changed
+        ``[capacity]`` bool: the slot's rows may differ from the last snapshot taken (set
+        by :meth:`mark_changed`, :meth:`slots_for`, :meth:`register`, :meth:`reset`,
+        :meth:`evict`; cleared by :meth:`clear_changes`).
 
     Examples
     --------
@@ -130,6 +139,17 @@ class KeyTable:
     (['b', 'c'], [0, 1, 0])
     >>> t.slots_for(["d"]).tolist()  # slot of the evicted key is reused
     [0]
+    >>> t.clear_changes(); t.mark_changed(np.array([2, -1])); np.flatnonzero(t.changed).tolist()
+    [2]
+    >>> full = t.state_dict(); t.clear_changes()
+    >>> gone = t.evict([t.keys["b"]]); t.hidden[t.slots_for(["c", "e"])] += 1.0
+    >>> delta = t.state_dict(changed_only=True)  # "e" took the slot "b" left
+    >>> delta["changed"].tolist(), delta["keys"]
+    ([1, 2], ['e', 'c'])
+    >>> merged, now = merge_changes(full, delta), t.state_dict()
+    >>> merged["keys"] == now["keys"] and all(torch.equal(merged[n], now[n])
+    ...                                       for n in ("slots", "free", "hidden"))
+    True
     """
 
     def __init__(self, layers: int, state_size: int, capacity: int = 64) -> None:
@@ -141,6 +161,7 @@ class KeyTable:
         self.free = np.zeros(0, dtype=np.int64)  # a stack: next free slot at free[n_free - 1]
         self.n_free = 0
         self.hidden = np.zeros((0, layers, state_size), dtype=np.float32)
+        self.changed = np.zeros(0, dtype=np.bool_)
         self.core = SlotArrays({"count": ((), np.int64, 0),
                                 "newest_ts": ((), np.int64, _NEVER),
                                 "last_seen": ((), np.int64, 0)})
@@ -173,6 +194,9 @@ class KeyTable:
         hidden = np.zeros((new_cap, self.layers, self.state_size), dtype=np.float32)
         hidden[:old] = self.hidden
         self.hidden = hidden
+        changed = np.zeros(new_cap, dtype=np.bool_)  # fresh slots hold nothing new yet
+        changed[:old] = self.changed
+        self.changed = changed
         self.core.grow(new_cap)
         for part in self.parts.values():
             part.grow(new_cap)
@@ -192,6 +216,7 @@ class KeyTable:
         for key, slot in zip(keys, slots.tolist(), strict=True):
             self.keys[key] = slot
             self.slot_keys[slot] = key
+        self.changed[slots] = True
 
     def slots_for(self, keys: Iterable[str]) -> np.ndarray:
         """Slots of ``keys``, allocating fresh slots for new keys."""
@@ -206,7 +231,22 @@ class KeyTable:
                 self.keys[key] = slot
                 self.slot_keys[slot] = key
             out.append(slot)
-        return np.asarray(out, dtype=np.int64)
+        slots = np.asarray(out, dtype=np.int64)
+        self.changed[slots] = True  # the caller writes their rows
+        return slots
+
+    def mark_changed(self, slots: np.ndarray) -> None:
+        """Note that the rows of ``slots`` were written (entries < 0 are ignored)."""
+        self.changed[slots[slots >= 0]] = True
+
+    def clear_changes(self) -> None:
+        """A snapshot was taken: changes from now on are relative to it."""
+        self.changed[:] = False
+
+    def changed_share(self) -> float:
+        """Slots changed per live key: the size of a ``changed_only`` snapshot's rows
+        against a complete one's."""
+        return int(np.count_nonzero(self.changed)) / max(len(self.keys), 1)
 
     def live_slots(self) -> np.ndarray:
         return np.fromiter(self.keys.values(), dtype=np.int64, count=len(self.keys))
@@ -217,6 +257,7 @@ class KeyTable:
         if idx.size == 0:
             return
         self.hidden[idx] = 0.0
+        self.changed[idx] = True
         if state_only:
             return
         self.core.reset(idx)
@@ -270,9 +311,18 @@ class KeyTable:
                 + sum(p.nbytes_per_slot for p in self.parts.values()))
 
     # -- persistence: only live rows are saved, in slot order -------------------------
-    def state_dict(self) -> dict[str, Any]:
-        live = np.sort(self.live_slots())
-        return {
+    def state_dict(self, changed_only: bool = False) -> dict[str, Any]:
+        """The live keys' rows in slot order, the free stack and the capacity; with
+        ``changed_only``, only the rows of the slots changed since :meth:`clear_changes`
+        (``changed`` lists those slots, live or freed since; ``rows`` is ``"changed"``):
+        :func:`merge_changes` applies it to the complete state it follows."""
+        if changed_only:
+            changed = np.flatnonzero(self.changed)
+            live = changed[[self.slot_keys[s] is not None for s in changed.tolist()]] \
+                if changed.size else changed
+        else:
+            live = np.sort(self.live_slots())
+        d = {
             "capacity": self.capacity,
             "keys": [self.slot_keys[s] for s in live.tolist()],
             "slots": torch.from_numpy(live),
@@ -281,12 +331,17 @@ class KeyTable:
             "core": self.core.state_dict(live),
             "parts": {name: p.state_dict(live) for name, p in self.parts.items()},
         }
+        if changed_only:
+            d["rows"] = "changed"
+            d["changed"] = torch.from_numpy(changed)
+        return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         cap = int(d["capacity"])
         self.capacity = 0
         self.keys, self.slot_keys = {}, []
         self.hidden = np.zeros((0, self.layers, self.state_size), dtype=np.float32)
+        self.changed = np.zeros(0, dtype=np.bool_)
         self.core.capacity = 0
         self.core.arrays = {n: a[:0] for n, a in self.core.arrays.items()}
         for part in self.parts.values():
@@ -304,3 +359,32 @@ class KeyTable:
         free = d["free"].numpy()
         self.free[:free.size] = free
         self.n_free = free.size
+        self.changed[:] = True  # nothing is known about the snapshots that follow
+
+
+def merge_changes(full: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The complete table state after ``changes`` (a ``state_dict(changed_only=True)``)
+    taken on top of ``full`` (a complete ``state_dict()``, or one merged before): the rows
+    of changed slots come from ``changes``, the others from ``full``, in slot order; equal
+    to the ``state_dict()`` the table gave when ``changes`` was taken."""
+    changed = changes["changed"].numpy()
+    old_slots = full["slots"].numpy()
+    kept = np.flatnonzero(~np.isin(old_slots, changed))
+    slots = np.concatenate([old_slots[kept], changes["slots"].numpy()])
+    order = np.argsort(slots, kind="stable")
+    kept_t, order_t = torch.from_numpy(kept), torch.from_numpy(order)
+
+    def rows(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return torch.cat([old[kept_t], new])[order_t]
+
+    keys = [full["keys"][i] for i in kept.tolist()] + list(changes["keys"])
+    return {
+        "capacity": changes["capacity"],
+        "keys": [keys[i] for i in order.tolist()],
+        "slots": torch.from_numpy(slots[order]),
+        "free": changes["free"],
+        "hidden": rows(full["hidden"], changes["hidden"]),
+        "core": {n: rows(full["core"][n], t) for n, t in changes["core"].items()},
+        "parts": {name: {n: rows(full["parts"][name][n], t) for n, t in part.items()}
+                  for name, part in changes["parts"].items()},
+    }
