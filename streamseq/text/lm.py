@@ -4,8 +4,11 @@ Per message of a stream (key), :meth:`OnlineLanguageModel.learn_message`
 
 1. *predicts*: runs the message through the RNN from the stream's hidden state, with the
    weights as they are, and scores every token's log-loss (the message's surprise: NLL per
-   token and per character). No weight has seen any of these tokens. The run is cut at the
-   stream positions where a TBPTT window will start, and the state there is kept;
+   token and per character). No weight has seen any of these tokens. The distribution
+   covers every id of the vocabulary's cap, those not given out before the message sharing
+   one logit (so the head is computed for the ids in use, not the cap); a token never seen
+   is scored at that shared logit. The run is cut at the stream positions where a TBPTT
+   window will start, and the state there is kept;
 2. *learns*: each time ``k1`` more tokens of a stream are scored, a TBPTT window falls due:
    its last ``k2`` inputs, from the state kept at its start, loss on its ``k1`` new targets.
    Windows of all streams gather; every ``batch_windows`` of them (an update point) one
@@ -57,6 +60,18 @@ class TokenLanguageModel(nn.Module):
     >>> logits, state = m(torch.tensor([[1, 5, 7]]), m.init_state(1))
     >>> tuple(logits.shape), tuple(state.shape)
     ((1, 3, 50), (2, 1, 32))
+
+    While the vocabulary has given out only ids ``0 .. known - 1``, the ids not given out
+    yet share one logit (row ``known``'s) and one class after the known ids (see
+    :meth:`known_logits`); the probabilities of all ids still sum to one:
+
+    >>> out, _ = m.features(torch.tensor([[1, 5, 7]]), m.init_state(1))
+    >>> logp = m.known_logits(out[0], known=6).log_softmax(-1)
+    >>> p = torch.cat([logp[:, :6], (logp[:, 6:] - m.escape_cost(6)).expand(-1, 44)], 1)
+    >>> [round(v, 5) for v in p.exp().sum(1).tolist()]
+    [1.0, 1.0, 1.0]
+    >>> torch.equal(m.known_logits(out[0], known=50), m.head(out[0]))
+    True
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 64, hidden: int = 256,
@@ -70,14 +85,43 @@ class TokenLanguageModel(nn.Module):
     def init_state(self, batch: int = 1) -> torch.Tensor:
         return self.rnn.init_state(batch)
 
+    def features(self, tokens: torch.Tensor, state: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's inputs ``[batch, time, hidden]`` after each of ``tokens [batch,
+        time]`` (dropout applied when training), and the state after the last one."""
+        x = seeded_dropout(self.embed(tokens), self.dropout, generator, self.training)
+        out, state = self.rnn(x, state, generator=generator)
+        return seeded_dropout(out, self.dropout, generator, self.training), state
+
     def forward(self, tokens: torch.Tensor, state: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[batch, time, vocab]`` of the next token after each of ``tokens
         [batch, time]``, and the state after the last one."""
-        x = seeded_dropout(self.embed(tokens), self.dropout, generator, self.training)
-        out, state = self.rnn(x, state, generator=generator)
-        out = seeded_dropout(out, self.dropout, generator, self.training)
+        out, state = self.features(tokens, state, generator)
         return self.head(out), state
+
+    def known_logits(self, features: torch.Tensor, known: int) -> torch.Tensor:
+        """Logits ``[..., known + 1]`` from the head's inputs ``features [..., hidden]``
+        when the vocabulary has given out ids ``0 .. known - 1`` (all logits if it has
+        given out every id).
+
+        The last class stands for the ``vocab - known`` ids not given out yet (where a
+        token never seen lands): each has the logit of row ``known``, so the class's logit
+        is that plus :meth:`escape_cost`, which the log-loss of one such id adds back. The
+        head is computed for ``known + 1`` rows instead of the whole cap.
+        """
+        n = self.head.out_features
+        if known >= n:
+            return self.head(features)
+        logits = F.linear(features, self.head.weight[:known + 1], self.head.bias[:known + 1])
+        logits[..., known] += self.escape_cost(known)
+        return logits
+
+    def escape_cost(self, known: int) -> float:
+        """``log(vocab - known)``: the log-loss of one id not given out yet, beyond that of
+        their shared class in :meth:`known_logits` (0 once every id is given out)."""
+        n = self.head.out_features
+        return math.log(n - known) if known < n else 0.0
 
 
 @dataclass
@@ -142,7 +186,7 @@ class OnlineLanguageModel:
                                             c.cell, c.dropout)
         self.model.eval()
         self.params = list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=c.lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=c.lr, fused=True)  # one kernel
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self.due: list[_Window] = []  # windows waiting for the next update point
@@ -155,11 +199,12 @@ class OnlineLanguageModel:
         """Score the message's tokens (predict), then learn them (TBPTT). Returns the
         output record: ``{"kind": "lm", "key", "id", "ts", "nll_per_token", "nll_per_char",
         "tokens", "chars", "unknown"}`` (NLL in nats)."""
+        known = len(self.vocab)  # ids given out before this message
         ids = self.vocab.encode(text)
         if self.config.boundary_token:
             ids.append(EOM)
         st = self._stream(key, ts_ms)
-        nll = self._predict(key, st, ids) if ids else 0.0
+        nll = self._predict(key, st, ids, known) if ids else 0.0
         s = self.stats
         s.lm_messages += 1
         s.lm_tokens += len(ids)
@@ -203,26 +248,32 @@ class OnlineLanguageModel:
         """Stream position of window ``n``'s first input."""
         return max(0, n * self.config.k1 - self.config.k2)
 
-    def _predict(self, key: str, st: _Stream, ids: list[int]) -> float:
-        """Score ``ids`` (the next tokens of ``key``) from the stream's state; returns the
-        summed NLL in nats, keeps the inputs and the states where windows will start."""
+    def _predict(self, key: str, st: _Stream, ids: list[int], known: int) -> float:
+        """Score ``ids`` (the next tokens of ``key``) from the stream's state, ids from
+        ``known`` up counting as not given out yet; returns the summed NLL in nats, keeps
+        the inputs and the states where windows will start."""
         k1, k2 = self.config.k1, self.config.k2
-        inputs = [st.last, *ids[:-1]]
         n0, n = st.pos, len(ids)
         # cut where a window starts (position = -k2 mod k1, after the stream's first input)
         first = n0 + 1 + ((-k2 - (n0 + 1)) % k1)
         cuts = [p - n0 for p in range(first, n0 + n, k1)]
         cuts += [c for c in range(PREDICT_CHUNK, n, PREDICT_CHUNK) if c not in cuts]
         bounds = [0, *sorted(cuts), n]
-        total = torch.zeros(())
+        model = self.model
         state = st.state
         with torch.inference_mode():
+            x = torch.tensor([[st.last, *ids[:-1]]])
+            y = torch.tensor([min(i, known) for i in ids])  # an id not given out: its class
+            pieces = []
             for a, b in zip(bounds, bounds[1:], strict=False):
-                logits, state = self.model(torch.tensor([inputs[a:b]]), state)
-                total += F.cross_entropy(logits[0], torch.tensor(ids[a:b]), reduction="sum")
+                out, state = model.features(x[:, a:b], state)
+                pieces.append(out[0])
                 if b < n and (n0 + b + k2) % k1 == 0:
                     st.marks[n0 + b] = state
-        nll = float(total)
+            out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            total = F.cross_entropy(model.known_logits(out, known), y, reduction="sum")
+        escaped = sum(i >= known for i in ids)
+        nll = float(total) + escaped * model.escape_cost(known)
         if not math.isfinite(nll) or not bool(torch.isfinite(state).all()):
             log.warning("non-finite score on stream %r; its hidden state is reset", key)
             state = self.model.init_state(1)
@@ -264,7 +315,8 @@ class OnlineLanguageModel:
         model = self.model
         model.train()
         try:
-            logits, _ = model(x, state0, self.generator)
+            out, _ = model.features(x, state0, self.generator)
+            logits = model.known_logits(out, len(self.vocab))  # every target is known
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                    ignore_index=-100)
             applied, loss_v, norm = guarded_step(self.params, self.optimizer, loss,

@@ -158,8 +158,8 @@ def test_lm_scores_every_token_before_learning_it(k1: int, k2: int, batch_window
     predict, train = lm._predict, lm._train_due
     steps = []
 
-    def spy_predict(key: str, st: Any, ids: list[int]) -> float:
-        nll = predict(key, st, ids)
+    def spy_predict(key: str, st: Any, ids: list[int], known: int) -> float:
+        nll = predict(key, st, ids, known)
         scored[key].extend(ids)  # the score of these tokens is recorded
         return nll
 
