@@ -161,6 +161,9 @@ class ClassifierConfig(_PlainConfig):
     nb_alpha, nb_bits, char_ngrams
         Naive Bayes smoothing; ``2**nb_bits`` hashed feature buckets per NB expert;
         shortest and longest character n-gram.
+    nb_weight_lr
+        AdaGrad learning rate of the NB experts' feature weights, learned discriminatively
+        (:mod:`streamseq.text.naive_bayes`); 0 keeps them at 1 (plain NB).
     pool_lr
         AdaGrad learning rate of the pool's weights.
     tokens, max_vocab, lowercase
@@ -201,6 +204,7 @@ class ClassifierConfig(_PlainConfig):
 
     experts: tuple[str, ...] = ("word_nb", "char_nb")
     nb_alpha: float = 1.0
+    nb_weight_lr: float = 0.3
     nb_bits: int = 20
     char_ngrams: tuple[int, int] = (2, 5)
     pool_lr: float = 0.01
@@ -246,6 +250,8 @@ class ClassifierConfig(_PlainConfig):
             raise ConfigError("classifier.char_ngrams must be (shortest, longest), 1 <= both")
         if self.nb_alpha <= 0 or self.pool_lr <= 0:
             raise ConfigError("classifier.nb_alpha and pool_lr must be > 0")
+        if self.nb_weight_lr < 0:
+            raise ConfigError("classifier.nb_weight_lr must be >= 0")
         if self.pool not in POOLS:
             raise ConfigError(f"classifier.pool must be one of {POOLS}, not {self.pool!r}")
         if self.labels is not None:

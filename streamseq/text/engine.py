@@ -42,7 +42,7 @@ __all__ = ["TextEngine", "FORMAT", "FORMAT_VERSION", "LM_FIELDS"]
 log = logging.getLogger(__name__)
 
 FORMAT = "streamseq.text"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LM_FIELDS = ("nll_per_token", "nll_per_char", "tokens", "chars", "unknown")
 
 ErrorCallback = Callable[[EventError, "TextEvent | LabelEvent"], None]
