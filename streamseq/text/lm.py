@@ -40,6 +40,7 @@ from streamseq.text.config import LMConfig
 from streamseq.text.exceptions import TextModelError
 from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout
 from streamseq.text.sampling import check_sampling, sample_next
+from streamseq.text.scoring import CompiledScorer
 from streamseq.text.stats import TextStats
 from streamseq.text.vocab import BOS, EOM, RESERVED, Vocabulary
 
@@ -47,7 +48,7 @@ __all__ = ["TokenLanguageModel", "OnlineLanguageModel"]
 
 log = logging.getLogger(__name__)
 
-#: Longest piece of a message run through the RNN in one call when scoring.
+#: Longest piece of a prompt run through the RNN in one call when generating.
 PREDICT_CHUNK = 4096
 
 
@@ -187,6 +188,7 @@ class OnlineLanguageModel:
         self.model.eval()
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=c.lr, fused=True)  # one kernel
+        self.scorer = CompiledScorer(self.model)
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self.due: list[_Window] = []  # windows waiting for the next update point
@@ -254,26 +256,14 @@ class OnlineLanguageModel:
         the inputs and the states where windows will start."""
         k1, k2 = self.config.k1, self.config.k2
         n0, n = st.pos, len(ids)
-        # cut where a window starts (position = -k2 mod k1, after the stream's first input)
+        # positions inside the message where a window starts (= -k2 mod k1, after the
+        # stream's first input)
         first = n0 + 1 + ((-k2 - (n0 + 1)) % k1)
-        cuts = [p - n0 for p in range(first, n0 + n, k1)]
-        cuts += [c for c in range(PREDICT_CHUNK, n, PREDICT_CHUNK) if c not in cuts]
-        bounds = [0, *sorted(cuts), n]
-        model = self.model
-        state = st.state
-        with torch.inference_mode():
-            x = torch.tensor([[st.last, *ids[:-1]]])
-            y = torch.tensor([min(i, known) for i in ids])  # an id not given out: its class
-            pieces = []
-            for a, b in zip(bounds, bounds[1:], strict=False):
-                out, state = model.features(x[:, a:b], state)
-                pieces.append(out[0])
-                if b < n and (n0 + b + k2) % k1 == 0:
-                    st.marks[n0 + b] = state
-            out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-            total = F.cross_entropy(model.known_logits(out, known), y, reduction="sum")
-        escaped = sum(i >= known for i in ids)
-        nll = float(total) + escaped * model.escape_cost(known)
+        mark_at = [p - n0 for p in range(first, n0 + n, k1)]
+        state = st.state.clone()
+        nll, marks = self.scorer.score(state, [st.last, *ids[:-1]], ids, known, mark_at)
+        for p, mark in zip(mark_at, marks, strict=True):
+            st.marks[n0 + p] = mark
         if not math.isfinite(nll) or not bool(torch.isfinite(state).all()):
             log.warning("non-finite score on stream %r; its hidden state is reset", key)
             state = self.model.init_state(1)
@@ -325,6 +315,7 @@ class OnlineLanguageModel:
             model.eval()
         s = self.stats
         if applied:
+            self.scorer.refresh()
             learned = y[y >= 0]
             self.learned_counts += torch.bincount(learned, minlength=self.config.max_vocab)
             s.lm_updates += 1
@@ -413,6 +404,7 @@ class OnlineLanguageModel:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"language model weights do not fit: {exc}") from exc
+        self.scorer.refresh()
         for group in self.optimizer.param_groups:  # learning settings come from this config
             group["lr"] = self.config.lr
         self.generator.set_state(state["generator"])

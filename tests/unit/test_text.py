@@ -38,7 +38,9 @@ from streamseq.text.backtest import (
     run_text_backtest,
 )
 from streamseq.text.baselines import BigramCharModel
+from streamseq.text.lm import TokenLanguageModel
 from streamseq.text.naive_bayes import HashedNaiveBayes
+from streamseq.text.scoring import CompiledScorer
 from streamseq.text.vocab import Vocabulary
 
 SHAKESPEARE_CHARS = 40_000
@@ -424,6 +426,33 @@ def test_label_for_unknown_id_is_rejected_without_side_effects() -> None:
     lm_only = tiny_engine(clf=False)
     with pytest.raises(EventError, match="bad_label"):
         lm_only.process([LabelEvent("r", 0, "m1", "pos")])
+
+
+@pytest.mark.parametrize(("cell", "layers", "known"), [("lstm", 1, 9), ("lstm", 2, 40),
+                                                      ("gru", 2, 9), ("gru", 1, 40)])
+def test_compiled_scoring_matches_the_torch_module(cell: str, layers: int, known: int) -> None:
+    """The numba scorer against the module's forward: per-message log-loss (ids from
+    ``known`` up in the shared class), the final state and the states at the marks."""
+    torch.manual_seed(0)
+    m = TokenLanguageModel(40, embed_dim=8, hidden=24, layers=layers, cell=cell).eval()
+    for p in m.parameters():  # away from the initial weights' small logits
+        p.data.mul_(3.0)
+    scorer = CompiledScorer(m)
+    rng = random.Random(2)
+    ids = [rng.randrange(3, 40) for _ in range(50)]
+    state = m.init_state(1)
+    nll, marks = scorer.score(state, [1, *ids[:-1]], ids, known, [1, 17, 49])
+    with torch.no_grad():
+        out, ref_state = m.features(torch.tensor([[1, *ids[:-1]]]), m.init_state(1))
+        y = torch.tensor(ids)
+        ref = torch.nn.functional.cross_entropy(m.known_logits(out[0], known),
+                                                y.clamp(max=known), reduction="none")
+        ref = ref + (y >= known) * m.escape_cost(known)
+        assert math.isclose(nll, float(ref.sum()), rel_tol=1e-5)
+        assert torch.allclose(state, ref_state, atol=1e-5)
+        for at, mark in zip([1, 17, 49], marks, strict=True):
+            _, ref_mark = m.features(torch.tensor([[1, *ids[:at - 1]]]), m.init_state(1))
+            assert torch.allclose(mark, ref_mark, atol=1e-5)
 
 
 def test_lm_evicts_excess_and_idle_streams() -> None:
