@@ -12,8 +12,8 @@ the service's allocator policy (:func:`~streamseq.service.memory.reuse_freed_mem
 Between two checkpoints a share of the keys (10%, 100%) gets one new event each. Each
 setting runs twice in the same process, *before* (every snapshot complete,
 ``full_every=0``, what the service wrote until issue 12.5) and *after* (deltas: only the
-keys changed since the previous snapshot, a complete one after 8 deltas or when over half
-the keys changed):
+keys changed since the previous snapshot, a complete one after 8 deltas, when over half
+the keys changed, or when the deltas would hold more keys than the complete snapshot):
 
 - **snapshot**: bytes written per checkpoint;
 - **pause**: :meth:`Checkpointer.start`, the copy of the shard's state at its stream
@@ -189,8 +189,9 @@ def report(results: list[dict[str, Any]], shared: dict[int, tuple[int, int]], re
         "batches touch during the previous write). *Before*: every snapshot complete "
         "(`--checkpoint-full-every 0`). *After*: a delta holds the weights, optimizer, pending "
         "windows and counters plus only the changed keys' rows, and names its base; a "
-        "complete snapshot after 8 deltas or when over half the keys changed (so at 100% "
-        "changed both write complete snapshots). The loop pauses only for the copy; "
+        "complete snapshot after 8 deltas, when over half the keys changed (so at 100% "
+        "changed both write complete snapshots) or when the deltas would hold more keys "
+        "than the complete snapshot. The loop pauses only for the copy; "
         "serialisation, SHA-256, write and fsync run in the writer thread. *Engine during "
         "write* is the loop's engine throughput while the writer works, relative to the same "
         "batches without a write (the writer shares the GIL). *Restore* reads the newest "

@@ -19,7 +19,9 @@ Snapshots are proportional to what changed: when the store takes deltas, a shard
 holds the weights, optimizer, pending windows and counters plus only the rows of the keys
 changed since its previous snapshot, which it names as its base. A complete snapshot is
 written first (after a start or a restore), after ``full_every`` deltas, when more than
-``delta_share`` of the keys changed, and after any checkpoint that failed (its change marks
+``delta_share`` of the keys changed, when the deltas since the last complete snapshot would
+hold more keys than it (so a restore reads at most about two complete snapshots' worth, and
+the store holds at most one more), and after any checkpoint that failed (its change marks
 were cleared by the copy, so the next snapshot must not rely on them).
 """
 
@@ -95,6 +97,7 @@ class _Copy:
     offset: int
     state: dict[str, Any]
     base: SnapshotRef | None
+    share: float  # keys changed per key held
 
 
 _Written = tuple[str, dict[TopicPartition, Any], list[SnapshotRef]]
@@ -176,8 +179,10 @@ class Checkpointer:
 
     def _copy(self, shard: Shard, offset: int) -> _Copy:
         """``shard``'s snapshot: a delta on its last durable one when allowed and small."""
-        delta = shard.deltas < self.full_every and shard.changed_share() <= self.delta_share
-        return _Copy(shard, offset, shard.snapshot(delta), shard.base if delta else None)
+        share = shard.changed_share()
+        delta = (shard.deltas < self.full_every and share <= self.delta_share
+                 and shard.chain_share + share <= 1.0)
+        return _Copy(shard, offset, shard.snapshot(delta), shard.base if delta else None, share)
 
     def _write(self, copies: list[_Copy]) -> _Written:
         """The writer thread: flush -> snapshots durable; the offsets they cover and the
@@ -221,6 +226,7 @@ class Checkpointer:
         for c, ref in zip(copies, refs, strict=True):
             c.shard.base = ref
             c.shard.deltas = c.shard.deltas + 1 if c.base is not None else 0
+            c.shard.chain_share = c.shard.chain_share + c.share if c.base is not None else 0.0
         if offsets:
             try:
                 commit(offsets)

@@ -35,7 +35,8 @@ class Shard:
     snapshot, ``none`` no snapshot (new), ``failed`` unreadable snapshots (started fresh).
     ``base`` is the shard's last durable snapshot taken by this process, the one a delta
     builds on (``None``: the next snapshot is complete), ``deltas`` how many deltas were
-    written since the last complete one.
+    written since the last complete one and ``chain_share`` how many keys they hold, per key
+    held.
     """
 
     tp: TopicPartition
@@ -47,6 +48,7 @@ class Shard:
     position: int | None = None  # the consumer's position before the first record applied
     base: SnapshotRef | None = None
     deltas: int = 0
+    chain_share: float = 0.0
 
     @property
     def name(self) -> str:

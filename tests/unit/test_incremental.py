@@ -172,6 +172,19 @@ def test_chain_policy_complete_after_full_every_and_when_most_keys_changed(
     assert svc.kinds() == ["full", "full", "full", "delta"]
 
 
+def test_deltas_since_a_complete_snapshot_hold_fewer_keys_than_it(tmp_path: Path) -> None:
+    """40% of the keys changed each time: two deltas (80%), then a complete snapshot,
+    since a third delta would bring the chain to 120% of the complete one's keys."""
+    svc = _Service(tmp_path, keep=5, full_every=8)
+    svc.run(0, new=20)
+    written = []
+    for _ in range(5):
+        svc.run(8)
+        assert svc.checkpoint() == Outcome.OK
+        written.append(svc.kinds()[-1])
+    assert written == ["full", "delta", "delta", "full", "delta"]
+
+
 def test_a_failed_checkpoint_makes_the_next_snapshot_complete(tmp_path: Path) -> None:
     """The copy of a failed checkpoint cleared the change marks: the rows it covered are in
     no delta, so the next snapshot must be complete (and equal the live state)."""
