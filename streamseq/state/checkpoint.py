@@ -11,7 +11,7 @@ A snapshot is complete, or a *delta*: a state whose key table holds only the row
 since the snapshot it builds on (``state_dict(changed_only=True)``), saved with ``base``,
 the :class:`SnapshotRef` (generation and SHA-256) of that snapshot. A store that takes
 deltas (``incremental``) restores the newest complete snapshot, then each delta that names
-the state so far as its base, in order (:func:`apply_delta`); a delta that is unreadable or
+the state so far as its base, in order (:func:`apply_deltas`); a delta that is unreadable or
 names another base ends the chain there, so a torn or missing link falls back to the newest
 consistent point before it.
 """
@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ from streamseq.exceptions import CheckpointError
 from streamseq.state.table import merge_changes
 
 __all__ = ["CheckpointStore", "LocalCheckpointStore", "SnapshotRef", "SnapshotsUnreadableError",
-           "apply_delta", "dumps", "loads"]
+           "apply_deltas", "dumps", "loads"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -89,22 +90,23 @@ def loads(data: bytes) -> dict[str, Any]:
     return state
 
 
-def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """The complete state after ``delta``: everything as in ``delta``, except the key tables
-    saved ``changed_only``, whose rows are merged into ``state``'s
+def apply_deltas(state: dict[str, Any], deltas: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The complete state after ``deltas`` (oldest first, each on top of the one before,
+    the first on top of ``state``): everything as in the last delta, except the key tables
+    saved ``changed_only``, whose rows are merged into ``state``'s in one pass
     (:func:`~streamseq.state.table.merge_changes`).
 
     Examples
     --------
-    >>> apply_delta({"step": 1, "cfg": {"a": 1, "b": 2}}, {"step": 2, "cfg": {"a": 3}})
+    >>> apply_deltas({"step": 1, "cfg": {"a": 1, "b": 2}}, [{"step": 2, "cfg": {"a": 3}}])
     {'step': 2, 'cfg': {'a': 3}}
     """
     out: dict[str, Any] = {}
-    for name, value in delta.items():
+    for name, value in deltas[-1].items():
         if isinstance(value, dict) and value.get("rows") == "changed":
-            out[name] = merge_changes(state[name], value)
+            out[name] = merge_changes(state[name], [d[name] for d in deltas])
         elif isinstance(value, dict) and isinstance(state.get(name), dict):
-            out[name] = apply_delta(state[name], value)
+            out[name] = apply_deltas(state[name], [d[name] for d in deltas])
         else:
             out[name] = value
     return out
@@ -247,7 +249,7 @@ class LocalCheckpointStore:
                             full.path.name, exc)
                 reasons.append(f"{full.path.name}: {exc}")
                 continue
-            gen = full.gen
+            gen, chain = full.gen, []
             for f in sorted((f for f in entries if f.delta and f.gen > full.gen),
                             key=lambda f: f.gen):
                 try:
@@ -260,8 +262,16 @@ class LocalCheckpointStore:
                     log.warning("checkpoint delta %s does not build on generation %d; "
                                 "skipped", f.path.name, gen)
                     continue
-                state, gen, sha = apply_delta(state, delta), f.gen, delta_sha
-            return state
+                chain.append(delta)
+                gen, sha = f.gen, delta_sha
+            if not chain:
+                return state
+            try:
+                return apply_deltas(state, chain)
+            except (KeyError, IndexError, RuntimeError, ValueError) as exc:
+                log.error("the deltas on %s do not fit it (%s); restoring it alone",
+                          full.path.name, exc)
+                return state
         if reasons or entries:
             raise SnapshotsUnreadableError(name, reasons or [
                 f"{f.path.name}: a delta without its complete snapshot" for f in entries])

@@ -146,7 +146,7 @@ class KeyTable:
     >>> delta = t.state_dict(changed_only=True)  # "e" took the slot "b" left
     >>> delta["changed"].tolist(), delta["keys"]
     ([1, 2], ['e', 'c'])
-    >>> merged, now = merge_changes(full, delta), t.state_dict()
+    >>> merged, now = merge_changes(full, [delta]), t.state_dict()
     >>> merged["keys"] == now["keys"] and all(torch.equal(merged[n], now[n])
     ...                                       for n in ("slots", "free", "hidden"))
     True
@@ -362,29 +362,50 @@ class KeyTable:
         self.changed[:] = True  # nothing is known about the snapshots that follow
 
 
-def merge_changes(full: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """The complete table state after ``changes`` (a ``state_dict(changed_only=True)``)
-    taken on top of ``full`` (a complete ``state_dict()``, or one merged before): the rows
-    of changed slots come from ``changes``, the others from ``full``, in slot order; equal
-    to the ``state_dict()`` the table gave when ``changes`` was taken."""
-    changed = changes["changed"].numpy()
-    old_slots = full["slots"].numpy()
-    kept = np.flatnonzero(~np.isin(old_slots, changed))
-    slots = np.concatenate([old_slots[kept], changes["slots"].numpy()])
-    order = np.argsort(slots, kind="stable")
-    kept_t, order_t = torch.from_numpy(kept), torch.from_numpy(order)
+def merge_changes(full: dict[str, Any], changes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The complete table state after ``changes`` (``state_dict(changed_only=True)``, oldest
+    first, each taken right after the one before) on top of ``full`` (a complete
+    ``state_dict()``): equal to the ``state_dict()`` the table gave when the last of
+    ``changes`` was taken.
 
-    def rows(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        return torch.cat([old[kept_t], new])[order_t]
+    One pass whatever the chain's length: every row is placed by slot into arrays of the
+    final capacity (the complete state's rows, then each delta's over them, a changed slot
+    that is no longer live leaving its key), then the live slots are read out in order.
+    """
+    last = changes[-1]
+    capacity = int(last["capacity"])
+    live = np.zeros(capacity, dtype=np.bool_)
+    key_of: list[str | None] = [None] * capacity
+    layers = [full, *changes]
 
-    keys = [full["keys"][i] for i in kept.tolist()] + list(changes["keys"])
+    def place(d: dict[str, Any]) -> np.ndarray:
+        slots = d["slots"].numpy()
+        live[slots] = True
+        for slot, key in zip(slots.tolist(), d["keys"], strict=True):
+            key_of[slot] = key
+        return slots
+
+    placed = [place(full)]
+    for d in changes:
+        gone = d["changed"].numpy()
+        live[gone] = False
+        placed.append(place(d))
+    order = np.flatnonzero(live)
+
+    def rows(get: Any) -> torch.Tensor:
+        first = get(full).numpy()
+        dense = np.empty((capacity, *first.shape[1:]), dtype=first.dtype)
+        for d, slots in zip(layers, placed, strict=True):
+            dense[slots] = get(d).numpy()
+        return torch.from_numpy(dense[order])
+
     return {
-        "capacity": changes["capacity"],
-        "keys": [keys[i] for i in order.tolist()],
-        "slots": torch.from_numpy(slots[order]),
-        "free": changes["free"],
-        "hidden": rows(full["hidden"], changes["hidden"]),
-        "core": {n: rows(full["core"][n], t) for n, t in changes["core"].items()},
-        "parts": {name: {n: rows(full["parts"][name][n], t) for n, t in part.items()}
-                  for name, part in changes["parts"].items()},
+        "capacity": capacity,
+        "keys": [key_of[s] for s in order.tolist()],
+        "slots": torch.from_numpy(order.astype(np.int64)),
+        "free": last["free"],
+        "hidden": rows(lambda d: d["hidden"]),
+        "core": {n: rows(lambda d, n=n: d["core"][n]) for n in last["core"]},
+        "parts": {name: {n: rows(lambda d, name=name, n=n: d["parts"][name][n])
+                         for n in part} for name, part in last["parts"].items()},
     }
