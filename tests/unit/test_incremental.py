@@ -24,7 +24,11 @@ from streamseq.service.checkpoints import Checkpointer, Outcome
 from streamseq.service.clients import Sender
 from streamseq.service.shards import Shard
 from streamseq.shards import NumericShard
-from streamseq.state.checkpoint import LocalCheckpointStore, SnapshotsUnreadableError
+from streamseq.state.checkpoint import (
+    LocalCheckpointStore,
+    SnapshotRef,
+    SnapshotsUnreadableError,
+)
 
 torch.set_num_threads(1)
 
@@ -269,10 +273,32 @@ def test_deltas_without_their_complete_snapshot_are_unreadable(tmp_path: Path) -
         svc.store.load(NAME)
 
 
-def test_full_every_zero_writes_complete_snapshots_only(tmp_path: Path) -> None:
-    svc = _Service(tmp_path, keep=5, full_every=0)
+class _CompleteOnly(LocalCheckpointStore):
+    """A store that takes no deltas, as the Kafka store."""
+
+    incremental = False
+
+
+@pytest.mark.parametrize("store", ["full_every=0", "a store without deltas"])
+def test_complete_snapshots_only(tmp_path: Path, store: str) -> None:
+    svc = _Service(tmp_path, keep=5, full_every=0 if store == "full_every=0" else 8)
+    if store != "full_every=0":
+        svc.store = _CompleteOnly(tmp_path, keep=5)
+        svc.checkpointer = Checkpointer(svc.store, svc.checkpointer.sender,
+                                        svc.checkpointer.metrics, 1, 1.0)
     svc.run(0, new=10)
     for _ in range(3):
         svc.run(1)
         assert svc.checkpoint() == Outcome.OK
     assert svc.kinds() == ["full"] * 3
+
+
+def test_text_shards_take_complete_snapshots_only() -> None:
+    from streamseq.shards import TextShard
+
+    shard = Shard(TopicPartition("texts", 0), TextShard(), RecordDecoder(EventDecoder("sensor")),
+                  next_offset=3, base=SnapshotRef(1, "0" * 64))
+    assert shard.changed_share() == 1.0  # never small enough for a delta
+    with pytest.raises(ValueError, match="complete snapshots only"):
+        shard.snapshot(delta=True)
+    assert shard.snapshot()["offset"] == 3
