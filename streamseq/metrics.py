@@ -20,9 +20,10 @@ that own partitions. With one process (the default) none of this applies.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from prometheus_client import (
@@ -35,11 +36,13 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from streamseq.forecast.aggregate import FORECASTERS
 
 __all__ = ["ServiceMetrics", "LATENCY_BUCKETS", "BATCH_BUCKETS", "CHECKPOINT_BUCKETS",
-           "RESTORE_OUTCOMES", "observe_many", "multiprocess"]
+           "RESTORE_OUTCOMES", "observe_many", "multiprocess", "GarbageCollectorTime"]
 
 disable_created_metrics()
 
@@ -64,6 +67,49 @@ WINDOWED = frozenset({"streamseq_text_accuracy", "streamseq_text_macro_f1",
                       "streamseq_text_log_loss"})
 
 
+class GarbageCollectorTime(Collector):
+    """``streamseq_gc_seconds_total{generation}``: seconds this process has spent in
+    Python's cyclic garbage collector, per generation collected (a :data:`gc.callbacks`
+    hook times every collection; installed once per process, read when scraped).
+
+    A collection stops the thread that set it off, whichever it is, and it is invisible to
+    a Python-level profiler (its time counts for the allocation that triggered it); this is
+    how much of the process's time it takes (:func:`streamseq.service.memory.freeze_heap`).
+    Exported by a single service process; the supervisor of ``--workers`` does not merge it.
+
+    Examples
+    --------
+    >>> r = CollectorRegistry()
+    >>> _ = GarbageCollectorTime(registry=r)
+    >>> _ = gc.collect()
+    >>> r.get_sample_value("streamseq_gc_seconds_total", {"generation": "2"}) > 0
+    True
+    """
+
+    _seconds = [0.0, 0.0, 0.0]  # per generation, since the hook was installed
+    _started = [0.0]
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        if self._time not in gc.callbacks:
+            gc.callbacks.append(self._time)
+        registry.register(self)
+
+    @classmethod
+    def _time(cls, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cls._started[0] = time.perf_counter()
+        else:
+            cls._seconds[info["generation"]] += time.perf_counter() - cls._started[0]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "streamseq_gc_seconds", "Seconds spent in Python's cyclic garbage collector, by "
+            "the generation collected.", labels=["generation"])
+        for generation, seconds in enumerate(self._seconds):
+            family.add_metric([str(generation)], seconds)
+        yield family
+
+
 def multiprocess() -> bool:
     """Whether this process writes prometheus_client's multiprocess files (a worker)."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -85,6 +131,7 @@ class ServiceMetrics:
         r = self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        GarbageCollectorTime(registry=r)
         self.build_info = Info("streamseq_build", "Version and model architecture of this process.",
                                registry=r)
         self.build_info.info({"version": version, "cell": cell, "hidden": str(hidden)})

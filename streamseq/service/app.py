@@ -35,7 +35,7 @@ from streamseq.service.clients import ClientFactory, KafkaClients, Sender, conne
 from streamseq.service.config import ServiceConfig
 from streamseq.service.health import Health
 from streamseq.service.http import HealthServer
-from streamseq.service.memory import reuse_freed_memory
+from streamseq.service.memory import freeze_heap, reuse_freed_memory
 from streamseq.service.monitor import BrokerMonitor
 from streamseq.service.rebalance import Assignment
 from streamseq.service.reporting import MetricsReporter
@@ -179,6 +179,7 @@ class Service:
             stack.enter_context(BrokerMonitor(self.clients.monitor, assignment.positions,
                                               self.health, self.metrics))
             self.health.started = True
+            warm = False  # the heap is frozen after the first batch (kernels compiled)
             try:
                 while not self._stop.is_set():
                     self.health.beat()
@@ -186,6 +187,9 @@ class Service:
                                           max_records=cfg.max_poll_records)
                     if batch:
                         self._process(batch, sender, checkpointer)
+                        if not warm:
+                            freeze_heap()
+                            warm = True
                     assignment.track_positions()
                     self.reporter.levels((s.kind, s.engine.keys_held)
                                          for s in assignment.shards.values())
