@@ -21,8 +21,9 @@ What it measures, on the local embedded broker (Tansu) and this machine, all in 
    timestamp (set when the relay or service hands it to its producer) minus the input
    record's (set when the bench hands it to its producer), and the time the output record
    reached a consumer of the output topic (``fetch_max_wait_ms=5``) minus the same.
-5. ``--profile``: a further drain of (b) and (c) under py-spy (all threads): µs per event
-   by part of the service (consumer, decode, engine, learning, records, producer, metrics).
+5. ``--profile``: a further drain of (a), (b) and (c) under py-spy (all threads): µs per
+   event by part (consumer, decode, engine, learning, records, producer, metrics), the
+   relay's classified like the service's so that their kafka-python parts compare.
 """
 
 from __future__ import annotations
@@ -252,7 +253,12 @@ class Runner:
             self.status = workdir / f"{tag}.count"
             cmd = [*wrapper, sys.executable, "-m", "bench.relay", "--bootstrap",
                    broker.bootstrap, "--input", topics.sensor, "--output", self.output,
-                   "--group", group, "--status", str(self.status)]
+                   "--group", group, "--status", str(self.status),
+                   "--fetch-max-wait-ms", str(_SC.fetch_max_wait_ms),
+                   "--max-poll-records", str(_SC.max_poll_records),
+                   "--poll-timeout-ms", str(_SC.poll_timeout_ms),
+                   "--linger-ms", str(_SC.producer_linger_ms),
+                   "--batch-bytes", str(_SC.producer_batch_bytes)]
             with open(log, "ab") as out:
                 self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                              cwd=ROOT, start_new_session=True)
@@ -269,10 +275,26 @@ class Runner:
         """Records written so far (the service's counter, the relay's status file)."""
         if self.svc is not None:
             return int(self.svc.metric("streamseq_predictions_published_total"))
+        return int(self._status()[0])
+
+    def gc_seconds(self) -> float:
+        """Seconds the process has spent in Python's cyclic garbage collector so far."""
+        if self.svc is not None:
+            return self.svc.metric("streamseq_gc_seconds_total")
+        return self._status()[1]
+
+    def _status(self) -> tuple[float, float]:
         try:
-            return int(self.status.read_text() or 0)
+            count, gc_s = self.status.read_text().split()
+            return float(count), float(gc_s)
         except (OSError, ValueError):
-            return 0
+            return 0.0, 0.0
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between progress checks: a service's counter is read from ``/metrics``,
+        and a scrape costs it ~25 ms of CPU (a Prometheus server scrapes every 15 s)."""
+        return 1.0 if self.svc is not None else 0.25
 
     @property
     def pid(self) -> int | None:
@@ -318,6 +340,7 @@ class Drain:
     rate: float
     wall_s: float
     cpu: dict[str, float]
+    gc_s: float = 0.0  # seconds in the garbage collector, first to last output
 
 
 @dataclass
@@ -341,10 +364,10 @@ def drain(runner: Runner, n: int, bootstrap: str, timeout: float = 1800) -> Drai
     wait_until(lambda: runner.alive() and runner.count() > 0, 180,
                f"first output of {runner.variant.name}", interval=0.1)
     t0 = time.monotonic()
-    cpu0, b0 = cpu_tree(runner.pid), cpu_tree(broker_pid())
+    cpu0, b0, gc0 = cpu_tree(runner.pid), cpu_tree(broker_pid()), runner.gc_seconds()
     wait_until(lambda: runner.alive() and runner.count() >= n, timeout,
-               f"{n} outputs of {runner.variant.name}", interval=0.25)
-    cpu1, b1 = cpu_tree(runner.pid), cpu_tree(broker_pid())
+               f"{n} outputs of {runner.variant.name}", interval=runner.poll_interval)
+    cpu1, b1, gc1 = cpu_tree(runner.pid), cpu_tree(broker_pid()), runner.gc_seconds()
     wall = time.monotonic() - t0
     with TopicReader(bootstrap, runner.output) as reader:
         reader.read_until(lambda recs: len(recs) >= n, 300, f"{n} outputs")
@@ -352,7 +375,7 @@ def drain(runner: Runner, n: int, bootstrap: str, timeout: float = 1800) -> Drai
     span = (max(stamps) - min(stamps)) / 1000.0
     cpu = {"main": cpu1["main"] - cpu0["main"], "other": cpu1["other"] - cpu0["other"],
            "broker": sum(b1.values()) - sum(b0.values())}
-    return Drain(len(stamps) / span if span else 0.0, wall, cpu)
+    return Drain(len(stamps) / span if span else 0.0, wall, cpu, gc1 - gc0)
 
 
 # ---------------------------------------------------------------------------- latency
@@ -542,7 +565,8 @@ def transport_latency(broker: Any, messages: Sequence[Message], rate: float,
 
 # ---------------------------------------------------------------------------- profile
 PARTS = (  # (label, substrings of a frame "function (file:line)"), matched leaf first
-    ("start-up (imports, numba compilation), excluded", ("importlib", "numba/core")),
+    ("start-up (imports, numba compilation, the heap's freeze), excluded", (
+        "importlib", "numba/core", "service/memory")),
     ("kafka consumer: poll, fetch, records", ("kafka/consumer",)),
     ("kafka producer: send, batches", ("kafka/producer", "service/clients")),
     ("kafka record batches (build, parse, CRC)", ("kafka/record",)),
@@ -561,8 +585,9 @@ PARTS = (  # (label, substrings of a frame "function (file:line)"), matched leaf
     ("metrics (reporting, Prometheus, HTTP)", ("prometheus_client", "service/reporting",
                                                "streamseq/metrics", "service/http")),
     ("checkpoint", ("state/checkpoint", "service/checkpoints", "service/shards")),
-    ("service loop", ("service/app", "service/rebalance", "service/monitor",
-                      "service/health", "bench/relay")),
+    ("service loop (the relay: its loop)", ("service/app", "service/rebalance",
+                                            "service/monitor", "service/health",
+                                            "bench/relay")),
 )
 EXCLUDED = PARTS[0][0]
 OTHER = "other (interpreter, libraries called from no part above)"
@@ -581,11 +606,13 @@ def pyspy_binary() -> str | None:
 
 def classify(frames: Sequence[str]) -> str:
     """The part a stack sample belongs to: the first frame from the leaf up that names one
-    (library frames such as numpy, torch or json count for the part that called them)."""
-    if any("importlib" in f or "numba/core" in f for f in frames):
+    (library frames such as numpy, torch or json count for the part that called them; so
+    does Python's garbage collector, invisible to py-spy: it counts for the allocation that
+    set it off)."""
+    if any(x in f for f in frames for x in PARTS[0][1]):
         return EXCLUDED
     for frame in reversed(frames):
-        for label, needles in PARTS:
+        for label, needles in PARTS[1:]:
             if any(x in frame for x in needles):
                 return label
     return OTHER
@@ -693,24 +720,29 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         "records / (last - first output record timestamp); best of "
         f"{ctx['repeat']} (all runs in brackets). CPU in % of one core between the first and "
         "the last output record (the machine has "
-        f"{m['cores']}).",
+        f"{m['cores']}); the garbage collector's share is wall time in Python's cyclic "
+        "collector (`streamseq_gc_seconds_total`, the relay's own hook), in whichever "
+        "thread it ran.",
         "",
-        "| | events/s | of (a) | target | main thread | other threads, children | broker |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| | events/s | of (a) | target | main thread | other threads, children | of which "
+        "garbage collector | broker |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for t in tp:
         b = t.best
         if b is None:
-            lines.append(f"| {t.variant.label} | not measured: {t.note} | | | | | |")
+            lines.append(f"| {t.variant.label} | not measured: {t.note} | | | | | | |")
             continue
         share = t.rate / relay.rate if relay.rate else 0.0
         target = TARGETS.get(t.variant.key)
         goal = f"≥ {100 * target:.0f}%: {mark(share >= target)}" if target else ""
         runs = ", ".join(f"{d.rate:,.0f}" for d in t.runs)
+        gc_share = ("" if t.variant == WORKERS  # the workers' collectors are not exported
+                    else f"{100 * b.gc_s / b.wall_s:.0f}%")
         lines.append(
             f"| {t.variant.label} | {t.rate:,.0f} ({runs}) | {100 * share:.0f}% | {goal} | "
             f"{100 * b.cpu['main'] / b.wall_s:.0f}% | {100 * b.cpu['other'] / b.wall_s:.0f}% "
-            f"| {100 * b.cpu['broker'] / b.wall_s:.0f}% |")
+            f"| {gc_share} | {100 * b.cpu['broker'] / b.wall_s:.0f}% |")
     ip, s, n = ctx["in_process"], ctx["stages"], ctx["events"]
     lines += [
         "",
@@ -771,10 +803,13 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
             "## Where each microsecond per event goes",
             "",
             "One more drain of each under py-spy (200 samples/s, all threads, CPU samples "
-            "only; start-up, imports, numba compilation and waiting left out): CPU "
-            "µs per event by part, over the whole process (its main thread and Kafka's IO "
-            "threads). Library frames (numpy, torch, json) count for the part that called "
-            "them. py-spy slows the process down somewhat; the split is what counts.",
+            "only; start-up, imports, numba compilation, the heap's freeze and waiting left "
+            "out): CPU µs per event by part, over the whole process (its main thread and "
+            "Kafka's IO threads), the relay classified like the service. Library frames "
+            "(numpy, torch, json) count for the part that called them, and so does Python's "
+            "garbage collector (py-spy cannot see it: its time counts for the allocation "
+            "that set it off; the throughput table gives its share). py-spy slows the "
+            "process down somewhat; the split is what counts.",
             "",
             "| part | " + " | ".join(f"{v.label}" for v, _ in profiles) + " |",
             "|---|" + "---:|" * len(profiles),
@@ -817,16 +852,25 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
             f"{ip['defaults']['step']:.0f} µs: {us['b'] - us['a']:.0f} and "
             f"{us['c'] - us['a']:.0f} µs more than the relay end to end.")
     profiles = dict((v.key, p) for v, p in ctx.get("profiles", []))
+    relay = profiles.get("a")
     for key, p in sorted(profiles.items()):
         kafka = sum(x for label, x in p.parts.items() if label.startswith("kafka"))
         own = {label: x for label, x in p.parts.items() if not label.startswith("kafka")}
         top = sorted(own.items(), key=lambda kv: -kv[1])[:5]
         parts = ", ".join(f"{label} {p.us_per_event(x):.1f}" for label, x in top)
-        out.append(f"- **{tp[key].variant.label}** under py-spy: "
-                   f"{p.us_per_event(p.working):.0f} µs of CPU per event, of which kafka-python "
-                   f"{p.us_per_event(kafka):.0f} µs (what the relay pays too: consumer, "
-                   f"producer, record batches, IO threads) and the service's own "
-                   f"{p.us_per_event(p.working - kafka):.0f} µs: {parts} µs.")
+        text = (f"- **{tp[key].variant.label}** under py-spy: "
+                f"{p.us_per_event(p.working):.0f} µs of CPU per event, of which kafka-python "
+                f"{p.us_per_event(kafka):.0f} µs and the rest "
+                f"{p.us_per_event(p.working - kafka):.0f} µs: {parts} µs.")
+        if relay is not None and p is not relay:
+            more = sorted(((label, p.us_per_event(p.parts.get(label, 0.0))
+                            - relay.us_per_event(relay.parts.get(label, 0.0)))
+                           for label in set(p.parts) | set(relay.parts)
+                           if label.startswith("kafka")),
+                          key=lambda kv: -kv[1])
+            text += (" Against the relay's kafka-python parts: " + ", ".join(f"{label} {d:+.1f}" for label, d in more)
+                     + " µs per event.")
+        out.append(text)
     for lat in ctx["latency"]:
         if lat["variant"] == "relay":
             continue
@@ -857,8 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="length of each latency phase")
     p.add_argument("--variants", default="a,b,c,d", help="which of (a) relay, (b) no-learn, "
                    "(c) defaults, (d) --workers 2 to run")
-    p.add_argument("--profile", action="store_true", help="profile (b) and (c) with py-spy "
-                   "in a further drain each")
+    p.add_argument("--profile", action="store_true", help="profile (a), (b) and (c) with "
+                   "py-spy in a further drain each")
     p.add_argument("--repeat", type=int, default=2, help="best of this many drains and "
                    "in-process measurements (the machine is shared)")
     p.add_argument("--report", type=Path, default=REPORT)
@@ -954,7 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx["profiles"] = []
         if a.profile:
             total = produced
-            for variant in (NO_LEARN, DEFAULTS):
+            for variant in (RELAY, NO_LEARN, DEFAULTS):
                 prof = profile_drain(variant, broker, topics, unique, total, workdir, a.hidden)
                 if prof is not None:
                     ctx["profiles"].append((variant, prof))
