@@ -177,3 +177,102 @@ def test_any_bytes_decode_or_raise_event_error(payload: bytes) -> None:
         decode_json(payload)
     except EventError as err:
         assert err.reason in REASONS
+
+
+# ----------------------------------------------------------------- fast paths = general rules
+def _outcome(f: object, *args: object) -> object:
+    """What ``f(*args)`` gives: its value, or the reason and detail of its EventError."""
+    try:
+        return f(*args)  # type: ignore[operator]
+    except EventError as err:
+        return ("error", err.reason, err.detail)
+
+
+def _loads_reference(payload: bytes) -> dict[str, object]:
+    """The JSON rules of the contract, written plainly (every decoder's first step)."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EventError("not_utf8") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise EventError("not_json", "JSON nesting too deep") from None
+    except json.JSONDecodeError as exc:
+        raise EventError("not_json", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+    except ValueError as exc:
+        raise EventError("not_json", f"invalid JSON: {str(exc)[:200]}") from None
+    if not isinstance(doc, dict):
+        raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
+    return doc
+
+
+_EDITS = st.lists(st.tuples(st.integers(0, 200), st.sampled_from(
+    [b"", b" ", b"\n", b"}", b"{", b'"', b",", b"NaN", b"1e999", b"\xff", b"[", b"x", b"9" * 30,
+     b"\x00"])), max_size=3)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=_EDITS, pad=st.sampled_from([b"", b" ", b"\t\n", b"x"]))
+def test_json_fast_path_gives_what_json_loads_gives(edits: list[tuple[int, bytes]],
+                                                    pad: bytes) -> None:
+    """The scanner shortcut of load_json_object: same documents, same errors, as
+    json.loads, on valid messages cut and spliced anywhere."""
+    from streamseq.events.decode import load_json_object
+
+    payload = _doc(values={"t": 21.5, "n": None, "i": 3, "s": "4"})
+    for at, piece in edits:
+        at = min(at, len(payload))
+        payload = payload[:at] + piece + payload[at + len(piece) // 2:]
+    payload = payload + pad if pad != b"x" else pad + payload
+    got = _outcome(load_json_object, payload, 10_000)
+    want = _outcome(_loads_reference, payload)
+    assert repr(got) == repr(want)  # repr: nan == nan
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.one_of(st.text(max_size=12), st.text(alphabet=" \t-_.:/aZ09~\x7f\x1f", max_size=8),
+                     st.integers(-5, 5), st.booleans()))
+def test_key_fast_path_gives_what_check_key_gives(key: object) -> None:
+    from streamseq.events.decode import check_key
+
+    d = EventDecoder(max_key_len=6)
+    got = _outcome(lambda: d.from_mapping({"key": key, "ts": 1, "values": {"x": 1.0}}).key)
+    assert got == _outcome(check_key, key, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=st.one_of(st.integers(-10, 10), st.integers(7_258_118_399_990, 7_258_118_400_010),
+                    st.integers(-2**70, 2**70), st.booleans(), st.floats()))
+def test_time_fast_path_gives_what_parse_time_gives(ts: object) -> None:
+    got = _outcome(lambda: EventDecoder().from_mapping(
+        {"key": "a", "ts": ts, "values": {"x": 1.0}}).ts_ms)
+    assert got == _outcome(parse_time, ts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.one_of(
+    st.none(), st.floats(), st.integers(-3, 3), st.booleans(),
+    st.sampled_from(["", "NA", "nan", "1.5", "x", " 2 "]))))
+def test_values_follow_the_value_rules(values: dict[str, object]) -> None:
+    """Each value is a finite float or None (null, or an NA string); the first bad one in
+    order names the error; all None is missing_value."""
+    got = _outcome(lambda: EventDecoder().from_mapping(
+        {"key": "a", "ts": 1, "values": values}).values)
+    want: object = {}
+    for name, raw in values.items():
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "na")):
+            want[name] = None  # type: ignore[index]
+        elif isinstance(raw, bool) or (isinstance(raw, str) and raw.strip() == "x"):
+            want = "non_numeric"
+            break
+        elif not math.isfinite(float(raw)):  # type: ignore[arg-type]
+            want = "non_finite"
+            break
+        else:
+            want[name] = float(raw)  # type: ignore[index, arg-type]
+    if not values:
+        want = "no_values"
+    elif isinstance(want, dict) and all(v is None for v in want.values()):
+        want = "missing_value"
+    assert (got[1] if isinstance(got, tuple) else got) == want
