@@ -296,11 +296,9 @@ class OnlineLanguageModel:
         """One optimizer step on the mean loss of the windows due, in one padded batch."""
         windows, self.due = self.due, []
         length = max(len(w.inputs) for w in windows)
-        x = torch.zeros(len(windows), length, dtype=torch.int64)
-        y = torch.full((len(windows), length), -100, dtype=torch.int64)
-        for i, w in enumerate(windows):
-            x[i, : len(w.inputs)] = torch.tensor(w.inputs)
-            y[i, w.n_context: len(w.targets)] = torch.tensor(w.targets[w.n_context:])
+        x = torch.tensor([w.inputs + [0] * (length - len(w.inputs)) for w in windows])
+        y = torch.tensor([[-100] * w.n_context + w.targets[w.n_context:]
+                          + [-100] * (length - len(w.targets)) for w in windows])
         state0 = torch.cat([w.state0 for w in windows], dim=1)
         model = self.model
         model.train()
