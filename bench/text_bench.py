@@ -194,7 +194,10 @@ def bench_classifier(paths: Sequence[Path], role: str, delays: Sequence[int] = (
     out["majority"] = hits / len(pairs)
     labels = tuple(classes)  # the task's classes, known up front (river's binary LR too)
     variants = [(f"{CLF_DEFAULTS}: {CLF_DEFAULTS_NAME}",
-                 ClassifierConfig(labels=labels), delays)]
+                 ClassifierConfig(labels=labels), delays),
+                ("ours: the same without the NB feature weights (nb_weight_lr 0: the defaults "
+                 "before issue 16 v2)", ClassifierConfig(labels=labels, nb_weight_lr=0.0),
+                 delays[:1])]
     if rnn:
         variants += [
             ("ours: word NB + char NB + BiLSTM 1x64 (replay 4), pooled",
