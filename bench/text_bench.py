@@ -341,10 +341,14 @@ def targets(lm: dict[str, Any] | None, clfs: list[tuple[str, dict[str, Any]]]) -
                        f"{'yes' if cps >= LM_TARGET else 'no'} |")
         floor = lm["floor"]
         out += ["", "The limit for the language model, measured in this run: a bare "
-                f"`nn.LSTM` 1x{floor['hidden']} forward over the same lines, one call per line "
-                f"(what scoring a message costs before any learning), runs "
-                f"{floor['chars_per_s']:,.0f} chars/CPU-s; learning adds a forward and a "
-                "backward pass per character. Scoring cannot be batched across messages "
+                f"`nn.LSTM` 1x{floor['hidden']} forward over the same lines, one call per line, "
+                f"runs {floor['chars_per_s']:,.0f} chars/CPU-s (torch's CPU LSTM spends ~65 µs "
+                "a call before its first step, measured by hand: some 15 steps' worth, a third "
+                "of a 28-character line's call). Our scoring does not pay it: it runs compiled, "
+                "token by "
+                "token, on a copy of the weights (streamseq/text/scoring.py); learning adds a "
+                "torch forward and backward pass per character over the batched windows. "
+                "Scoring cannot be batched across messages "
                 "or streams without giving up determinism: a CPU matrix product's rows change "
                 "in their last bits with the number of rows, so a message's score would depend "
                 "on how the polls were cut (the re-chunking tests would fail)."]

@@ -264,7 +264,7 @@ class OnlineLanguageModel:
         nll, marks = self.scorer.score(state, [st.last, *ids[:-1]], ids, known, mark_at)
         for p, mark in zip(mark_at, marks, strict=True):
             st.marks[n0 + p] = mark
-        if not math.isfinite(nll) or not bool(torch.isfinite(state).all()):
+        if not math.isfinite(nll):  # a score or a state not finite
             log.warning("non-finite score on stream %r; its hidden state is reset", key)
             state = self.model.init_state(1)
         st.state = state

@@ -37,8 +37,8 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
                  head_t_off: int, known: int, escape: float, mark_at: np.ndarray,
                  marks: np.ndarray, scratch: np.ndarray, logits: np.ndarray) -> float:
     """Summed log-loss (nats) of ``targets``, reading ``inputs`` from ``state [layers,
-    state_size]`` (advanced in place). ``marks[i]`` receives the state after the first
-    ``mark_at[i]`` inputs.
+    state_size]`` (advanced in place); NaN if the final state is not finite. ``marks[i]``
+    receives the state after the first ``mark_at[i]`` inputs.
 
     The head covers ids ``0 .. known - 1`` and one class for the ids not given out yet
     (row ``known``'s logit plus ``escape``); a target from ``known`` up is scored in that
@@ -78,6 +78,10 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
         while m < mark_at.shape[0] and mark_at[m] == t + 1:
             marks[m] = state
             m += 1
+    for i in range(state.shape[0]):
+        for j in range(state.shape[1]):
+            if not np.isfinite(state[i, j]):
+                return np.nan
     return total
 
 
@@ -134,8 +138,8 @@ class CompiledScorer:
     def score(self, state: torch.Tensor, inputs: list[int], targets: list[int], known: int,
               mark_at: list[int]) -> tuple[float, list[torch.Tensor]]:
         """Score ``targets`` after ``inputs`` from ``state [layers, 1, state_size]``
-        (advanced in place); returns the summed log-loss (nats) and the states after the
-        first ``mark_at[i]`` inputs (ascending)."""
+        (advanced in place); returns the summed log-loss (nats; NaN if the state is not
+        finite) and the states after the first ``mark_at[i]`` inputs (ascending)."""
         lay = self.layout
         st = state.numpy()[:, 0]
         marks = np.zeros((len(mark_at), *st.shape), np.float32)
