@@ -164,9 +164,9 @@ def measure(keys: int, share: float, full_every: int, repeats: int) -> dict[str,
     later = {k: statistics.median(v[1:] or v) for k, v in rows.items()}
     return {"keys": keys, "share": share, "full_every": full_every, **later,
             "first_pause": first["pause"], "first_bytes": first["bytes"],
-            "deltas": int(sum(rows["delta"])), "checkpoints": repeats,
-            "pause_max": max(rows["pause"][1:] or rows["pause"]),
-            "write_max": max(rows["write"]), "restore": restore}
+            "first_write": first["write"], "deltas": int(sum(rows["delta"])),
+            "checkpoints": repeats, "pause_max": max(rows["pause"][1:] or rows["pause"]),
+            "write_max": max(rows["write"][1:] or rows["write"]), "restore": restore}
 
 
 def report(results: list[dict[str, Any]], shared: dict[int, tuple[int, int]], repeats: int,
@@ -213,14 +213,16 @@ def report(results: list[dict[str, Any]], shared: dict[int, tuple[int, int]], re
             f"| {r['write'] * (1 - r['during'] / r['idle']):,.2f} s "
             f"| {r['restore']:,.2f} s |")
     lines += ["", "Medians over the checkpoints after the first (max in brackets). The first "
-              "checkpoint after a restore is complete in both modes:", "",
-              "| keys held | snapshot | first pause |", "|---:|---:|---:|"]
+              "checkpoint after a restore is complete in both modes (the first setting of "
+              "each size):", "",
+              "| keys held | snapshot | first pause | first write |", "|---:|---:|---:|---:|"]
     for keys in sorted({r["keys"] for r in results}):
         r = next(x for x in results if x["keys"] == keys)
         lines.append(f"| {keys:,} | {r['first_bytes'] / 1e6:,.1f} MB "
-                     f"| {r['first_pause'] * 1e3:,.0f} ms |")
+                     f"| {r['first_pause'] * 1e3:,.0f} ms | {r['first_write']:,.2f} s |")
     lines += ["", "The part of a snapshot that is not per key (weights, optimizer state, "
-              "pending TBPTT windows, counters; a delta in which no key changed) against a "
+              "pending TBPTT windows, counters, the key table's free-slot stack; a delta in which "
+              "no key changed) against a "
               "complete snapshot:", "", "| keys held | shared part | complete | per key |",
               "|---:|---:|---:|---:|"]
     for keys, (part, complete) in sorted(shared.items()):
