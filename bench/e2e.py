@@ -67,6 +67,7 @@ from tests.integration.harness import (  # noqa: E402
 )
 
 REPORT = ROOT / "bench" / "results" / "e2e.md"
+NOTES = ROOT / "bench" / "e2e_notes.md"  # measured by hand, dated: appended to the report
 _LC = LearnerConfig()  # the service's learner defaults
 _SC = ServiceConfig()  # the service's defaults (client settings, checkpoints)
 
@@ -831,10 +832,22 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
                       "time)</summary>", "", "```", f"by thread: {threads}", "", hot, "```",
                       "", "</details>"]
     lines += ["", "## Findings", "", *ctx["analysis"], ""]
+    if NOTES.exists():
+        lines += [NOTES.read_text().rstrip(), ""]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+CPU = ("main", "other", "broker")
+
+
+def cpu_per_event(d: Drain) -> dict[str, float]:
+    """µs of CPU per event of a drain, by where it ran (and the garbage collector's, which
+    is inside the others), from its CPU seconds, throughput and wall time."""
+    events = d.rate * d.wall_s
+    return {**{k: 1e6 * d.cpu[k] / events for k in CPU}, "gc": 1e6 * d.gc_s / events}
 
 
 def analysis(ctx: dict[str, Any]) -> list[str]:
@@ -851,6 +864,29 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
             f"measured without Kafka is {ip['no-learn']['step']:.0f} µs and "
             f"{ip['defaults']['step']:.0f} µs: {us['b'] - us['a']:.0f} and "
             f"{us['c'] - us['a']:.0f} µs more than the relay end to end.")
+    cpu = {k: cpu_per_event(t.best) for k, t in tp.items() if t.best and k in "abc"}
+    if "a" in cpu and len(cpu) > 1:
+        cells = "; ".join(
+            f"{tp[k].variant.label}: main thread {c['main']:.1f}, other threads "
+            f"{c['other']:.1f}, broker {c['broker']:.1f}, in the garbage collector "
+            f"{c['gc']:.1f}" for k, c in sorted(cpu.items()))
+        out.append(f"- **CPU per event of the best drains** (CPU seconds / (events/s x wall "
+                   f"seconds), µs): {cells}.")
+        for k in sorted(cpu.keys() - {"a"}):
+            c, r = cpu[k], cpu["a"]
+            total, relay_total = sum(c[x] for x in CPU), sum(r[x] for x in CPU)
+            target = TARGETS.get(k)
+            text = (f"- {tp[k].variant.label} costs {total:.0f} µs of CPU per event against "
+                    f"the relay's {relay_total:.0f} ({relay_total / total:.0%}), of which its "
+                    f"main thread {c['main'] - r['main']:+.1f} µs (the pipeline step in "
+                    f"process: {ctx['in_process']['no-learn' if k == 'b' else 'defaults']['step']:.1f})"
+                    f"; its main thread alone allows {1e6 / c['main']:,.0f} events/s.")
+            if target:
+                text += (f" For {target:.0%} of the relay's throughput it may cost at most "
+                         f"{relay_total / target:.0f} µs per event when throughput follows CPU "
+                         "per event (saturated cores), and its main thread must allow "
+                         f"{target * tp['a'].rate:,.0f} events/s when that thread is the limit.")
+            out.append(text)
     profiles = dict((v.key, p) for v, p in ctx.get("profiles", []))
     relay = profiles.get("a")
     for key, p in sorted(profiles.items()):
