@@ -123,9 +123,10 @@ class KeyTable:
         The table's own per-key arrays: ``count`` (events applied), ``newest_ts`` (newest
         event time applied), ``last_seen`` (stream sequence number of the last one).
     changed
-        ``[capacity]`` bool: the slot's rows may differ from the last snapshot taken (set
-        by :meth:`mark_changed`, :meth:`slots_for`, :meth:`register`, :meth:`reset`,
-        :meth:`evict`; cleared by :meth:`clear_changes`).
+        ``[capacity + 1]`` bool: the slot's rows may differ from the last snapshot taken
+        (set by :meth:`mark_changed`, :meth:`slots_for`, :meth:`register`, :meth:`reset`,
+        :meth:`evict`; cleared by :meth:`clear_changes`). The extra last entry takes the
+        ``-1`` of keys without a slot (one indexing per poll, no masking) and means nothing.
 
     Examples
     --------
@@ -139,7 +140,7 @@ class KeyTable:
     (['b', 'c'], [0, 1, 0])
     >>> t.slots_for(["d"]).tolist()  # slot of the evicted key is reused
     [0]
-    >>> t.clear_changes(); t.mark_changed(np.array([2, -1])); np.flatnonzero(t.changed).tolist()
+    >>> t.clear_changes(); t.mark_changed(np.array([2, -1])); t.changed_slots().tolist()
     [2]
     >>> full = t.state_dict(); t.clear_changes()
     >>> gone = t.evict([t.keys["b"]]); t.hidden[t.slots_for(["c", "e"])] += 1.0
@@ -161,7 +162,7 @@ class KeyTable:
         self.free = np.zeros(0, dtype=np.int64)  # a stack: next free slot at free[n_free - 1]
         self.n_free = 0
         self.hidden = np.zeros((0, layers, state_size), dtype=np.float32)
-        self.changed = np.zeros(0, dtype=np.bool_)
+        self.changed = np.zeros(1, dtype=np.bool_)
         self.core = SlotArrays({"count": ((), np.int64, 0),
                                 "newest_ts": ((), np.int64, _NEVER),
                                 "last_seen": ((), np.int64, 0)})
@@ -194,8 +195,8 @@ class KeyTable:
         hidden = np.zeros((new_cap, self.layers, self.state_size), dtype=np.float32)
         hidden[:old] = self.hidden
         self.hidden = hidden
-        changed = np.zeros(new_cap, dtype=np.bool_)  # fresh slots hold nothing new yet
-        changed[:old] = self.changed
+        changed = np.zeros(new_cap + 1, dtype=np.bool_)  # fresh slots hold nothing new yet
+        changed[:old] = self.changed[:old]
         self.changed = changed
         self.core.grow(new_cap)
         for part in self.parts.values():
@@ -236,8 +237,12 @@ class KeyTable:
         return slots
 
     def mark_changed(self, slots: np.ndarray) -> None:
-        """Note that the rows of ``slots`` were written (entries < 0 are ignored)."""
-        self.changed[slots[slots >= 0]] = True
+        """Note that the rows of ``slots`` were written (``-1`` entries are ignored)."""
+        self.changed[slots] = True
+
+    def changed_slots(self) -> np.ndarray:
+        """The slots changed since :meth:`clear_changes`, in order."""
+        return np.flatnonzero(self.changed[:self.capacity])
 
     def clear_changes(self) -> None:
         """A snapshot was taken: changes from now on are relative to it."""
@@ -246,7 +251,7 @@ class KeyTable:
     def changed_share(self) -> float:
         """Slots changed per live key: the size of a ``changed_only`` snapshot's rows
         against a complete one's."""
-        return int(np.count_nonzero(self.changed)) / max(len(self.keys), 1)
+        return int(np.count_nonzero(self.changed[:self.capacity])) / max(len(self.keys), 1)
 
     def live_slots(self) -> np.ndarray:
         return np.fromiter(self.keys.values(), dtype=np.int64, count=len(self.keys))
@@ -317,7 +322,7 @@ class KeyTable:
         (``changed`` lists those slots, live or freed since; ``rows`` is ``"changed"``):
         :func:`merge_changes` applies it to the complete state it follows."""
         if changed_only:
-            changed = np.flatnonzero(self.changed)
+            changed = self.changed_slots()
             live = changed[[self.slot_keys[s] is not None for s in changed.tolist()]] \
                 if changed.size else changed
         else:
@@ -341,7 +346,7 @@ class KeyTable:
         self.capacity = 0
         self.keys, self.slot_keys = {}, []
         self.hidden = np.zeros((0, self.layers, self.state_size), dtype=np.float32)
-        self.changed = np.zeros(0, dtype=np.bool_)
+        self.changed = np.zeros(1, dtype=np.bool_)
         self.core.capacity = 0
         self.core.arrays = {n: a[:0] for n, a in self.core.arrays.items()}
         for part in self.parts.values():
