@@ -64,6 +64,9 @@ def _bits(rows: Sequence[tuple[float, int]]) -> tuple[float, float]:
 #: The defaults before issue 16 (1x256, one step per window) next to the batched defaults:
 #: the speed/quality trade.
 V1_LM = LMConfig(hidden=256, embed_dim=64, batch_windows=1, lr=2e-3)
+#: The previous defaults (1x128): the current ones (1x112) trade a little quality for speed,
+#: shown in one run.
+PREVIOUS_LM = LMConfig(hidden=128)
 
 
 def _lm_name(c: LMConfig) -> str:
@@ -462,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm = None if args.skip_lm else bench_lm(args.data / "tinyshakespeare" / "input.txt",
                                             args.lm_chars,
                                             [("defaults", LMConfig()),
+                                             ("previous defaults", PREVIOUS_LM),
                                              ("v1 defaults", V1_LM)])
     if lm is not None:
         lm["floor"] = lstm_floor(args.data / "tinyshakespeare" / "input.txt", args.lm_chars,

@@ -85,8 +85,11 @@ class LMConfig(_PlainConfig):
         Lower-case text before tokenizing.
     cell, embed_dim, hidden, layers, dropout
         Architecture. LSTM is the default: on CPU its fused kernel trains ~4x faster than GRU.
-        The defaults (1x128, 4 windows per step, lr 8e-3) trade 0.24 bits/char on tiny
-        Shakespeare for 4x the speed of 1x256 with a step per window (bench/results/text.md).
+        The defaults (1x112, 4 windows per step, lr 8e-3) were chosen on the first 80% of
+        tiny Shakespeare, on a frontier of bits/char against chars/CPU-s: 1x128 does 0.006
+        bits/char better there (0.016 on the last 20%) at 0.86x the speed; 1x96, embed 16,
+        or 6 or 8 windows per step are 1.09-1.46x faster than 1x128 and 0.045-0.092
+        bits/char worse, k1=k2=96 or 128 0.05-0.11 worse (bench/results/text.md).
     k1, k2
         Truncated BPTT: a window falls due every ``k1`` tokens of a stream, backpropagating
         through its last ``k2`` (``k2 >= k1``).
@@ -120,7 +123,7 @@ class LMConfig(_PlainConfig):
     lowercase: bool = False
     cell: str = "lstm"
     embed_dim: int = 32
-    hidden: int = 128
+    hidden: int = 112
     layers: int = 1
     dropout: float = 0.0
     k1: int = 64
