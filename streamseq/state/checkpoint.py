@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,8 +35,8 @@ import torch
 from streamseq.exceptions import CheckpointError
 from streamseq.state.table import merge_changes
 
-__all__ = ["CheckpointStore", "LocalCheckpointStore", "SnapshotRef", "SnapshotsUnreadableError",
-           "apply_deltas", "dumps", "loads"]
+__all__ = ["CheckpointStore", "LocalCheckpointStore", "SnapshotEntry", "SnapshotRef",
+           "SnapshotsUnreadableError", "apply_deltas", "dumps", "loads", "restore_newest"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -147,12 +147,61 @@ class CheckpointStore(Protocol):
 
 
 @dataclass(frozen=True)
-class _File:
-    """One snapshot file: ``{name}.{gen}.ckpt`` (complete) or ``{name}.{gen}.delta.ckpt``."""
+class SnapshotEntry:
+    """One snapshot a store holds: its generation, whether it is a delta, and a label for
+    messages (a file name, a generation)."""
 
     gen: int
     delta: bool
-    path: Path
+    label: str
+
+
+def restore_newest(name: str, entries: Sequence[SnapshotEntry],
+                   read: Callable[[SnapshotEntry], tuple[dict[str, Any], str]]
+                   ) -> dict[str, Any] | None:
+    """The newest readable state among ``entries`` (a store's snapshots of ``name``):
+    the newest complete snapshot ``read`` accepts (``read`` returns the state and its
+    SHA-256, or raises :class:`CheckpointError` / :class:`OSError`), with the deltas after
+    it applied in order as long as each names the state so far as its base (one that is
+    unreadable or names another base is skipped, so a chain ends at its last good link).
+    ``None`` without entries; :class:`SnapshotsUnreadableError` when no complete snapshot
+    can be read."""
+    reasons = []
+    for full in sorted((e for e in entries if not e.delta), key=lambda e: -e.gen):
+        try:
+            state, sha = read(full)
+        except (CheckpointError, OSError) as exc:
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one",
+                        full.label, exc)
+            reasons.append(f"{full.label}: {exc}")
+            continue
+        gen, chain = full.gen, []
+        for e in sorted((e for e in entries if e.delta and e.gen > full.gen),
+                        key=lambda e: e.gen):
+            try:
+                delta, delta_sha = read(e)
+            except (CheckpointError, OSError) as exc:
+                log.warning("checkpoint delta %s is unreadable (%s); restoring the state "
+                            "before it", e.label, exc)
+                continue
+            if delta.pop("base", None) != {"gen": gen, "sha256": sha}:
+                log.warning("checkpoint delta %s does not build on generation %d; skipped",
+                            e.label, gen)
+                continue
+            chain.append(delta)
+            gen, sha = e.gen, delta_sha
+        if not chain:
+            return state
+        try:
+            return apply_deltas(state, chain)
+        except (KeyError, IndexError, RuntimeError, ValueError) as exc:
+            log.error("the deltas on %s do not fit it (%s); restoring it alone", full.label,
+                      exc)
+            return state
+    if reasons or entries:
+        raise SnapshotsUnreadableError(name, reasons or [
+            f"{e.label}: a delta without its complete snapshot" for e in entries])
+    return None
 
 
 class LocalCheckpointStore:
@@ -185,15 +234,15 @@ class LocalCheckpointStore:
                 if stale.stat().st_mtime < cutoff:
                     stale.unlink()
 
-    def _entries(self, name: str) -> list[_File]:
-        """The snapshot files of ``name``, newest first."""
+    def _entries(self, name: str) -> list[SnapshotEntry]:
+        """The snapshot files of ``name`` (labelled by file name), newest first."""
         pattern = re.compile(re.escape(name) + r"\.(\d{20})\.(delta\.)?ckpt$")
-        found = [_File(int(m.group(1)), bool(m.group(2)), p) for p in self.directory.iterdir()
-                 if (m := pattern.match(p.name))]
+        found = [SnapshotEntry(int(m.group(1)), bool(m.group(2)), p.name)
+                 for p in self.directory.iterdir() if (m := pattern.match(p.name))]
         return sorted(found, key=lambda f: f.gen, reverse=True)
 
     def _files(self, name: str) -> list[Path]:
-        return [f.path for f in self._entries(name)]
+        return [self.directory / f.label for f in self._entries(name)]
 
     def save(self, name: str, state: dict[str, Any],
              base: SnapshotRef | None = None) -> SnapshotRef:
@@ -228,10 +277,10 @@ class LocalCheckpointStore:
         if not full:
             return
         for f in full[self.keep:] + [f for f in entries if f.delta and f.gen < full[0].gen]:
-            f.path.unlink(missing_ok=True)
+            (self.directory / f.label).unlink(missing_ok=True)
 
-    def _read(self, f: _File) -> tuple[dict[str, Any], str]:
-        data = f.path.read_bytes()
+    def _read(self, f: SnapshotEntry) -> tuple[dict[str, Any], str]:
+        data = (self.directory / f.label).read_bytes()
         return loads(data), _digest(data)
 
     def load(self, name: str) -> dict[str, Any] | None:
@@ -239,43 +288,7 @@ class LocalCheckpointStore:
         (skipping torn ones) with the deltas that follow it applied, in order, as long as
         each names the state so far as its base; ``None`` when there is no snapshot;
         :class:`SnapshotsUnreadableError` when none of the complete ones can be read."""
-        entries = self._entries(name)
-        reasons = []
-        for full in (f for f in entries if not f.delta):
-            try:
-                state, sha = self._read(full)
-            except (CheckpointError, OSError) as exc:
-                log.warning("checkpoint %s is unreadable (%s); trying the previous one",
-                            full.path.name, exc)
-                reasons.append(f"{full.path.name}: {exc}")
-                continue
-            gen, chain = full.gen, []
-            for f in sorted((f for f in entries if f.delta and f.gen > full.gen),
-                            key=lambda f: f.gen):
-                try:
-                    delta, delta_sha = self._read(f)
-                except (CheckpointError, OSError) as exc:
-                    log.warning("checkpoint delta %s is unreadable (%s); restoring the state "
-                                "before it", f.path.name, exc)
-                    continue
-                if delta.pop("base", None) != {"gen": gen, "sha256": sha}:
-                    log.warning("checkpoint delta %s does not build on generation %d; "
-                                "skipped", f.path.name, gen)
-                    continue
-                chain.append(delta)
-                gen, sha = f.gen, delta_sha
-            if not chain:
-                return state
-            try:
-                return apply_deltas(state, chain)
-            except (KeyError, IndexError, RuntimeError, ValueError) as exc:
-                log.error("the deltas on %s do not fit it (%s); restoring it alone",
-                          full.path.name, exc)
-                return state
-        if reasons or entries:
-            raise SnapshotsUnreadableError(name, reasons or [
-                f"{f.path.name}: a delta without its complete snapshot" for f in entries])
-        return None
+        return restore_newest(name, self._entries(name), self._read)
 
     def set_aside(self, name: str) -> list[str]:
         """Rename the snapshots of ``name`` to ``*.unreadable`` (kept, never rotated out)."""
