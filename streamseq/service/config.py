@@ -161,7 +161,7 @@ class ServiceConfig(ConfigBase):
     checkpoint_every_events: int = field(default=50_000, metadata=flag())
     checkpoint_every_seconds: float = field(default=30.0, metadata=flag())
     checkpoint_full_every: int = field(default=8, metadata=flag(
-        help="with the local store, a complete snapshot after this many deltas (snapshots "
+        help="a complete snapshot after this many deltas (snapshots "
              "of the keys changed since the previous one); 0: every snapshot complete"))
     on_corrupt_state: str = field(default="refuse", metadata=flag(
         help="when every snapshot of a partition is unreadable: refuse (stop, exit code 3; "

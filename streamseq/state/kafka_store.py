@@ -1,16 +1,15 @@
 """A checkpoint store in a Kafka topic, so a replica on another machine can restore a shard.
 
 Each snapshot is split into chunks (``chunk_bytes``, default 512 KiB, under the default
-1 MB message limit); chunk ``i`` of shard ``name`` is keyed ``name#i`` (so log compaction
-keeps the newest generation of every chunk) and carries headers with the generation, the
-chunk count and the SHA-256 of the whole snapshot. Loading reads the topic, assembles the
-newest generation whose chunks are all present and whose digest matches, and ignores torn
-ones. Create the topic with ``cleanup.policy=compact`` in production.
-
-This store takes complete snapshots only (``incremental`` is false): compaction keeps one
-record per chunk key, so a chain of deltas would need keys per link and a retention that
-knows which complete snapshot they build on. The service writes every snapshot complete
-when its store is this one.
+1 MB message limit) with headers holding the generation, the chunk count and the SHA-256
+of the whole snapshot. Chunk ``i`` of a complete snapshot of shard ``name`` is keyed
+``name#i``, chunk ``i`` of the ``k``-th delta after it ``name#dk#i``, so log compaction
+keeps the newest generation of every chunk of the newest complete snapshot and of each
+link of its chain (an older chain's longer links may stay; they name bases that are gone
+and are skipped). Loading reads the topic, takes the generations whose chunks are all
+present, and restores the newest complete one whose digest matches with its chain of
+deltas (:func:`~streamseq.state.checkpoint.restore_newest`). Create the topic with
+``cleanup.policy=compact`` in production.
 """
 
 from __future__ import annotations
@@ -23,7 +22,13 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamseq.exceptions import CheckpointError
-from streamseq.state.checkpoint import SnapshotRef, SnapshotsUnreadableError, dumps, loads
+from streamseq.state.checkpoint import (
+    SnapshotEntry,
+    SnapshotRef,
+    dumps,
+    loads,
+    restore_newest,
+)
 
 __all__ = ["KafkaCheckpointStore"]
 
@@ -54,33 +59,43 @@ class KafkaCheckpointStore:
         self._producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all",
                                        max_request_size=max(2 * chunk_bytes, 1_048_576),
                                        **client_config)
-        # name -> gen -> {"n": int, "sha": str, "chunks": {i: bytes}}
+        # name -> gen -> {"n": int, "sha": str, "delta": bool, "chunks": {i: bytes}}
         self._index: dict[str, dict[int, dict[str, Any]]] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._gen: dict[str, int] = {}
+        self._last: dict[str, tuple[SnapshotRef, int]] = {}  # name -> (ref, link in chain)
 
-    incremental = False
+    incremental = True
 
     def save(self, name: str, state: dict[str, Any],
              base: SnapshotRef | None = None) -> SnapshotRef:
+        link = 0
         if base is not None:
-            raise CheckpointError("the Kafka checkpoint store takes complete snapshots only")
+            last = self._last.get(name)
+            if last is None or last[0] != base:
+                raise CheckpointError(f"{name}: a delta must follow the last snapshot this "
+                                      "store wrote")
+            link = last[1] + 1
+            state = {**state, "base": {"gen": base.gen, "sha256": base.sha256}}
         data = dumps(state)
         sha = hashlib.sha256(data).hexdigest()
         gen = max(self._gen.get(name, 0) + 1, time.time_ns())
         self._gen[name] = gen
+        prefix = f"{name}#d{link}#" if link else f"{name}#"
         chunks = [data[i:i + self.chunk_bytes] for i in range(0, len(data), self.chunk_bytes)]
         futures = []
         for i, chunk in enumerate(chunks or [b""]):
             headers = [("gen", str(gen).encode()), ("n", str(len(chunks)).encode()),
                        ("i", str(i).encode()), ("sha256", sha.encode()),
-                       ("name", name.encode())]
-            futures.append(self._producer.send(self.topic, key=f"{name}#{i}".encode(),
+                       ("name", name.encode()), ("delta", b"1" if link else b"0")]
+            futures.append(self._producer.send(self.topic, key=f"{prefix}{i}".encode(),
                                                value=chunk, headers=headers))
         self._producer.flush(timeout=60)
         for f in futures:
             f.get(timeout=60)  # raises if a chunk was not delivered: the snapshot is not durable
-        return SnapshotRef(gen, sha)
+        ref = SnapshotRef(gen, sha)
+        self._last[name] = (ref, link)
+        return ref
 
     def _refresh(self, timeout: float = 10.0) -> None:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","),
@@ -118,34 +133,34 @@ class KafkaCheckpointStore:
         except (KeyError, ValueError):
             return
         gens = self._index.setdefault(name, {})
-        entry = gens.setdefault(gen, {"n": n, "sha": h.get("sha256", ""), "chunks": {}})
+        entry = gens.setdefault(gen, {"n": n, "sha": h.get("sha256", ""),
+                                      "delta": h.get("delta") == "1", "chunks": {}})
         entry["chunks"][i] = record.value or b""
-        for old in sorted(gens)[:-3]:  # keep a few generations in memory
-            del gens[old]
+        # keep a few complete generations in memory, and every delta after the oldest kept
+        complete = sorted((g for g, e in gens.items() if not e["delta"]), reverse=True)
+        if len(complete) > 3:
+            for old in [g for g in gens if g < complete[2]]:
+                del gens[old]
 
     def load(self, name: str) -> dict[str, Any] | None:
-        """The newest complete, digest-valid snapshot of ``name``, or ``None`` when there is
-        none; :class:`SnapshotsUnreadableError` when every generation found is torn or bad."""
+        """The newest complete, digest-valid snapshot of ``name`` with its chain of deltas,
+        or ``None`` when there is none; :class:`SnapshotsUnreadableError` when every
+        complete generation found is bad. A generation whose chunks are not all there is a
+        write that never completed (not durable, so nothing was committed after it): left
+        out."""
         self._refresh()
-        reasons = []
-        for gen in sorted(self._index.get(name, {}), reverse=True):
-            entry = self._index[name][gen]
-            if len(entry["chunks"]) != entry["n"]:  # a write that never completed (not durable,
-                continue                             # so nothing was committed after it)
+        gens = self._index.get(name, {})
+
+        def read(e: SnapshotEntry) -> tuple[dict[str, Any], str]:
+            entry = gens[e.gen]
             data = b"".join(entry["chunks"][i] for i in range(entry["n"]))
             if hashlib.sha256(data).hexdigest() != entry["sha"]:
-                log.warning("checkpoint %s gen %d fails its digest; trying an older one",
-                            name, gen)
-                reasons.append(f"gen {gen}: digest mismatch")
-                continue
-            try:
-                return loads(data)
-            except CheckpointError as exc:
-                log.warning("checkpoint %s gen %d unreadable: %s", name, gen, exc)
-                reasons.append(f"gen {gen}: {exc}")
-        if reasons:
-            raise SnapshotsUnreadableError(name, reasons)
-        return None
+                raise CheckpointError("digest mismatch")
+            return loads(data), entry["sha"]
+
+        return restore_newest(name, [SnapshotEntry(g, e["delta"], f"gen {g}")
+                                     for g, e in gens.items() if len(e["chunks"]) == e["n"]],
+                              read)
 
     def set_aside(self, name: str) -> list[str]:
         """Nothing to move in a topic: the records stay until compaction replaces them with

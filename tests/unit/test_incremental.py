@@ -25,6 +25,7 @@ from streamseq.service.clients import Sender
 from streamseq.service.shards import Shard
 from streamseq.shards import NumericShard
 from streamseq.state.checkpoint import (
+    CheckpointStore,
     LocalCheckpointStore,
     SnapshotRef,
     SnapshotsUnreadableError,
@@ -56,12 +57,13 @@ class _Producer:
         return None
 
 
-class _Service:
+class CheckpointedShard:
     """A shard, its store and the service's checkpointer, fed by a seeded stream in which
     each interval touches a share of the keys (new keys too, so the key cap evicts)."""
 
-    def __init__(self, tmp: Path, keep: int = 1, full_every: int = 3) -> None:
-        self.store = LocalCheckpointStore(tmp, keep=keep)
+    def __init__(self, tmp: Path, keep: int = 1, full_every: int = 3,
+                 store: CheckpointStore | None = None) -> None:
+        self.store = store if store is not None else LocalCheckpointStore(tmp, keep=keep)
         self.producer = _Producer()
         self.checkpointer = Checkpointer(
             self.store, Sender(self.producer, "p", "d", 1000),
@@ -105,6 +107,8 @@ class _Service:
         return self.shard.engine.state_dict()
 
     def kinds(self) -> list[str]:
+        """Complete or delta, of each snapshot file of the local store, oldest first."""
+        assert isinstance(self.store, LocalCheckpointStore)
         return ["delta" if p.name.endswith(".delta.ckpt") else "full"
                 for p in reversed(self.store._files(NAME))]
 
@@ -132,7 +136,7 @@ def test_complete_plus_deltas_equals_the_live_state_bit_for_bit(tmp_path: Path) 
     10% of the keys touched between most of them, new keys evicting old ones under the
     key cap and taking their slots. After each, the store's restore equals the live state
     bit for bit, and a new engine restored from it forecasts what the live one does."""
-    svc = _Service(tmp_path)
+    svc = CheckpointedShard(tmp_path)
     svc.run(0, new=24)
     evicted_in_delta = 0
     for i in range(12):
@@ -161,7 +165,7 @@ def test_complete_plus_deltas_equals_the_live_state_bit_for_bit(tmp_path: Path) 
 
 def test_chain_policy_complete_after_full_every_and_when_most_keys_changed(
         tmp_path: Path) -> None:
-    svc = _Service(tmp_path, keep=5, full_every=2)
+    svc = CheckpointedShard(tmp_path, keep=5, full_every=2)
     svc.run(0, new=20)
     written = []
     for touched in (2, 2, 2, 2, 25, 2):
@@ -179,7 +183,7 @@ def test_chain_policy_complete_after_full_every_and_when_most_keys_changed(
 def test_deltas_since_a_complete_snapshot_hold_fewer_keys_than_it(tmp_path: Path) -> None:
     """40% of the keys changed each time: two deltas (80%), then a complete snapshot,
     since a third delta would bring the chain to 120% of the complete one's keys."""
-    svc = _Service(tmp_path, keep=5, full_every=8)
+    svc = CheckpointedShard(tmp_path, keep=5, full_every=8)
     svc.run(0, new=20)
     written = []
     for _ in range(5):
@@ -192,7 +196,7 @@ def test_deltas_since_a_complete_snapshot_hold_fewer_keys_than_it(tmp_path: Path
 def test_a_failed_checkpoint_makes_the_next_snapshot_complete(tmp_path: Path) -> None:
     """The copy of a failed checkpoint cleared the change marks: the rows it covered are in
     no delta, so the next snapshot must be complete (and equal the live state)."""
-    svc = _Service(tmp_path, keep=3)
+    svc = CheckpointedShard(tmp_path, keep=3)
     svc.run(0, new=20)
     assert svc.checkpoint() == Outcome.OK
     svc.run(2)
@@ -206,9 +210,9 @@ def test_a_failed_checkpoint_makes_the_next_snapshot_complete(tmp_path: Path) ->
     assert restored is not None and not differences(restored["engine"], svc.live())
 
 
-def _chain(tmp_path: Path) -> tuple[_Service, list[dict[str, Any]]]:
+def _chain(tmp_path: Path) -> tuple[CheckpointedShard, list[dict[str, Any]]]:
     """full, delta, delta, delta: the live state at each."""
-    svc = _Service(tmp_path, keep=3, full_every=5)
+    svc = CheckpointedShard(tmp_path, keep=3, full_every=5)
     svc.run(0, new=20)
     states = []
     for _ in range(4):
@@ -249,7 +253,7 @@ def test_a_torn_newest_delta_falls_back_to_the_one_before(tmp_path: Path) -> Non
 def test_a_torn_complete_snapshot_falls_back_to_the_previous_complete_one(
         tmp_path: Path) -> None:
     """Its deltas are useless without it; the previous complete snapshot is kept (keep=3)."""
-    svc = _Service(tmp_path, keep=3, full_every=1)
+    svc = CheckpointedShard(tmp_path, keep=3, full_every=1)
     svc.run(0, new=20)
     svc.run(2)
     assert svc.checkpoint() == Outcome.OK
@@ -274,14 +278,14 @@ def test_deltas_without_their_complete_snapshot_are_unreadable(tmp_path: Path) -
 
 
 class _CompleteOnly(LocalCheckpointStore):
-    """A store that takes no deltas, as the Kafka store."""
+    """A store that takes no deltas."""
 
     incremental = False
 
 
 @pytest.mark.parametrize("store", ["full_every=0", "a store without deltas"])
 def test_complete_snapshots_only(tmp_path: Path, store: str) -> None:
-    svc = _Service(tmp_path, keep=5, full_every=0 if store == "full_every=0" else 8)
+    svc = CheckpointedShard(tmp_path, keep=5, full_every=0 if store == "full_every=0" else 8)
     if store != "full_every=0":
         svc.store = _CompleteOnly(tmp_path, keep=5)
         svc.checkpointer = Checkpointer(svc.store, svc.checkpointer.sender,
