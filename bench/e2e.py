@@ -881,6 +881,13 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
                     f"main thread {c['main'] - r['main']:+.1f} µs (the pipeline step in "
                     f"process: {ctx['in_process']['no-learn' if k == 'b' else 'defaults']['step']:.1f})"
                     f"; its main thread alone allows {1e6 / c['main']:,.0f} events/s.")
+            best, relay_best = tp[k].best, tp["a"].best
+            assert best is not None and relay_best is not None
+            busy, relay_busy = (d.cpu["main"] / d.wall_s for d in (best, relay_best))
+            text += (f" Its throughput is {tp[k].rate / tp['a'].rate:.0%} of the relay's while "
+                     f"the relay's CPU per event is {relay_total / total:.0%} of its own: its main "
+                     f"thread worked {busy:.0%} of the drain (the relay's {relay_busy:.0%}) and "
+                     "waited the rest (for a core, the GIL or a fetch: not told apart here).")
             if target:
                 text += (f" For {target:.0%} of the relay's throughput it may cost at most "
                          f"{relay_total / target:.0f} µs per event when throughput follows CPU "
