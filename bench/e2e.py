@@ -29,7 +29,9 @@ What it measures, on the local embedded broker (Tansu) and this machine, all in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -476,6 +478,23 @@ def histogram_quantile(q: float, before: dict[float, float], after: dict[float, 
     return les[-2]
 
 
+@contextlib.contextmanager
+def collector_paused() -> Any:
+    """No cyclic garbage collection in this process meanwhile (collected once before).
+
+    The bench imports torch (through the test harness), so a full collection here walks
+    ~200,000 objects: measured 0.17-0.26 s, twice per 15 s phase. Its producer thread
+    stamps a record when it is handed over and then stood still with it, which added
+    those pauses to the latency of every runner (2026-12-02, bench/e2e_notes.md).
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def latency_phase(runner: Runner, bootstrap: str, topic: str, messages: Sequence[Message],
                   rate: float) -> dict[str, Any]:
     """Offer ``messages`` at ``rate`` to a caught-up runner; match each output to its
@@ -486,21 +505,22 @@ def latency_phase(runner: Runner, bootstrap: str, topic: str, messages: Sequence
     hist0 = histogram(svc, "streamseq_event_to_prediction_seconds")
     cpu0 = cpu_tree(runner.pid)
     arrivals = ArrivalReader(bootstrap, runner.output)
-    arrivals.start()
     feeder = PacedProducer(bootstrap, topic, messages, rate)
-    t0 = time.monotonic()
-    start_ms = int(time.time() * 1000) - 1  # record timestamps are whole ms
-    feeder.start()
-    feeder.join()
 
     def arrived() -> bool:  # the reader may start a batch early (Tansu's end offsets lag)
         return sum(stamp >= start_ms for _, stamp, _ in arrivals.records) >= len(messages)
 
-    try:
-        wait_until(arrived, 300, f"{len(messages)} outputs at {rate:.0f}/s")
-    finally:
-        arrivals.stop.set()
-        arrivals.join(10)
+    with collector_paused():
+        arrivals.start()
+        t0 = time.monotonic()
+        start_ms = int(time.time() * 1000) - 1  # record timestamps are whole ms
+        feeder.start()
+        feeder.join()
+        try:
+            wait_until(arrived, 300, f"{len(messages)} outputs at {rate:.0f}/s")
+        finally:
+            arrivals.stop.set()
+            arrivals.join(10)
     elapsed = time.monotonic() - t0
     cpu1 = cpu_tree(runner.pid)
     batch1 = histogram(svc, "streamseq_batch_processing_seconds")
@@ -548,17 +568,18 @@ def transport_latency(broker: Any, messages: Sequence[Message], rate: float,
     consumer.seek_to_beginning(*tps)
     consumer.poll(timeout_ms=200)
     feeder = PacedProducer(broker.bootstrap, topic, messages, rate)
-    feeder.start()
     lat: list[float] = []
     deadline = time.monotonic() + len(messages) / rate + 30
-    try:
-        while len(lat) < len(messages) and time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=200).values():
-                now = time.time() * 1000
-                lat.extend(now - r.timestamp for r in recs)
-    finally:
-        feeder.join(60)
-        consumer.close()
+    with collector_paused():
+        feeder.start()
+        try:
+            while len(lat) < len(messages) and time.monotonic() < deadline:
+                for recs in consumer.poll(timeout_ms=200).values():
+                    now = time.time() * 1000
+                    lat.extend(now - r.timestamp for r in recs)
+        finally:
+            feeder.join(60)
+            consumer.close()
     lat.sort()
     return {"fetch_max_wait_ms": fetch_max_wait_ms, "n": len(lat), "p50_ms": pct(lat, 0.5),
             "p99_ms": pct(lat, 0.99)}
