@@ -87,9 +87,9 @@ class LMConfig(_PlainConfig):
         Architecture. LSTM is the default: on CPU its fused kernel trains ~4x faster than GRU.
         The defaults (1x112, 4 windows per step, lr 8e-3) were chosen on the first 80% of
         tiny Shakespeare, on a frontier of bits/char against chars/CPU-s: 1x128 does 0.006
-        bits/char better there (0.016 on the last 20%) at 0.86x the speed; 1x96, embed 16,
-        or 6 or 8 windows per step are 1.09-1.46x faster than 1x128 and 0.045-0.092
-        bits/char worse, k1=k2=96 or 128 0.05-0.11 worse (bench/results/text.md).
+        bits/char better there (0.016 on the last 20%) at 0.88x the speed
+        (bench/results/text.md); 1x96, embed 16 or 24, or 5, 6 or 8 windows per step are
+        faster and 0.03-0.11 bits/char worse there, k1=k2=96 or 128 0.05-0.11 worse.
     k1, k2
         Truncated BPTT: a window falls due every ``k1`` tokens of a stream, backpropagating
         through its last ``k2`` (``k2 >= k1``).
