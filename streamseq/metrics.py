@@ -252,6 +252,12 @@ class ServiceMetrics:
             "streamseq_checkpoint_pause_seconds", "Time the stream stood still for one "
             "checkpoint: copying the shards' state (the write and the commit run in the "
             "background).", buckets=PAUSE_BUCKETS, registry=r)
+        self.snapshots = Counter(
+            "streamseq_snapshots", "Shard snapshots made durable, by kind: complete, or delta "
+            "(only the keys changed since the snapshot it builds on).", ["kind"], registry=r)
+        self.snapshot_bytes = Counter(
+            "streamseq_snapshot_bytes", "Bytes of the shard snapshots made durable, by kind "
+            "(complete, delta).", ["kind"], registry=r)
         self.checkpoints = Counter(
             "streamseq_checkpoints", "Checkpoints by outcome (ok, failed).", ["outcome"],
             registry=r)
@@ -303,6 +309,9 @@ class ServiceMetrics:
             for forecaster in FORECASTERS:
                 self.abs_error.labels(kind=kind, forecaster=forecaster)
             self.anomalies.labels(kind=kind)
+        for snapshot in ("complete", "delta"):
+            self.snapshots.labels(kind=snapshot)
+            self.snapshot_bytes.labels(kind=snapshot)
         for outcome in ("ok", "failed"):
             self.checkpoints.labels(outcome=outcome)
             self.offset_commits.labels(outcome=outcome)

@@ -224,6 +224,9 @@ class Checkpointer:
             self.metrics.checkpoints.labels(outcome="failed").inc()
             return outcome
         for c, ref in zip(copies, refs, strict=True):
+            kind = "complete" if c.base is None else "delta"
+            self.metrics.snapshots.labels(kind=kind).inc()
+            self.metrics.snapshot_bytes.labels(kind=kind).inc(ref.size)
             c.shard.base = ref
             c.shard.deltas = c.shard.deltas + 1 if c.base is not None else 0
             c.shard.chain_share = c.shard.chain_share + c.share if c.base is not None else 0.0

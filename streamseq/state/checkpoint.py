@@ -26,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +51,7 @@ class SnapshotRef:
 
     gen: int
     sha256: str
+    size: int = field(default=0, compare=False)  # bytes written
 
 
 def dumps(state: dict[str, Any]) -> bytes:
@@ -267,7 +268,7 @@ class LocalCheckpointStore:
         finally:
             os.close(dir_fd)
         self._retire(name)
-        return SnapshotRef(gen, _digest(header))
+        return SnapshotRef(gen, _digest(header), len(header) + len(payload))
 
     def _retire(self, name: str) -> None:
         """Remove complete snapshots beyond the newest ``keep``, and deltas older than the

@@ -93,7 +93,7 @@ class KafkaCheckpointStore:
         self._producer.flush(timeout=60)
         for f in futures:
             f.get(timeout=60)  # raises if a chunk was not delivered: the snapshot is not durable
-        ref = SnapshotRef(gen, sha)
+        ref = SnapshotRef(gen, sha, len(data))
         self._last[name] = (ref, link)
         return ref
 

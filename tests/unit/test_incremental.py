@@ -191,6 +191,20 @@ def test_deltas_since_a_complete_snapshot_hold_fewer_keys_than_it(tmp_path: Path
         assert svc.checkpoint() == Outcome.OK
         written.append(svc.kinds()[-1])
     assert written == ["full", "delta", "delta", "full", "delta"]
+    # the metrics count every snapshot made durable, by kind, with the bytes written
+    metrics = svc.checkpointer.metrics
+    files = [p for p in svc.store.directory.iterdir() if p.name.startswith(NAME)]
+    delta_bytes = sum(p.stat().st_size for p in files if p.name.endswith(".delta.ckpt"))
+    assert _sample(metrics, "streamseq_snapshots_total", "complete") == 2
+    assert _sample(metrics, "streamseq_snapshots_total", "delta") == 3
+    assert _sample(metrics, "streamseq_snapshot_bytes_total", "delta") >= delta_bytes > 0
+    assert _sample(metrics, "streamseq_snapshot_bytes_total", "complete") > delta_bytes
+
+
+def _sample(metrics: ServiceMetrics, name: str, kind: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"kind": kind})
+    assert value is not None, name
+    return value
 
 
 def test_a_failed_checkpoint_makes_the_next_snapshot_complete(tmp_path: Path) -> None:
