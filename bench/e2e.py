@@ -344,6 +344,7 @@ class Drain:
     wall_s: float
     cpu: dict[str, float]
     gc_s: float = 0.0  # seconds in the garbage collector, first to last output
+    events: int = 1  # records written while the CPU was measured
 
 
 @dataclass
@@ -368,6 +369,7 @@ def drain(runner: Runner, n: int, bootstrap: str, timeout: float = 1800) -> Drai
                f"first output of {runner.variant.name}", interval=0.1)
     t0 = time.monotonic()
     cpu0, b0, gc0 = cpu_tree(runner.pid), cpu_tree(broker_pid()), runner.gc_seconds()
+    done0 = runner.count()
     wait_until(lambda: runner.alive() and runner.count() >= n, timeout,
                f"{n} outputs of {runner.variant.name}", interval=runner.poll_interval)
     cpu1, b1, gc1 = cpu_tree(runner.pid), cpu_tree(broker_pid()), runner.gc_seconds()
@@ -378,7 +380,8 @@ def drain(runner: Runner, n: int, bootstrap: str, timeout: float = 1800) -> Drai
     span = (max(stamps) - min(stamps)) / 1000.0
     cpu = {"main": cpu1["main"] - cpu0["main"], "other": cpu1["other"] - cpu0["other"],
            "broker": sum(b1.values()) - sum(b0.values())}
-    return Drain(len(stamps) / span if span else 0.0, wall, cpu, gc1 - gc0)
+    return Drain(len(stamps) / span if span else 0.0, wall, cpu, gc1 - gc0,
+                 max(1, n - done0))
 
 
 # ---------------------------------------------------------------------------- latency
@@ -866,9 +869,9 @@ CPU = ("main", "other", "broker")
 
 def cpu_per_event(d: Drain) -> dict[str, float]:
     """µs of CPU per event of a drain, by where it ran (and the garbage collector's, which
-    is inside the others), from its CPU seconds, throughput and wall time."""
-    events = d.rate * d.wall_s
-    return {**{k: 1e6 * d.cpu[k] / events for k in CPU}, "gc": 1e6 * d.gc_s / events}
+    is inside the others): CPU seconds over the records written while they were measured
+    (from the first progress seen to the last)."""
+    return {**{k: 1e6 * d.cpu[k] / d.events for k in CPU}, "gc": 1e6 * d.gc_s / d.events}
 
 
 def analysis(ctx: dict[str, Any]) -> list[str]:
@@ -891,8 +894,8 @@ def analysis(ctx: dict[str, Any]) -> list[str]:
             f"{tp[k].variant.label}: main thread {c['main']:.1f}, other threads "
             f"{c['other']:.1f}, broker {c['broker']:.1f}, in the garbage collector "
             f"{c['gc']:.1f}" for k, c in sorted(cpu.items()))
-        out.append(f"- **CPU per event of the best drains** (CPU seconds / (events/s x wall "
-                   f"seconds), µs): {cells}.")
+        out.append(f"- **CPU per event of the best drains** (CPU seconds / records written "
+                   f"meanwhile, µs): {cells}.")
         for k in sorted(cpu.keys() - {"a"}):
             c, r = cpu[k], cpu["a"]
             total, relay_total = sum(c[x] for x in CPU), sum(r[x] for x in CPU)
