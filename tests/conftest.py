@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,17 @@ def broker() -> Iterator[object]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_found() -> Iterator[None]:
+    """A service run in this process freezes the heap and raises the collector's young
+    threshold (``service.memory.freeze_heap``): undo it, so no later test inherits it."""
+    threshold = gc.get_threshold()
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 @pytest.fixture()
