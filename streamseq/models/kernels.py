@@ -153,8 +153,19 @@ def _axpy(y: np.ndarray, a: float, x: np.ndarray) -> None:
 
 @nb.njit(inline="always", **_JIT)
 def _accumulate(acc: np.ndarray, w_t: np.ndarray, x: np.ndarray) -> None:
-    """``acc += W x`` with ``w_t = W^T``, one column at a time (fixed order over k)."""
-    for k in range(x.shape[0]):
+    """``acc += W x`` with ``w_t = W^T``: output ``j`` adds its terms one at a time in the
+    order of ``k``, ``((acc[j] + w[j, 0] x[0]) + w[j, 1] x[1]) + ...``, the plain
+    column-by-column loop's result bit for bit (tests/unit/test_kernels.py). The loop over
+    ``k`` is unrolled by four: each pass over the outputs adds four columns, so ``acc`` is
+    loaded and stored once per four terms; no sum is split into partial sums."""
+    n_in = x.shape[0]
+    n_four = n_in - n_in % 4
+    for k in range(0, n_four, 4):
+        x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+        r0, r1, r2, r3 = w_t[k], w_t[k + 1], w_t[k + 2], w_t[k + 3]
+        for j in range(acc.shape[0]):
+            acc[j] = acc[j] + r0[j] * x0 + r1[j] * x1 + r2[j] * x2 + r3[j] * x3
+    for k in range(n_four, n_in):
         xk = x[k]
         row = w_t[k]
         for j in range(acc.shape[0]):
