@@ -29,7 +29,7 @@ import numba as nb
 import numpy as np
 
 __all__ = ["GRU", "LSTM", "ParamLayout", "cell_step", "window_gradients", "adam_step",
-           "sgd_step", "transpose_into", "clip_gradients", "forecast_head"]
+           "sgd_step", "transpose_into", "clip_gradients", "forecast_head", "matvec_add"]
 
 GRU, LSTM = 0, 1
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
@@ -152,12 +152,14 @@ def _axpy(y: np.ndarray, a: float, x: np.ndarray) -> None:
 
 
 @nb.njit(inline="always", **_JIT)
-def _accumulate(acc: np.ndarray, w_t: np.ndarray, x: np.ndarray) -> None:
-    """``acc += W x`` with ``w_t = W^T``: output ``j`` adds its terms one at a time in the
-    order of ``k``, ``((acc[j] + w[j, 0] x[0]) + w[j, 1] x[1]) + ...``, the plain
-    column-by-column loop's result bit for bit (tests/unit/test_kernels.py). The loop over
-    ``k`` is unrolled by four: each pass over the outputs adds four columns, so ``acc`` is
-    loaded and stored once per four terms; no sum is split into partial sums."""
+def matvec_add(acc: np.ndarray, w_t: np.ndarray, x: np.ndarray) -> None:
+    """``acc += W x`` with ``w_t = W^T`` (for the first ``len(acc)`` outputs of ``W``).
+
+    Output ``j`` adds its terms one at a time in the order of ``k``, ``((acc[j] + w[j, 0]
+    x[0]) + w[j, 1] x[1]) + ...``: the plain column-by-column loop's result bit for bit
+    (tests/unit/test_kernels.py). The loop over ``k`` is unrolled by four: each pass over
+    the outputs adds four columns, so ``acc`` is loaded and stored once per four terms; no
+    sum is split into partial sums."""
     n_in = x.shape[0]
     n_four = n_in - n_in % 4
     for k in range(0, n_four, 4):
@@ -181,8 +183,8 @@ def _layer_forward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
     GRU ``[r, z, n, W_hn h + b_hn]``, LSTM ``[i, f, g, o]`` (each ``hidden`` long)."""
     gi[:] = b_ih
     gh[:] = b_hh
-    _accumulate(gi, w_ih_t, inp)
-    _accumulate(gh, w_hh_t, h_prev)
+    matvec_add(gi, w_ih_t, inp)
+    matvec_add(gh, w_hh_t, h_prev)
     hd = hidden
     if cell == GRU:
         for j in range(hd):
@@ -250,7 +252,7 @@ def forecast_head(top: np.ndarray, theta: np.ndarray, theta_t: np.ndarray, head_
     hidden = top.shape[0]
     out[:] = theta[head_off + n_out * hidden:head_off + n_out * hidden + n_out]
     w_t = theta_t[head_t_off:head_t_off + hidden * n_out].reshape(hidden, n_out)
-    _accumulate(out, w_t, top)
+    matvec_add(out, w_t, top)
 
 
 # ---------------------------------------------------------------------------- training
@@ -434,7 +436,7 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                 v = h_cur[layers - 1, k]
                 top_st[t, k] = v * drop_head[i, t, k] if dropout else v
             pred[:] = head_b
-            _accumulate(pred, head_w_t, top_st[t])
+            matvec_add(pred, head_w_t, top_st[t])
             for o in range(n_out):
                 p = pred[o] + base[i, t, o % n_targets] * residual[o % n_targets]
                 wt = w[i, t, o]

@@ -22,7 +22,7 @@ import numba as nb
 import numpy as np
 import torch
 
-from streamseq.models.kernels import ParamLayout, cell_step
+from streamseq.models.kernels import ParamLayout, cell_step, matvec_add
 
 if TYPE_CHECKING:
     from streamseq.text.lm import TokenLanguageModel
@@ -56,11 +56,7 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
         cell_step(cell, hidden, emb[inputs[t]], state, theta, theta_t, offs, toffs, scratch)
         z = logits[:classes]
         z[:] = bias[:classes]
-        for k in range(hidden):
-            hk = top[k]
-            row = w_t[k]
-            for j in range(classes):
-                z[j] += row[j] * hk
+        matvec_add(z, w_t, top)
         if classes <= known:  # every id given out: no shared class
             y = targets[t]
             extra = 0.0

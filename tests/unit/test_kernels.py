@@ -26,6 +26,7 @@ from streamseq.models.kernels import (
     cell_step,
     clip_gradients,
     forecast_head,
+    matvec_add,
     sgd_step,
     window_gradients,
 )
@@ -121,10 +122,15 @@ def test_matvec_is_the_plain_loop_bit_for_bit(n_out: int, n_in: int) -> None:
              ).astype(np.float32)
         x = (rng.normal(size=n_in) * 10.0 ** rng.integers(-3, 3, size=n_in)).astype(np.float32)
         b = rng.normal(size=n_out).astype(np.float32)
-        theta = np.concatenate([w.ravel(), b])
-        theta_t = np.ascontiguousarray(w.T).ravel()
-        out = np.zeros(n_out, np.float32)
-        forecast_head(x, theta, theta_t, 0, 0, out)
+        w_t = np.ascontiguousarray(w.T)
+        out = b.copy()
+        matvec_add(out, w_t, x)
+        assert np.array_equal(out.view(np.uint32), _matvec_reference(b, w, x).view(np.uint32))
+        first = b[:(n_out + 1) // 2].copy()  # the first outputs only (the LM's known ids)
+        matvec_add(first, w_t, x)
+        assert np.array_equal(first, out[:first.shape[0]])
+        theta = np.concatenate([w.ravel(), b])  # the forecast head is the same product
+        forecast_head(x, theta, w_t.ravel(), 0, 0, out)
         assert np.array_equal(out.view(np.uint32), _matvec_reference(b, w, x).view(np.uint32))
 
 
