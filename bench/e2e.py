@@ -975,6 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=REPORT)
     p.add_argument("--workdir", type=Path, help="keep logs, checkpoints and profiles here")
     a = p.parse_args(argv)
+    if a.profile and pyspy_binary() is None:
+        p.error("--profile needs py-spy on PATH or beside this Python (pip install py-spy)")
     sys.setswitchinterval(0.0005)  # this process's threads time events: hand off often
 
     from streamseq.broker import EmbeddedBroker
