@@ -17,8 +17,9 @@ of the published forecast at each step. Values flagged as anomalies get their ow
 
 A batch is serialised in one pass (:class:`PredictionEncoder`): each numeric field is
 formatted for the whole batch at once (numpy arrays to Python floats to text in a few
-passes), and each record is one string format of pre-escaped parts, byte for byte what
-``json.dumps(record, separators=(",", ":"))`` gives (measured in bench/results/e2e.md,
+passes), and the records' pre-escaped parts are interleaved column by column into one list,
+joined into one string and split into records at the newlines (no per-record Python code),
+byte for byte what ``json.dumps(record, separators=(",", ":"))`` gives (measured in bench/results/e2e.md,
 "prediction records"; a dict per record encoded by orjson would cost more than this
 format, so the service needs no JSON library beyond the standard one).
 """
@@ -28,6 +29,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,12 @@ from streamseq.pipeline import Prediction, Record
 __all__ = ["PredictionEncoder", "prediction_id", "encode_json", "anomaly_records"]
 
 _INF = math.inf
+_KEY = attrgetter("key")
+_TS = attrgetter("ts_ms")
+_OFFSET = attrgetter("offset")
+_PLACE = attrgetter("topic", "partition")
+_TIMESTAMP = attrgetter("timestamp")
+_PREDICTION = tuple.__new__  # Prediction's own constructor without its Python frame
 
 
 def prediction_id(topic: str, partition: int, offset: int) -> str:
@@ -114,16 +123,23 @@ class PredictionEncoder:
     def __init__(self, kind: str, max_cached_keys: int = 200_000) -> None:
         self.kind = kind
         self.max_cached_keys = max_cached_keys
-        self._keys: dict[str, tuple[bytes, str]] = {}
+        self._key_bytes: dict[str, bytes] = {}
+        self._key_json: dict[str, str] = {}
         self._sources: dict[tuple[str, int], tuple[str, str]] = {}
 
-    def _key(self, key: str) -> tuple[bytes, str]:
-        found = self._keys.get(key)
-        if found is None:
-            if len(self._keys) >= self.max_cached_keys:
-                self._keys.clear()
-            found = self._keys[key] = (key.encode(), json.dumps(key))
-        return found
+    def _keys_of(self, keys: list[str]) -> tuple[list[bytes], list[str]]:
+        """Each key's UTF-8 bytes and JSON text (cached: keys repeat)."""
+        raw, text = self._key_bytes, self._key_json
+        missing = set(keys).difference(raw)
+        if missing:
+            if len(raw) + len(missing) > self.max_cached_keys:
+                raw.clear()
+                text.clear()
+                missing = set(keys)
+            for key in missing:
+                raw[key] = key.encode()
+                text[key] = json.dumps(key)
+        return list(map(raw.__getitem__, keys)), list(map(text.__getitem__, keys))
 
     def _source(self, topic: str, partition: int) -> tuple[str, str]:
         found = self._sources.get((topic, partition))
@@ -142,38 +158,51 @@ class PredictionEncoder:
         index = out.index.tolist()
         if not index:
             return []
+        n = len(index)
         horizon = int(out.yhat.shape[1])
         names = [json.dumps(t) + ":[" for t in targets]
         # one conversion per batch: each field's text for every row
         yhat, lo, hi = (_fields(a, names) for a in (out.yhat, out.lo, out.hi))
-        weights = (None if out.weights is None
-                   else np.round(out.weights, 6).transpose(0, 2, 3, 1).tolist())
-        experts = [json.dumps(e) + ":[" for e in EXPERTS]
         target_ts = (list(map(str, out.target_ts[:, 0].tolist())) if horizon == 1
                      else [",".join(map(str, ts)) for ts in out.target_ts.tolist()])
-        versions = out.version.tolist()
-        kind = f'"kind":{json.dumps(self.kind)},"event_ts":'
-        mid = f'],"horizon":{horizon},"yhat":{{'
-        recs: list[Prediction] = []
-        append = recs.append
-        key_of = self._key
-        src_of = self._source
-        for row, i in enumerate(index):
-            ev = events[i]
-            src = sources[i]
-            head, tail = src_of(src.topic, src.partition)
-            kb, kj = key_of(ev.key)
-            w = ""
-            if weights is not None:
-                w = ',"weights":{' + ",".join(
-                    name[:-1] + "{" + ",".join(e + ",".join(map(_number, weights[row][j][k]))
-                                               + "]" for k, e in enumerate(experts)) + "}"
-                    for j, name in enumerate(names)) + "}"
-            text = (f'{head}{src.offset}","key":{kj},{kind}{ev.ts_ms},"target_ts":['
-                    f'{target_ts[row]}{mid}{yhat[row]}}},"lo":{{{lo[row]}}},"hi":{{{hi[row]}'
-                    f'}},"model_version":{versions[row]},{tail}{src.offset}}}{w}}}')
-            append(Prediction(kb, text.encode(), src.timestamp))
-        return recs
+        evs = list(map(events.__getitem__, index))
+        srcs = list(map(sources.__getitem__, index))
+        key_bytes, key_json = self._keys_of(list(map(_KEY, evs)))
+        offsets = list(map(str, map(_OFFSET, srcs)))
+        places = list(map(_PLACE, srcs))
+        if places.count(places[0]) == n:  # one partition's records (the pipeline's call)
+            head, tail = self._source(*places[0])
+            heads: Sequence[str] = [head] * n
+            tails: Sequence[str] = [tail] * n
+        else:
+            heads, tails = zip(*(self._source(*p) for p in places), strict=True)
+        kind = json.dumps(self.kind)
+        weights = [""] * n if out.weights is None else self._weights(out.weights, names)
+        # every record's parts in one list, joined once: the parts are JSON text, so no
+        # part holds a raw newline and the records come apart at the newlines
+        columns: list[Sequence[str]] = [
+            heads, offsets, ['","key":'] * n, key_json, [f',"kind":{kind},"event_ts":'] * n,
+            list(map(str, map(_TS, evs))), [',"target_ts":['] * n, target_ts,
+            [f'],"horizon":{horizon},"yhat":{{'] * n, yhat, ['},"lo":{'] * n, lo,
+            ['},"hi":{'] * n, hi, ['},"model_version":'] * n, list(map(str, out.version.tolist())),
+            [","] * n, tails, offsets, ["}"] * n, weights, ["}\n"] * n]
+        parts: list[str] = [""] * (n * len(columns))
+        for k, column in enumerate(columns):
+            parts[k::len(columns)] = column
+        values = "".join(parts).encode().split(b"\n")
+        values.pop()  # after the last newline
+        return list(map(_PREDICTION, repeat(Prediction, n), zip(
+            key_bytes, values, map(_TIMESTAMP, srcs), strict=True)))
+
+    @staticmethod
+    def _weights(weights: np.ndarray, names: Sequence[str]) -> list[str]:
+        """Per row, the ``,"weights":{...}`` member of the record."""
+        rows = np.round(weights, 6).transpose(0, 2, 3, 1).tolist()
+        experts = [json.dumps(e) + ":[" for e in EXPERTS]
+        return [',"weights":{' + ",".join(
+            name[:-1] + "{" + ",".join(e + ",".join(map(_number, row[j][k])) + "]"
+                                       for k, e in enumerate(experts)) + "}"
+            for j, name in enumerate(names)) + "}" for row in rows]
 
     def anomalies(self, events: Sequence[Event], out: EngineOutput, targets: Sequence[str],
                   sources: Sequence[Record]) -> list[Prediction]:

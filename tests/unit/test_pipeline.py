@@ -69,16 +69,23 @@ def _reference_record(ev: Event, out: EngineOutput, row: int, src: InputRecord,
 
 
 # ---------------------------------------------------------------------------- records
+@pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("weights", [False, True])
 @pytest.mark.parametrize("horizon", [1, 3])
-def test_prediction_bytes_are_the_contract_record(horizon: int, weights: bool) -> None:
+def test_prediction_bytes_are_the_contract_record(horizon: int, weights: bool,
+                                                  mixed: bool) -> None:
+    """``mixed``: sources of several topics and partitions in one call, and a key cache
+    smaller than the call's keys (cleared while encoding)."""
     cfg = CFG.replace(**{"model.horizon": horizon, "forecast.weights": weights})
     engine = Engine(cfg)
     events = [Event("sensor", key, T0 + i * MIN, {"x": float(i % 4), "y": None if i % 7 else 1.0})
               for i, key in enumerate(["a", "b\u00e9\"q", "c\\d"] * 10)]
-    sources = [InputRecord("sensors", 5, 1000 + i) for i in range(len(events))]
+    sources = [InputRecord(f"sen%sors{i % 2}" if mixed else "sensors", i % 3 if mixed else 5,
+                           1000 + i) for i in range(len(events))]
     out = engine.process(events)
-    preds = PredictionEncoder("sensor").encode(events, out, engine.target_names, sources)
+    encoder = PredictionEncoder("sensor", max_cached_keys=2 if mixed else 200_000)
+    preds = encoder.encode(events, out, engine.target_names, sources)
+    assert encoder.encode(events, out, engine.target_names, sources) == preds  # cache warm
     assert len(preds) == len(out.index) == len(events)
     for row, i in enumerate(out.index.tolist()):
         want = _reference_record(events[i], out, row, sources[i], engine.target_names)
