@@ -334,7 +334,14 @@ CLF_FINDINGS = [
     "first 30% of rt-polarity (0.6864, plain 0.6942, river 0.6926) and the character expert "
     "above it (0.7051); the pool gains a point over the better one while a perfect choice "
     "per message would reach 0.7992: the gap is in how to tell, per message, which expert "
-    "to trust, and nothing above told it.",
+    "to trust, and nothing above told it. Character n-grams within words only (no n-gram "
+    "across a space): 2-5 0.8140 / 0.7092, 1-6 0.8097 / 0.7042. For scale: batch "
+    "multinomial NB with bigrams reaches 79.0% on this set and NBSVM 79.4% with 10-fold "
+    "cross-validation, some 9,600 training sentences (Wang and Manning 2012, as tabulated "
+    "by Kim 2014); the held-out target (river NB + 0.02, 0.7920 in the runs above) asks an "
+    "online learner that has seen 3,198-10,661 messages (6,900 on average) before each "
+    "prediction of the held-out part to beat the first and come within 0.2 points of the "
+    "second.",
     "- A check on another kind of stream, not used to choose anything: who speaks, the "
     "1,288 turns of tiny Shakespeare's 8 most frequent speakers in file order (8 classes): "
     "our pool without the weights 0.3362, with them 0.5093, river NB 0.3416.",
