@@ -238,7 +238,7 @@ class OnlineTextClassifier:
         self.stats = stats if stats is not None else TextStats()
         self.featurizers = [Featurizer("word" if name == "word_nb" else "char", c.nb_bits,
                                        c.char_ngrams) for name in c.experts if name != "rnn"]
-        self.nb = [HashedNaiveBayes(f.size, c.nb_alpha, c.nb_weight_lr)
+        self.nb = [HashedNaiveBayes(f.size, c.nb_alpha, c.nb_weight_lr, c.nb_weight_temperature)
                    for f in self.featurizers]
         self.rnn = RecurrentExpert(c, self.stats) if "rnn" in c.experts else None
         # NB experts enter the pool as log-likelihoods per feature (about 0.1 apart between

@@ -167,6 +167,9 @@ class ClassifierConfig(_PlainConfig):
     nb_weight_lr
         AdaGrad learning rate of the NB experts' feature weights, learned discriminatively
         (:mod:`streamseq.text.naive_bayes`); 0 keeps them at 1 (plain NB).
+    nb_weight_temperature
+        Temperature of the log-loss those weights learn on (1: the expert's own; above 1
+        a message called right by a small margin teaches them too).
     pool_lr
         AdaGrad learning rate of the pool's weights.
     tokens, max_vocab, lowercase
@@ -208,6 +211,7 @@ class ClassifierConfig(_PlainConfig):
     experts: tuple[str, ...] = ("word_nb", "char_nb")
     nb_alpha: float = 1.0
     nb_weight_lr: float = 0.3
+    nb_weight_temperature: float = 1.5
     nb_bits: int = 20
     char_ngrams: tuple[int, int] = (2, 5)
     pool_lr: float = 0.01
@@ -255,6 +259,8 @@ class ClassifierConfig(_PlainConfig):
             raise ConfigError("classifier.nb_alpha and pool_lr must be > 0")
         if self.nb_weight_lr < 0:
             raise ConfigError("classifier.nb_weight_lr must be >= 0")
+        if self.nb_weight_temperature <= 0:
+            raise ConfigError("classifier.nb_weight_temperature must be > 0")
         if self.pool not in POOLS:
             raise ConfigError(f"classifier.pool must be one of {POOLS}, not {self.pool!r}")
         if self.labels is not None:

@@ -14,7 +14,11 @@ attribute weighting", JMLR 2013), online and in the spirit of NBSVM (Wang and Ma
 the expert's own log-loss of that message (as predicted from the counts so far) moves the
 weights of the message's features. Evidence that NB counts several times over (overlapping
 n-grams, words that always come together) loses weight against evidence it counts once; the
-counts themselves stay generative.
+counts themselves stay generative. The loss is taken at a temperature ``T`` (the
+log-probability of ``z / T``, ``z`` the NB log-odds): NB summing hundreds of features is so
+sure of itself that at ``T = 1`` a message called right teaches the weights next to nothing
+and they learn from errors alone; at ``T > 1`` a right call made by a small margin teaches
+them too.
 
 Examples
 --------
@@ -51,12 +55,16 @@ class HashedNaiveBayes:
         Additive smoothing of the feature counts.
     weight_lr
         AdaGrad learning rate of the feature weights (0: they stay 1, plain NB).
+    weight_temperature
+        Temperature ``T`` of the log-loss the weights learn on (1: the expert's own).
     """
 
-    def __init__(self, buckets: int, alpha: float = 1.0, weight_lr: float = 0.0) -> None:
+    def __init__(self, buckets: int, alpha: float = 1.0, weight_lr: float = 0.0,
+                 weight_temperature: float = 1.0) -> None:
         self.buckets = int(buckets)
         self.alpha = float(alpha)
         self.weight_lr = float(weight_lr)
+        self.weight_temperature = float(weight_temperature)
         self.weights = np.ones(self.buckets)
         self.weight_g2 = np.full(self.buckets, _G2_START)  # AdaGrad's sum of squared grads
         self.counts = np.zeros((self.buckets, 0), dtype=np.int32)
@@ -88,12 +96,14 @@ class HashedNaiveBayes:
                                        + self.alpha * max(self.seen, 1))
             self._terms_for = n_classes
 
-    def _scores(self, feats: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised log-probabilities ``[n_classes]`` and the unweighted log-likelihood
-        terms ``[len(feats), n_classes]`` they sum."""
+    def _scores(self, feats: np.ndarray, n_classes: int, temperature: float = 1.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised log-probabilities ``[n_classes]`` (of the log-odds divided by
+        ``temperature``) and the unweighted log-likelihood terms ``[len(feats), n_classes]``
+        they sum."""
         self._terms(n_classes)
         terms = self.log_counts[feats, :n_classes] - self._denominator
-        z = self._prior + self.weights[feats] @ terms
+        z = (self._prior + self.weights[feats] @ terms) / temperature
         z = z - z.max()
         return z - np.log(np.exp(z).sum()), terms
 
@@ -119,12 +129,14 @@ class HashedNaiveBayes:
         self.class_feats[y] += len(feats)
 
     def _learn_weights(self, feats: np.ndarray, y: int) -> None:
-        """One AdaGrad step on the expert's own log-loss ``-log p(y | m)`` over the weights
-        of the message's features, projected onto ``w >= 0``."""
-        logp, terms = self._scores(feats, self.counts.shape[1])
+        """One AdaGrad step on the expert's own log-loss ``-log p_T(y | m)`` at the
+        temperature ``T`` over the weights of the message's features, projected onto
+        ``w >= 0``."""
+        t = self.weight_temperature
+        logp, terms = self._scores(feats, self.counts.shape[1], t)
         g = np.exp(logp)
         g[y] -= 1.0
-        g = terms @ g  # d(-log p(y | m)) / d w(feats)
+        g = terms @ g / t  # d(-log p_T(y | m)) / d w(feats)
         g2 = self.weight_g2[feats] + g * g
         self.weight_g2[feats] = g2
         self.weights[feats] = np.maximum(self.weights[feats] - self.weight_lr * g / np.sqrt(g2),

@@ -330,11 +330,12 @@ def redundant_evidence_stream(n: int = 3000, seed: int = 0) -> list[tuple[np.nda
     return out
 
 
-def test_naive_bayes_feature_weights_undo_double_counting() -> None:
+@pytest.mark.parametrize("temperature", [1.0, 1.5])
+def test_naive_bayes_feature_weights_undo_double_counting(temperature: float) -> None:
     stream = redundant_evidence_stream()
     hits = {}
     for lr in (0.0, 0.3):
-        nb = HashedNaiveBayes(256, weight_lr=lr)
+        nb = HashedNaiveBayes(256, weight_lr=lr, weight_temperature=temperature)
         right = 0
         for feats, y in stream:
             right += int(np.argmax(nb.log_proba(feats, 2))) == y  # predict, then learn
@@ -344,7 +345,7 @@ def test_naive_bayes_feature_weights_undo_double_counting() -> None:
             assert (nb.weights == 1.0).all()  # plain NB
         else:  # the strong cue gains weight on each of the ten copies of the weak one
             assert nb.weights.min() >= 0.0 and nb.weights[1] > 1.3 * nb.weights[10:20].max()
-            restored = HashedNaiveBayes(256, weight_lr=lr)
+            restored = HashedNaiveBayes(256, weight_lr=lr, weight_temperature=temperature)
             restored.load_state_dict(nb.state_dict())
             feats, y = stream[0]
             restored.learn(feats, y)
@@ -354,6 +355,39 @@ def test_naive_bayes_feature_weights_undo_double_counting() -> None:
     # the Bayes-optimal rule is right 90% of the time here; plain NB, counting the weak cue
     # ten times, calls most messages with both cues wrong (78%)
     assert hits[0.0] < 0.79 and hits[0.3] > hits[0.0] + 0.015
+
+
+def test_naive_bayes_weight_step_is_adagrad_on_the_tempered_loss() -> None:
+    """The weights' step against an oracle: finite differences of ``-log softmax(z / T)[y]``,
+    ``z`` the expert's log-odds (its log-probabilities up to a constant), and AdaGrad's
+    projected step from the accumulator before it."""
+    lr, t = 0.3, 2.0
+    nb = HashedNaiveBayes(64, weight_lr=lr, weight_temperature=t)
+    for feats, y in redundant_evidence_stream(40, seed=1):
+        nb.learn(feats % 64, y)
+    feats, y = np.array([1, 10, 11, 12, 30]), 1  # weights with a history of steps
+
+    def loss(w: np.ndarray, temp: float) -> float:
+        saved = nb.weights
+        nb.weights = w
+        z = nb.log_proba(feats, 2) / temp
+        nb.weights = saved
+        return float(np.log(np.exp(z).sum()) - z[y])
+
+    def oracle(temp: float) -> np.ndarray:
+        g = np.zeros(len(feats))
+        for i, f in enumerate(feats):
+            up, down = nb.weights.copy(), nb.weights.copy()
+            up[f] += 1e-6
+            down[f] -= 1e-6
+            g[i] = (loss(up, temp) - loss(down, temp)) / 2e-6
+        g2 = nb.weight_g2[feats] + g * g
+        return np.maximum(nb.weights[feats] - lr * g / np.sqrt(g2), 0.0)
+
+    expected, untempered = oracle(t), oracle(1.0)
+    assert np.abs(expected - untempered).max() > 1e-3  # the temperature matters here
+    nb.learn(feats, y)
+    assert np.allclose(nb.weights[feats], expected, atol=1e-6)
 
 
 def test_label_fifty_messages_late_is_learned() -> None:
