@@ -29,12 +29,15 @@ Examples
 
 from __future__ import annotations
 
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, NamedTuple, Protocol
 
 from streamseq.events.errors import EventError
+from streamseq.events.schema import EventColumns
 
 __all__ = [
     "Applied",
@@ -55,6 +58,10 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- records
+_VALUE = operator.attrgetter("value")
+_TIMESTAMP = operator.attrgetter("timestamp")
+
+
 class Record(Protocol):
     """What the pipeline reads of an input record (a kafka-python ``ConsumerRecord`` is
     one; so is :class:`InputRecord`). ``timestamp`` is the record's own time (epoch ms;
@@ -87,9 +94,12 @@ class InputRecord(NamedTuple):
 
 class PayloadDecoder(Protocol):
     """Bytes of one message -> an event, or :class:`EventError` (EventDecoder,
-    TextDecoder)."""
+    TextDecoder); ``decode_many``: a poll's messages -> its events at once (a sequence),
+    or ``None`` to have each decoded by ``decode`` (never another outcome than that)."""
 
     def decode(self, payload: bytes | str) -> Any: ...
+
+    def decode_many(self, payloads: Sequence[bytes]) -> Sequence[Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,37 @@ class RecordDecoder:
 
     payload: PayloadDecoder
     max_future_ms: int | None = None
+
+    def decode_many(self, records: Sequence[Record]
+                    ) -> tuple[Sequence[Any], Sequence[Record], list[DeadLetter]]:
+        """The events of ``records``, the records they came from and the records refused:
+        at once when the payload decoder decodes them all at once and every event is in
+        time (:meth:`decode`'s outcome for each), else record by record."""
+        events = self.payload.decode_many(list(map(_VALUE, records))) if records else None
+        if events is not None and self._in_time(events, records):
+            return events, records, []
+        decoded: list[Any] = []
+        kept: list[Record] = []
+        refused: list[DeadLetter] = []
+        for r in records:
+            try:
+                decoded.append(self.decode(r))
+            except EventError as err:
+                refused.append(DeadLetter(r, err))
+            else:
+                kept.append(r)
+        return decoded, kept, refused
+
+    def _in_time(self, events: Sequence[Any], records: Sequence[Record]) -> bool:
+        """No event's time is more than ``max_future_ms`` after its record's timestamp
+        (``False`` also when a timestamp is unknown: :meth:`decode` then judges each)."""
+        bound = self.max_future_ms
+        if bound is None:
+            return True
+        stamps = list(map(_TIMESTAMP, records))
+        return set(map(type, stamps)) == {int} and not any(
+            map(operator.gt, EventColumns.of(events).ts_ms,
+                map(operator.add, stamps, repeat(bound))))
 
     def decode(self, record: Record) -> Any:
         value = record.value
@@ -282,16 +323,7 @@ def apply(records: Sequence[Record], decoder: RecordDecoder, shard: ShardEngine,
     """
     if next_offset is not None and records and records[0].offset < next_offset:
         records = [r for r in records if r.offset >= next_offset]
-    events: list[Any] = []
-    kept: list[Record] = []
-    refused: list[DeadLetter] = []
-    for r in records:
-        try:
-            events.append(decoder.decode(r))
-        except EventError as err:
-            refused.append(DeadLetter(r, err))
-        else:
-            kept.append(r)
+    events, kept, refused = decoder.decode_many(records)
     out = apply_events(events, kept, shard)
     out.deltas.consumed = len(records)
     if refused:

@@ -36,15 +36,13 @@ from typing import Any
 import numpy as np
 
 from streamseq.engine import EngineOutput
-from streamseq.events.schema import Event
+from streamseq.events.schema import Event, EventColumns
 from streamseq.forecast.aggregate import EXPERTS
 from streamseq.pipeline import Prediction, Record
 
 __all__ = ["PredictionEncoder", "prediction_id", "encode_json", "anomaly_records"]
 
 _INF = math.inf
-_KEY = attrgetter("key")
-_TS = attrgetter("ts_ms")
 _OFFSET = attrgetter("offset")
 _PLACE = attrgetter("topic", "partition")
 _TIMESTAMP = attrgetter("timestamp")
@@ -165,9 +163,9 @@ class PredictionEncoder:
         yhat, lo, hi = (_fields(a, names) for a in (out.yhat, out.lo, out.hi))
         target_ts = (list(map(str, out.target_ts[:, 0].tolist())) if horizon == 1
                      else [",".join(map(str, ts)) for ts in out.target_ts.tolist()])
-        evs = list(map(events.__getitem__, index))
+        cols = EventColumns.of(events)
         srcs = list(map(sources.__getitem__, index))
-        key_bytes, key_json = self._keys_of(list(map(_KEY, evs)))
+        key_bytes, key_json = self._keys_of(list(map(cols.keys.__getitem__, index)))
         offsets = list(map(str, map(_OFFSET, srcs)))
         places = list(map(_PLACE, srcs))
         if places.count(places[0]) == n:  # one partition's records (the pipeline's call)
@@ -182,7 +180,7 @@ class PredictionEncoder:
         # part holds a raw newline and the records come apart at the newlines
         columns: list[Sequence[str]] = [
             heads, offsets, ['","key":'] * n, key_json, [f',"kind":{kind},"event_ts":'] * n,
-            list(map(str, map(_TS, evs))), [',"target_ts":['] * n, target_ts,
+            list(map(str, map(cols.ts_ms.__getitem__, index))), [',"target_ts":['] * n, target_ts,
             [f'],"horizon":{horizon},"yhat":{{'] * n, yhat, ['},"lo":{'] * n, lo,
             ['},"hi":{'] * n, hi, ['},"model_version":'] * n, list(map(str, out.version.tolist())),
             [","] * n, tails, offsets, ["}"] * n, weights, ["}\n"] * n]

@@ -21,12 +21,13 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numba as nb
 import numpy as np
 
 from streamseq.events.errors import EventError
-from streamseq.events.schema import Event
+from streamseq.events.schema import Event, EventColumns
 from streamseq.state.table import SlotArrays
 
 __all__ = ["Poll", "read_poll", "row_problem", "OrderingPolicy", "plan_segment", "APPLIED", "LATE",
@@ -147,41 +148,42 @@ def read_poll(events: Sequence[Event], kind: str, names: Sequence[str], max_abs:
     >>> p.keys, p.key_index.tolist(), [e.reason if e else None for e in p.rejected]
     (['a', 'b'], [0, 1, 0, 0], [None, 'missing_value', 'bad_kind', 'unknown_fields'])
     """
-    n = len(events)
+    cols = EventColumns.of(events)  # column by column: no Python code per event
+    n = len(cols)
+    values = cols.values
     value_set = frozenset(names)
     n_names = len(names)
-    index: dict[str, int] = {}
-    key_index = np.empty(n, dtype=np.int64)
-    ts = np.empty(n, dtype=np.int64)
-    # one flat list of floats (not a list per event: fewer objects for the garbage
-    # collector to walk, which costs more than the pass itself on a large heap)
-    flat: list[float | None] = []
+    index = {k: i for i, k in enumerate(dict.fromkeys(cols.keys))}  # first-seen order
+    key_index = np.fromiter(map(index.__getitem__, cols.keys), np.int64, n)
+    ts = np.array(cols.ts_ms, dtype=np.int64).reshape(n)
+    raw = np.empty((n, n_names))
+    for j, name in enumerate(names):
+        raw[:, j] = np.array(list(map(dict.get, values, repeat(name))), dtype=np.float64)
     rejected: list[EventError | None] = [None] * n
+    unknown = {layout for layout in set(map(tuple, values))
+               if len(layout) > n_names or not value_set.issuperset(layout)}
+    if unknown or cols.kinds.count(kind) != n:
+        for i, (ev_kind, vals) in enumerate(zip(cols.kinds, values, strict=True)):
+            if ev_kind != kind:
+                rejected[i] = EventError("bad_kind", f"{ev_kind!r} event on a {kind} shard")
+            elif tuple(vals) in unknown:
+                extra = sorted(set(vals) - value_set)
+                rejected[i] = EventError("unknown_fields", f"values {extra[:5] or sorted(vals)[:5]} "
+                                                           f"differ from the shard's {list(names)[:5]}")
+            else:
+                continue
+            raw[i] = np.nan
     ids = np.zeros(n, dtype=np.uint64)
-    blank = [None] * n_names
-    for i, ev in enumerate(events):  # the one per-event Python pass
-        key_index[i] = index.setdefault(ev.key, len(index))
-        ts[i] = ev.ts_ms
-        vals = ev.values
-        if ev.kind != kind:
-            rejected[i] = EventError("bad_kind", f"{ev.kind!r} event on a {kind} shard")
-            flat.extend(blank)
-        elif len(vals) > n_names or not value_set.issuperset(vals):
-            extra = sorted(set(vals) - value_set)
-            rejected[i] = EventError("unknown_fields", f"values {extra[:5] or sorted(vals)[:5]} "
-                                                       f"differ from the shard's {list(names)[:5]}")
-            flat.extend(blank)
-        else:
-            flat.extend([vals.get(name) for name in names])
-        if ev.id is not None:
-            ids[i] = id_digest(ev.id)
-    raw = np.array(flat, dtype=np.float64).reshape(n, n_names)  # None -> NaN
+    if cols.ids.count(None) != n:
+        for i, event_id in enumerate(cols.ids):
+            if event_id is not None:
+                ids[i] = id_digest(event_id)
     with np.errstate(invalid="ignore"):
         bad_rows = np.flatnonzero(~(np.abs(raw) <= max_abs).all(axis=1))
     for i in bad_rows.tolist():  # NaN here is a missing value or a NaN reading: look
         if rejected[i] is not None:
             continue
-        row = flat[i * n_names:(i + 1) * n_names]
+        row = [values[i].get(name) for name in names]
         bad = next((x for x in row if x is not None and not -max_abs <= x <= max_abs), None)
         if bad is not None:
             rejected[i] = EventError("out_of_range" if math.isfinite(bad) else "non_finite",

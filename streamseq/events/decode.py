@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from functools import lru_cache
+from itertools import chain, repeat
+from typing import TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streamseq.events.errors import EventError
-from streamseq.events.schema import KINDS, PRICE_FIELDS, Event
+from streamseq.events.schema import KINDS, PRICE_FIELDS, Event, EventColumns
 
-__all__ = ["EventDecoder", "decode_json", "load_json_object", "parse_time", "check_key",
-           "MIN_TS_MS", "MAX_TS_MS"]
+__all__ = ["EventDecoder", "decode_json", "load_json_object", "load_json_objects", "parse_time",
+           "check_key", "MIN_TS_MS", "MAX_TS_MS"]
 
 KEY_FIELDS = ("key", "sensor_id", "symbol")
 TIME_FIELDS = ("ts", "timestamp", "time", "event_time")
 META_FIELDS = frozenset(("kind", "id", "values", *KEY_FIELDS, *TIME_FIELDS))
 MIN_TS_MS = 0  # 1970-01-01
 MAX_TS_MS = 7_258_118_400_000  # 2200-01-01: anything later is a producer bug, not a reading
+_KIND_SET = frozenset(KINDS)
+_ID_TYPES = frozenset((str, type(None)))
 _NA_STRINGS = frozenset(("", "na", "nan", "null", "none", "n/a", "-"))
 
 
@@ -132,6 +137,48 @@ def load_json_object(payload: bytes | str, max_bytes: int) -> dict[str, object]:
     if not isinstance(doc, dict):
         raise EventError("not_object", f"JSON document is a {type(doc).__name__}")
     return doc
+
+
+def load_json_objects(payloads: Sequence[bytes], max_bytes: int
+                      ) -> list[dict[str, object]] | None:
+    """The JSON objects of many messages in one parse, or ``None`` when that parse cannot
+    be trusted to give each message's own object (the caller then applies
+    :func:`load_json_object` to each message: its outcome, error and all).
+
+    The messages are parsed as one array when every one is ``bytes`` of at most
+    ``max_bytes``, starts with ``{`` and ends with ``}``, none holds a ``[`` or ``]``, and
+    all are UTF-8; they are joined by ``,`` and a newline. Element ``i`` is then message
+    ``i``'s object: a message can only run into the next one if it ends inside a string
+    (the newline, a raw control character, is not allowed there: the parse fails) or inside
+    an object (where a ``{`` cannot follow a ``,``: the parse fails), as no array can be
+    opened; and a message that holds more than one element makes more elements than
+    messages. Each element is what :func:`load_json_object` gives for its message (the
+    same scanner over the same text).
+
+    Examples
+    --------
+    >>> load_json_objects([b'{"a": 1}', b'{"b": {"c": null}}'], 100)
+    [{'a': 1}, {'b': {'c': None}}]
+    >>> [load_json_objects(p, 100) for p in ([b'{"a": "}', b'{","b": 1}', b'{},{}'],
+    ...                                      [b'{"a": [1]}'], [b'{"a": 1}', b'{"b": 1'])]
+    [None, None, None]
+    """
+    if not payloads:
+        return []
+    if (set(map(type, payloads)) != {bytes} or max(map(len, payloads)) > max_bytes
+            or not all(map(bytes.startswith, payloads, repeat(b"{")))
+            or not all(map(bytes.endswith, payloads, repeat(b"}")))):
+        return None
+    joined = b",\n".join(payloads)
+    if b"[" in joined or b"]" in joined:
+        return None
+    try:
+        docs = json.loads("[" + joined.decode("utf-8") + "]")
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if len(docs) != len(payloads) or set(map(type, docs)) != {dict}:
+        return None
+    return docs
 
 
 def parse_time(value: object, naive_tz: str | None = "UTC") -> int:
@@ -260,6 +307,63 @@ class EventDecoder:
         """Decode one JSON message. Raises :class:`EventError` on any bad input."""
         return self.from_mapping(load_json_object(payload, self.max_bytes))
 
+    def decode_many(self, payloads: Sequence[bytes]) -> EventColumns | None:
+        """Decode a poll's messages at once, when each is a plain event: or ``None``, and
+        the caller decodes each message by :meth:`decode` (whose outcome this never
+        changes: every event it returns is the one :meth:`decode` returns).
+
+        Plain: one JSON parse holds them all (:func:`load_json_objects`), all objects have
+        the same fields in the same order, among them ``values`` (an object of finite
+        floats), the key (printable ASCII), the time (epoch milliseconds, an integer in
+        range), and an ``id``, if any, is a string or ``null``; no ``value_fields``.
+
+        Examples
+        --------
+        >>> d = EventDecoder()
+        >>> cols = d.decode_many([b'{"key": "a", "ts": 5, "values": {"x": 1.5}}',
+        ...                       b'{"key": "b", "ts": 6, "values": {"x": -2.0, "y": 0.5}}'])
+        >>> cols[1] == d.decode(b'{"key": "b", "ts": 6, "values": {"x": -2.0, "y": 0.5}}')
+        True
+        >>> d.decode_many([b'{"key": "a", "ts": 5, "values": {"x": 1}}'])  # an int: decode
+        """
+        if self.value_fields is not None:
+            return None
+        docs = load_json_objects(payloads, self.max_bytes)
+        if not docs:
+            return None
+        layouts = set(map(tuple, docs))
+        if len(layouts) != 1:
+            return None
+        (layout,) = layouts
+        key_field = next((f for f in KEY_FIELDS if f in layout), None)
+        time_field = next((f for f in TIME_FIELDS if f in layout), None)
+        if key_field is None or time_field is None or "values" not in layout:
+            return None
+        try:  # set() of an unhashable value (an object) raises TypeError
+            kinds = (list(map(operator.itemgetter("kind"), docs)) if "kind" in layout
+                     else [self.kind] * len(docs))
+            keys = list(map(operator.itemgetter(key_field), docs))
+            if not set(kinds) <= _KIND_SET or not all(map(self._plain_key, set(keys))):
+                return None
+        except TypeError:
+            return None
+        ts = list(map(operator.itemgetter(time_field), docs))
+        if set(map(type, ts)) != {int} or min(ts) < MIN_TS_MS or max(ts) > MAX_TS_MS:
+            return None
+        values = list(map(operator.itemgetter("values"), docs))
+        if set(map(type, values)) != {dict} or not min(map(len, values)):
+            return None
+        numbers = list(chain.from_iterable(map(dict.values, values)))
+        # all floats, and their sum finite: none is NaN or infinite
+        if set(map(type, numbers)) != {float} or not math.isfinite(sum(numbers)):
+            return None
+        ids: list[str | None] = [None] * len(docs)
+        if "id" in layout:
+            ids = list(map(operator.itemgetter("id"), docs))
+            if not set(map(type, ids)) <= _ID_TYPES:
+                return None
+        return EventColumns(kinds, keys, ts, values, ids)
+
     def from_mapping(self, doc: Mapping[str, object]) -> Event:
         """Validate a decoded JSON object (see :mod:`streamseq.events.schema` for the layout)."""
         kind = doc.get("kind", self.kind)
@@ -301,10 +405,15 @@ class EventDecoder:
                 break
         if raw is None:
             raise EventError("missing_key")
-        if (type(raw) is str and raw.isascii() and raw.isprintable()
-                and len(raw) <= self.max_key_len and not raw.isspace() and raw):
-            return raw  # printable ASCII, not blank, not too long: what check_key accepts
+        if self._plain_key(raw):
+            return raw
         return check_key(raw, self.max_key_len)
+
+    def _plain_key(self, raw: object) -> TypeGuard[str]:
+        """A key :func:`check_key` accepts as it is: printable ASCII, not blank, not too
+        long."""
+        return (type(raw) is str and raw.isascii() and raw.isprintable()
+                and len(raw) <= self.max_key_len and not raw.isspace() and raw != "")
 
     def _values(self, raw: Mapping[str, object]) -> dict[str, float | None]:
         if self.value_fields is not None:

@@ -15,9 +15,12 @@ A ``null`` value marks a missing reading (handled by the missing-value policy do
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import overload
 
-__all__ = ["Event", "KINDS", "PRICE_FIELDS"]
+__all__ = ["Event", "EventColumns", "KINDS", "PRICE_FIELDS"]
 
 KINDS = ("sensor", "price")
 PRICE_FIELDS = ("price", "size", "open", "high", "low", "close", "volume")
@@ -55,3 +58,54 @@ class Event:
         if self.id is not None:
             out["id"] = self.id
         return out
+
+
+_COLUMNS = attrgetter("kind", "key", "ts_ms", "values", "id")
+
+
+@dataclass(frozen=True, eq=False)
+class EventColumns(Sequence[Event]):
+    """Validated events held as columns: what a decoder gives for a whole poll, without an
+    :class:`Event` object per event (one is built when an item is asked for).
+
+    ``kinds[i]``, ``keys[i]``, ``ts_ms[i]``, ``values[i]`` and ``ids[i]`` are event ``i``'s
+    fields.
+
+    Examples
+    --------
+    >>> cols = EventColumns.of([Event("sensor", "a", 5, {"x": 1.0}), Event("price", "b", 6,
+    ...                                                                   {"p": 2.0}, "m1")])
+    >>> cols.keys, cols.ts_ms, cols[1]
+    (['a', 'b'], [5, 6], Event(kind='price', key='b', ts_ms=6, values={'p': 2.0}, id='m1', meta={}))
+    >>> len(cols[1:]), list(cols) == [cols[0], cols[1]]
+    (1, True)
+    """
+
+    kinds: list[str]
+    keys: list[str]
+    ts_ms: list[int]
+    values: list[dict[str, float | None]]
+    ids: list[str | None]
+
+    @classmethod
+    def of(cls, events: Sequence[Event]) -> EventColumns:
+        """``events`` as columns (themselves when they are columns already)."""
+        if isinstance(events, EventColumns):
+            return events
+        if not events:
+            return cls([], [], [], [], [])
+        kinds, keys, ts, values, ids = zip(*map(_COLUMNS, events), strict=True)
+        return cls(list(kinds), list(keys), list(ts), list(values), list(ids))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> Event: ...
+    @overload
+    def __getitem__(self, i: slice) -> EventColumns: ...
+    def __getitem__(self, i: int | slice) -> Event | EventColumns:
+        if isinstance(i, slice):
+            return EventColumns(self.kinds[i], self.keys[i], self.ts_ms[i], self.values[i],
+                                self.ids[i])
+        return Event(self.kinds[i], self.keys[i], self.ts_ms[i], self.values[i], self.ids[i])

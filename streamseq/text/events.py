@@ -16,7 +16,7 @@ the same key by ``id`` (labels usually arrive late). Every failure raises
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -148,6 +148,10 @@ class TextDecoder:
     def __post_init__(self) -> None:
         if self.kind not in TEXT_KINDS:
             raise ValueError(f"kind must be one of {TEXT_KINDS}, not {self.kind!r}")
+
+    def decode_many(self, payloads: Sequence[bytes]) -> None:
+        """Text messages are decoded one by one (:meth:`decode`)."""
+        return None
 
     def decode(self, payload: bytes | str) -> TextEvent | LabelEvent:
         """Decode one JSON message. Raises :class:`EventError` on any bad input."""
