@@ -29,7 +29,8 @@ import numba as nb
 import numpy as np
 
 __all__ = ["GRU", "LSTM", "ParamLayout", "cell_step", "window_gradients", "adam_step",
-           "sgd_step", "transpose_into", "clip_gradients", "forecast_head", "matvec_add"]
+           "sgd_step", "transpose_into", "clip_gradients", "forecast_head", "matvec_add",
+           "layer_forward", "layer_backward", "gate_gradients"]
 
 GRU, LSTM = 0, 1
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
@@ -175,10 +176,10 @@ def matvec_add(acc: np.ndarray, w_t: np.ndarray, x: np.ndarray) -> None:
 
 
 @nb.njit(**_JIT)
-def _layer_forward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
-                   c_prev: np.ndarray, w_ih_t: np.ndarray, w_hh_t: np.ndarray,
-                   b_ih: np.ndarray, b_hh: np.ndarray, gi: np.ndarray, gh: np.ndarray,
-                   h_out: np.ndarray, c_out: np.ndarray, acts: np.ndarray) -> None:
+def layer_forward(cell: int, hidden: int, inp: np.ndarray, h_prev: np.ndarray,
+                  c_prev: np.ndarray, w_ih_t: np.ndarray, w_hh_t: np.ndarray,
+                  b_ih: np.ndarray, b_hh: np.ndarray, gi: np.ndarray, gh: np.ndarray,
+                  h_out: np.ndarray, c_out: np.ndarray, acts: np.ndarray) -> None:
     """One layer, one step. ``acts`` receives what the backward pass needs:
     GRU ``[r, z, n, W_hn h + b_hn]``, LSTM ``[i, f, g, o]`` (each ``hidden`` long)."""
     gi[:] = b_ih
@@ -235,7 +236,7 @@ def cell_step(cell: int, hidden: int, x: np.ndarray, state: np.ndarray, theta: n
         b_hh = theta[offs[layer, 3]:offs[layer, 3] + gates]
         h_prev = state[layer, :hidden]
         c_prev = state[layer, hidden:]
-        _layer_forward(cell, hidden, inp, h_prev, c_prev, w_ih_t, w_hh_t, b_ih, b_hh, gi, gh,
+        layer_forward(cell, hidden, inp, h_prev, c_prev, w_ih_t, w_hh_t, b_ih, b_hh, gi, gh,
                        h_new, c_new, acts)
         state[layer, :hidden] = h_new
         if cell == LSTM:
@@ -257,15 +258,12 @@ def forecast_head(top: np.ndarray, theta: np.ndarray, theta_t: np.ndarray, head_
 
 # ---------------------------------------------------------------------------- training
 @nb.njit(**_JIT)
-def _layer_backward(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarray,
-                    c_new: np.ndarray, acts: np.ndarray, dh: np.ndarray, dc: np.ndarray,
-                    w_ih: np.ndarray, w_hh: np.ndarray, dgi: np.ndarray, dgh: np.ndarray,
-                    need_inp: bool, d_inp: np.ndarray, dh_prev: np.ndarray,
-                    dc_prev: np.ndarray) -> None:
-    """Backward of one layer step. ``dh`` (and ``dc`` for LSTM) is the gradient of the
-    layer's new state; writes the gate gradients ``dgi``/``dgh`` (their outer products with
-    the step's inputs are the weight gradients, summed per window by
-    :func:`_weight_gradients`), ``dh_prev``, ``dc_prev`` and, if ``need_inp``, ``d_inp``."""
+def gate_gradients(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarray,
+                   c_new: np.ndarray, acts: np.ndarray, dh: np.ndarray, dc: np.ndarray,
+                   dgi: np.ndarray, dgh: np.ndarray, dh_prev: np.ndarray,
+                   dc_prev: np.ndarray) -> None:
+    """The element-wise part of :func:`layer_backward`: the gate gradients ``dgi``/``dgh``,
+    ``dc_prev`` (LSTM) and the part of ``dh_prev`` that does not go through ``W_hh``."""
     hd = hidden
     one = np.float32(1.0)
     if cell == GRU:
@@ -293,6 +291,20 @@ def _layer_backward(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarr
             dc_prev[j] = d_c * f
             dh_prev[j] = 0.0
         dgh[:] = dgi
+
+
+@nb.njit(**_JIT)
+def layer_backward(cell: int, hidden: int, h_prev: np.ndarray, c_prev: np.ndarray,
+                   c_new: np.ndarray, acts: np.ndarray, dh: np.ndarray, dc: np.ndarray,
+                   w_ih: np.ndarray, w_hh: np.ndarray, dgi: np.ndarray, dgh: np.ndarray,
+                   need_inp: bool, d_inp: np.ndarray, dh_prev: np.ndarray,
+                   dc_prev: np.ndarray) -> None:
+    """Backward of one layer step. ``dh`` (and ``dc`` for LSTM) is the gradient of the
+    layer's new state; writes the gate gradients ``dgi``/``dgh`` (their outer products with
+    the step's inputs are the weight gradients, summed per window by
+    :func:`_weight_gradients`), ``dh_prev``, ``dc_prev`` and, if ``need_inp``, ``d_inp``."""
+    gate_gradients(cell, hidden, h_prev, c_prev, c_new, acts, dh, dc, dgi, dgh, dh_prev,
+                   dc_prev)
     gates = dgi.shape[0]
     if need_inp:
         d_inp[:] = 0.0
@@ -421,7 +433,7 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                     hidden, gates)
                 hprev_st[t, layer] = h_cur[layer]
                 cprev_st[t, layer] = c_cur[layer]
-                _layer_forward(cell, hidden, inp_st[t, layer, :n_in], hprev_st[t, layer],
+                layer_forward(cell, hidden, inp_st[t, layer, :n_in], hprev_st[t, layer],
                                cprev_st[t, layer], w_ih_t, w_hh_t,
                                theta[offs[layer, 2]:offs[layer, 2] + gates],
                                theta[offs[layer, 3]:offs[layer, 3] + gates], gi, gh,
@@ -467,7 +479,7 @@ def window_gradients(cell: int, hidden: int, x: np.ndarray, y: np.ndarray, w: np
                     dh[k] += dh_rec[layer, k]
                 o_ih, o_hh = offs[layer, 0], offs[layer, 1]
                 r = first_row[i] + length - 1 - t
-                _layer_backward(cell, hidden, hprev_st[t, layer], cprev_st[t, layer],
+                layer_backward(cell, hidden, hprev_st[t, layer], cprev_st[t, layer],
                                 cnew_st[t, layer], acts_st[t, layer], dh, dc_rec[layer],
                                 theta[o_ih:o_ih + gates * n_in].reshape(gates, n_in),
                                 theta[o_hh:o_hh + gates * hidden].reshape(gates, hidden),

@@ -95,7 +95,7 @@ class LMConfig(_PlainConfig):
         through its last ``k2`` (``k2 >= k1``).
     batch_windows
         One optimizer step per ``batch_windows`` windows due (of any streams of the shard),
-        on their mean loss, in one padded batch.
+        on their mean loss, in one batch.
     lr, clip
         Adam learning rate; gradient-norm clip (0 disables).
     boundary_token

@@ -1,8 +1,9 @@
 """Online language model: one hidden state per stream, truncated BPTT, predict then learn.
 
-Per message of a stream (key), :meth:`OnlineLanguageModel.learn_message`
+Per message of a stream (key), :meth:`OnlineLanguageModel.learn_message` goes through the
+message in pieces that end where a TBPTT window of the stream falls due, and for each piece
 
-1. *predicts*: runs the message through the RNN from the stream's hidden state, with the
+1. *predicts*: runs the piece through the RNN from the stream's hidden state, with the
    weights as they are, and scores every token's log-loss (the message's surprise: NLL per
    token and per character). No weight has seen any of these tokens. The distribution
    covers every id of the vocabulary's cap, those not given out before the message sharing
@@ -12,7 +13,15 @@ Per message of a stream (key), :meth:`OnlineLanguageModel.learn_message`
 2. *learns*: each time ``k1`` more tokens of a stream are scored, a TBPTT window falls due:
    its last ``k2`` inputs, from the state kept at its start, loss on its ``k1`` new targets.
    Windows of all streams gather; every ``batch_windows`` of them (an update point) one
-   optimizer step is taken on their mean loss, in one padded forward/backward pass.
+   optimizer step is taken on their mean loss, in one batch (:mod:`streamseq.text.bptt`).
+   The rest of the message is then scored with the new weights (its tokens are still
+   unseen).
+
+The scorer records its steps (:func:`~streamseq.text.scoring.advance`); a window whose
+steps were all scored under the weights it is learned with (the usual case: with one
+stream and ``k1 == k2``, always) is learned from those records instead of running its
+forward pass again. The records are a cache: a window without them (another stream's step
+came in between, a restart, dropout) runs its steps again, bit for bit the same.
 
 Update points are a function of the ordered stream (every ``k1`` tokens of a key, every
 ``batch_windows`` windows of the shard), so outputs, hidden states and weights do not
@@ -27,18 +36,20 @@ import copy
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from streamseq.exceptions import CheckpointError, UsageError
 from streamseq.models.seeding import seeded_init
+from streamseq.text.bptt import DropoutMasks, WindowBatch, window_gradients
 from streamseq.text.config import LMConfig
 from streamseq.text.exceptions import TextModelError
-from streamseq.text.modules import RecurrentStack, guarded_step, seeded_dropout
+from streamseq.text.modules import RecurrentStack, guarded_apply, seeded_dropout
 from streamseq.text.sampling import check_sampling, sample_next
 from streamseq.text.scoring import CompiledScorer
 from streamseq.text.stats import TextStats
@@ -50,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Longest piece of a prompt run through the RNN in one call when generating.
 PREDICT_CHUNK = 4096
+#: Steps the scorer records for reuse per weights version, in updates' worth of windows.
+RECORD_WINDOWS = 8
 
 
 class TokenLanguageModel(nn.Module):
@@ -140,6 +153,11 @@ class _Stream:
     pos: int  # tokens scored so far on this key
     next_window: int  # the window that falls due when pos reaches next_window * k1
     last_ts: int
+    #: the scorer's records of the steps from input ``rec_start`` on, all made under the
+    #: weights of update ``rec_version`` (a cache the learner reuses; never saved)
+    rec: list[np.ndarray] = field(default_factory=list)
+    rec_start: int = 0
+    rec_version: int = -1
 
 
 @dataclass
@@ -154,6 +172,7 @@ class _Window:
     targets: list[int]
     state0: torch.Tensor
     n_context: int
+    rec: np.ndarray | None = None  # the scorer's records of its steps, if still current
 
 
 class OnlineLanguageModel:
@@ -189,6 +208,11 @@ class OnlineLanguageModel:
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=c.lr, fused=True)  # one kernel
         self.scorer = CompiledScorer(self.model)
+        #: weights version (applied updates since construction or restore): the scorer's
+        #: records are reused by the learner only under the weights that made them
+        self.version = 0
+        self.rec_rows = 0  # rows recorded under this version, at most rec_budget
+        self.rec_budget = RECORD_WINDOWS * c.batch_windows * c.k2
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
         self.due: list[_Window] = []  # windows waiting for the next update point
@@ -206,7 +230,13 @@ class OnlineLanguageModel:
         if self.config.boundary_token:
             ids.append(EOM)
         st = self._stream(key, ts_ms)
-        nll = self._predict(key, st, ids, known) if ids else 0.0
+        nll = 0.0
+        a = 0
+        while a < len(ids):  # in pieces that end where a window of the stream falls due
+            b = min(len(ids), a + st.next_window * self.config.k1 - st.pos)
+            nll += self._predict(key, st, ids[a:b], known)
+            self._learn_due(key, st)
+            a = b
         s = self.stats
         s.lm_messages += 1
         s.lm_tokens += len(ids)
@@ -215,7 +245,6 @@ class OnlineLanguageModel:
         s.lm_unknown_tokens += unknown
         s.lm_nll_sum += nll
         s.lm_vocab_size = len(self.vocab)
-        self._learn_due(key, st)
         return {"kind": "lm", "key": key, "id": msg_id, "ts": ts_ms,
                 "nll_per_token": nll / len(ids) if ids else None,
                 "nll_per_char": nll / len(text) if text else None,
@@ -261,12 +290,16 @@ class OnlineLanguageModel:
         first = n0 + 1 + ((-k2 - (n0 + 1)) % k1)
         mark_at = [p - n0 for p in range(first, n0 + n, k1)]
         state = st.state.clone()
-        nll, marks = self.scorer.score(state, [st.last, *ids[:-1]], ids, known, mark_at)
+        rec = self._record_buffer(st, n0, n)
+        nll, marks = self.scorer.score(state, [st.last, *ids[:-1]], ids, known, mark_at, rec)
+        if rec is not None:
+            st.rec.append(rec)
         for p, mark in zip(mark_at, marks, strict=True):
             st.marks[n0 + p] = mark
         if not math.isfinite(nll):  # a score or a state not finite
             log.warning("non-finite score on stream %r; its hidden state is reset", key)
             state = self.model.init_state(1)
+            st.rec, st.rec_version = [], -1
         st.state = state
         if (n0 + n + k2) % k1 == 0:
             st.marks[n0 + n] = state
@@ -274,6 +307,33 @@ class OnlineLanguageModel:
         st.hist.extend(ids)
         st.pos += n
         return nll
+
+    def _record_buffer(self, st: _Stream, n0: int, n: int) -> np.ndarray | None:
+        """Where the scorer records its steps over inputs ``n0 .. n0 + n`` of the stream,
+        for the learner: continuing the stream's records under the current weights, or
+        starting them anew at ``n0``. None (no record) with dropout (the learner's steps
+        are not the scorer's) or past the budget of rows per weights version."""
+        if self.config.dropout > 0:
+            return None
+        if st.rec_version != self.version or st.rec_start + sum(map(len, st.rec)) != n0:
+            st.rec, st.rec_start, st.rec_version = [], n0, self.version
+        if self.rec_rows + n > self.rec_budget:
+            st.rec, st.rec_version = [], -1
+            return None
+        self.rec_rows += n
+        lay = self.scorer.layout
+        return np.empty((n, lay.layers, 6 * lay.hidden), np.float32)
+
+    def _take_record(self, st: _Stream, start: int, end: int, keep: int) -> np.ndarray | None:
+        """The scorer's records of inputs ``start .. end`` if it made them all under the
+        current weights; drops those before ``keep``."""
+        if st.rec_version != self.version or not st.rec or st.rec_start > start:
+            return None
+        whole = st.rec[0] if len(st.rec) == 1 else np.concatenate(st.rec)
+        out = whole[start - st.rec_start:end - st.rec_start]
+        st.rec = [whole[keep - st.rec_start:]]
+        st.rec_start = keep
+        return out
 
     def _learn_due(self, key: str, st: _Stream) -> None:
         """Queue the windows of the stream that fell due; step at every update point."""
@@ -283,36 +343,48 @@ class OnlineLanguageModel:
             start, end = self._window_start(n), n * k1
             lo, hi = start - st.hist_start, end - st.hist_start
             state0 = st.marks.pop(start) if start > 0 else self.model.init_state(1)
-            self.due.append(_Window(key, (n - 1) * k1, st.hist[lo:hi], st.hist[lo + 1:hi + 1],
-                                    state0, (n - 1) * k1 - start))
-            st.next_window = n + 1
             keep = self._window_start(n + 1)  # inputs the next window needs
+            self.due.append(_Window(key, (n - 1) * k1, st.hist[lo:hi], st.hist[lo + 1:hi + 1],
+                                    state0, (n - 1) * k1 - start,
+                                    self._take_record(st, start, end, keep)))
+            st.next_window = n + 1
             del st.hist[: keep - st.hist_start]
             st.hist_start = keep
             if len(self.due) >= self.config.batch_windows:
                 self._train_due()
 
     def _train_due(self) -> None:
-        """One optimizer step on the mean loss of the windows due, in one padded batch."""
+        """One optimizer step on the mean loss of the windows due, all in one batch: their
+        steps recorded by the scorer under these weights or run again
+        (:mod:`streamseq.text.bptt`)."""
         windows, self.due = self.due, []
-        length = max(len(w.inputs) for w in windows)
-        x = torch.tensor([w.inputs + [0] * (length - len(w.inputs)) for w in windows])
-        y = torch.tensor([[-100] * w.n_context + w.targets[w.n_context:]
-                          + [-100] * (length - len(w.targets)) for w in windows])
-        state0 = torch.cat([w.state0 for w in windows], dim=1)
-        model = self.model
-        model.train()
-        try:
-            out, _ = model.features(x, state0, self.generator)
-            logits = model.known_logits(out, len(self.vocab))  # every target is known
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                   ignore_index=-100)
-            applied, loss_v, norm = guarded_step(self.params, self.optimizer, loss,
-                                                 self.config.clip)
-        finally:
-            model.eval()
+        c = self.config
+        lay = self.scorer.layout
+        starts = np.zeros(len(windows) + 1, np.int64)
+        np.cumsum([len(w.inputs) for w in windows], out=starts[1:])
+        rows = int(starts[-1])
+        inputs = np.fromiter((t for w in windows for t in w.inputs), np.int64, rows)
+        y = torch.tensor([t for w in windows
+                          for t in [-100] * w.n_context + w.targets[w.n_context:]])
+        state0 = np.stack([w.state0[:, 0].numpy() for w in windows])
+        masks = DropoutMasks.draw(rows, lay, c.dropout, self.generator) if c.dropout > 0 \
+            else None
+        rec = np.empty((rows, lay.layers, 6 * lay.hidden), np.float32)
+        todo = np.ones(len(windows), np.bool_)
+        for i, w in enumerate(windows):
+            if w.rec is not None and masks is None:
+                rec[starts[i]:starts[i + 1]] = w.rec
+                todo[i] = False
+        if todo.any():
+            self.scorer.record(inputs, starts, todo, state0, masks, rec)
+        loss = window_gradients(self.model, lay, self.scorer.theta,
+                                WindowBatch(inputs, y, starts, state0, rec), len(self.vocab),
+                                masks)  # every target is known
+        applied, loss_v, norm = guarded_apply(self.params, self.optimizer, float(loss), c.clip)
         s = self.stats
         if applied:
+            self.version += 1
+            self.rec_rows = 0
             self.scorer.refresh()
             learned = y[y >= 0]
             self.learned_counts += torch.bincount(learned, minlength=self.config.max_vocab)
@@ -403,6 +475,8 @@ class OnlineLanguageModel:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"language model weights do not fit: {exc}") from exc
         self.scorer.refresh()
+        self.version += 1
+        self.rec_rows = 0
         for group in self.optimizer.param_groups:  # learning settings come from this config
             group["lr"] = self.config.lr
         self.generator.set_state(state["generator"])

@@ -1,5 +1,5 @@
 """Torch pieces shared by the text models: seeded dropout, stacked recurrent layers, one
-guarded optimizer step.
+guarded optimizer step (from a loss, or from gradients already computed).
 
 Dropout draws its masks from a :class:`torch.Generator` owned by the learner (and saved in
 its checkpoint), never from the global RNG: a restored learner continues with exactly the
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["CELLS", "RecurrentStack", "seeded_dropout", "guarded_step"]
+__all__ = ["CELLS", "RecurrentStack", "seeded_dropout", "guarded_step", "guarded_apply"]
 
 CELLS = ("gru", "lstm")
 
@@ -146,21 +146,37 @@ def guarded_step(params: list[nn.Parameter],
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss_value = float(loss.detach())
+    if math.isfinite(loss_value):
+        loss.backward()
+    return guarded_apply(params, opts, loss_value, clip)
+
+
+def guarded_apply(params: list[nn.Parameter],
+                  optimizers: torch.optim.Optimizer | list[torch.optim.Optimizer],
+                  loss_value: float, clip: float) -> tuple[bool, float, float]:
+    """The second half of :func:`guarded_step`, for gradients already in the parameters'
+    ``.grad``: clip their norm and step, unless the loss or a gradient is not finite (then
+    the gradients are dropped and nothing moves). Returns what :func:`guarded_step` does.
+    """
+    opts = optimizers if isinstance(optimizers, list) else [optimizers]
     if not math.isfinite(loss_value):
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         return False, loss_value, float("nan")
-    loss.backward()
-    sq = torch.zeros(())
-    grads = []
+    dense, sparse = [], []
     for p in params:
         g = p.grad
         if g is None:
             continue
         if g.is_sparse:
-            g = p.grad = g.coalesce()
-            sq = sq + g.values().pow(2).sum()
+            sparse.append(g.coalesce())
+            p.grad = sparse[-1]
         else:
-            sq = sq + g.pow(2).sum()
-        grads.append(g)
+            dense.append(g)
+    sq = torch.nn.utils.get_total_norm(dense, foreach=True).square() if dense \
+        else torch.zeros(())
+    for g in sparse:
+        sq = sq + g.values().pow(2).sum()
     norm = float(sq.sqrt())
     if not math.isfinite(norm):
         for opt in opts:
@@ -168,7 +184,9 @@ def guarded_step(params: list[nn.Parameter],
         return False, loss_value, norm
     if clip > 0 and norm > clip:
         coef = clip / (norm + 1e-6)
-        for g in grads:
+        if dense:
+            torch._foreach_mul_(dense, coef)
+        for g in sparse:
             g.mul_(coef)
     for opt in opts:
         opt.step()

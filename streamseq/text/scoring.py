@@ -3,11 +3,13 @@ predict-then-learn, one token after another.
 
 :class:`~streamseq.text.lm.TokenLanguageModel` is the reference (its ``features`` then
 ``known_logits`` and the log-loss); :class:`CompiledScorer` computes the same function with
-the numba cell kernel of the numeric engine (:func:`streamseq.models.kernels.cell_step`)
+the numba layer kernel of the numeric engine (:func:`streamseq.models.kernels.layer_forward`)
 on a flat copy of the weights, refreshed after each optimizer step. Scoring a message is a
 chain of single steps, so a call costs its tokens only (torch's CPU LSTM costs ~65 µs a call
 before its first step, three times a typical 28-character line), and the state at any
 position (where a TBPTT window will start) is there for free, without cutting the run.
+Each step can be recorded (:func:`advance`) for the learner (:mod:`streamseq.text.bptt`),
+which otherwise runs a window's steps again with :func:`record_tokens`.
 
 A stream's numbers depend only on its own tokens and the weights: each step is computed per
 stream, in a fixed order, whatever else was scored in the same poll.
@@ -22,23 +24,66 @@ import numba as nb
 import numpy as np
 import torch
 
-from streamseq.models.kernels import ParamLayout, cell_step, matvec_add
+from streamseq.models.kernels import LSTM, ParamLayout, layer_forward, matvec_add
 
 if TYPE_CHECKING:
+    from streamseq.text.bptt import DropoutMasks
     from streamseq.text.lm import TokenLanguageModel
 
-__all__ = ["CompiledScorer", "score_tokens"]
+__all__ = ["CompiledScorer", "advance", "score_tokens", "record_tokens"]
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@nb.njit(**_JIT)
+def advance(cell: int, hidden: int, x: np.ndarray, state: np.ndarray, theta: np.ndarray,
+            theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray, gi: np.ndarray,
+            gh: np.ndarray, drop_mid: np.ndarray, mid: np.ndarray, rec: np.ndarray) -> None:
+    """One step of every layer from input ``x``: ``state [layers, state_size]`` advanced in
+    place, what the backward pass needs in ``rec [layers, 6 * hidden]`` (per layer the new
+    ``h``, the new ``c`` (LSTM), then the gate activations of
+    :func:`~streamseq.models.kernels.layer_forward`).
+
+    ``drop_mid [layers - 1, hidden]`` scales the inputs of the upper layers (dropout masks;
+    empty for none, then the step is :func:`~streamseq.models.kernels.cell_step`'s bit for
+    bit); ``mid`` is a work area of ``hidden``.
+    """
+    gates = (4 if cell == LSTM else 3) * hidden
+    inp = x
+    n_in = x.shape[0]
+    for layer in range(state.shape[0]):
+        w_ih_t = theta_t[toffs[layer, 0]:toffs[layer, 0] + n_in * gates].reshape(n_in, gates)
+        w_hh_t = theta_t[toffs[layer, 1]:toffs[layer, 1] + hidden * gates].reshape(hidden, gates)
+        h_new = rec[layer, :hidden]
+        c_new = rec[layer, hidden:2 * hidden]
+        layer_forward(cell, hidden, inp, state[layer, :hidden], state[layer, hidden:], w_ih_t,
+                      w_hh_t, theta[offs[layer, 2]:offs[layer, 2] + gates],
+                      theta[offs[layer, 3]:offs[layer, 3] + gates], gi, gh, h_new, c_new,
+                      rec[layer, 2 * hidden:])
+        state[layer, :hidden] = h_new
+        if cell == LSTM:
+            state[layer, hidden:] = c_new
+        if drop_mid.shape[0] > 0 and layer + 1 < state.shape[0]:
+            for k in range(hidden):
+                mid[k] = h_new[k] * drop_mid[layer, k]
+            inp = mid
+        else:
+            inp = state[layer, :hidden]
+        n_in = hidden
+
+
+@nb.njit(**_JIT)
 def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
                  targets: np.ndarray, state: np.ndarray, theta: np.ndarray,
                  theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray, head_off: int,
                  head_t_off: int, known: int, escape: float, mark_at: np.ndarray,
-                 marks: np.ndarray, scratch: np.ndarray, logits: np.ndarray) -> float:
+                 marks: np.ndarray, scratch: np.ndarray, logits: np.ndarray,
+                 rec: np.ndarray) -> float:
     """Summed log-loss (nats) of ``targets``, reading ``inputs`` from ``state [layers,
     state_size]`` (advanced in place); NaN if the final state is not finite. ``marks[i]``
-    receives the state after the first ``mark_at[i]`` inputs.
+    receives the state after the first ``mark_at[i]`` inputs; ``rec [len(inputs), layers,
+    6 * hidden]`` (or empty) each step's record from :func:`advance`.
 
     The head covers ids ``0 .. known - 1`` and one class for the ids not given out yet
     (row ``known``'s logit plus ``escape``); a target from ``known`` up is scored in that
@@ -50,10 +95,17 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
     w_t = theta_t[head_t_off:head_t_off + hidden * n_out].reshape(hidden, n_out)
     bias = theta[head_off + n_out * hidden:head_off + n_out * hidden + n_out]
     top = state[state.shape[0] - 1, :hidden]
+    gates = (4 if cell == LSTM else 3) * hidden
+    gi, gh = scratch[:gates], scratch[gates:2 * gates]
+    mid = scratch[2 * gates:2 * gates + hidden]
+    work = np.empty((state.shape[0], 6 * hidden), np.float32)
+    no_drop = np.empty((0, hidden), np.float32)
     total = 0.0
     m = 0
     for t in range(inputs.shape[0]):
-        cell_step(cell, hidden, emb[inputs[t]], state, theta, theta_t, offs, toffs, scratch)
+        out = rec[t] if rec.shape[0] > 0 else work
+        advance(cell, hidden, emb[inputs[t]], state, theta, theta_t, offs, toffs, gi, gh,
+                no_drop, mid, out)
         z = logits[:classes]
         z[:] = bias[:classes]
         matvec_add(z, w_t, top)
@@ -79,6 +131,40 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
             if not np.isfinite(state[i, j]):
                 return np.nan
     return total
+
+
+@nb.njit(**_JIT)
+def record_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
+                  starts: np.ndarray, todo: np.ndarray, state0: np.ndarray, theta: np.ndarray,
+                  theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray,
+                  drop_in: np.ndarray, drop_mid: np.ndarray, scratch: np.ndarray,
+                  rec: np.ndarray) -> None:
+    """Run windows (rows ``starts[i] .. starts[i + 1]`` of ``inputs``, window ``i`` from
+    ``state0[i]``; those with ``todo[i]`` only) and write each step's record (see
+    :func:`advance`) into ``rec``.
+
+    ``drop_in [rows, embed]`` and ``drop_mid [rows, layers - 1, hidden]`` are dropout masks
+    on the embeddings and between layers (empty for none: then a row's record is the one
+    :func:`score_tokens` writes from the same state, bit for bit).
+    """
+    gates = (4 if cell == LSTM else 3) * hidden
+    gi, gh = scratch[:gates], scratch[gates:2 * gates]
+    mid = scratch[2 * gates:2 * gates + hidden]
+    x = np.empty(emb.shape[1], np.float32)
+    no_drop = np.empty((0, hidden), np.float32)
+    for i in range(starts.shape[0] - 1):
+        if not todo[i]:
+            continue
+        state = state0[i].copy()
+        for r in range(starts[i], starts[i + 1]):
+            if drop_in.shape[0] > 0:
+                for k in range(x.shape[0]):
+                    x[k] = emb[inputs[r], k] * drop_in[r, k]
+                advance(cell, hidden, x, state, theta, theta_t, offs, toffs, gi, gh,
+                        drop_mid[r], mid, rec[r])
+            else:
+                advance(cell, hidden, emb[inputs[r]], state, theta, theta_t, offs, toffs, gi,
+                        gh, no_drop, mid, rec[r])
 
 
 class CompiledScorer:
@@ -114,6 +200,7 @@ class CompiledScorer:
         self.emb = np.zeros(tuple(model.embed.weight.shape), np.float32)
         self.scratch = np.zeros(2 * lay.gates + 6 * lay.hidden, np.float32)
         self.logits = np.zeros(lay.outputs, np.float32)
+        self.no_record = np.zeros((0, lay.layers, 6 * lay.hidden), np.float32)
         self.refresh()
 
     def refresh(self) -> None:
@@ -132,10 +219,13 @@ class CompiledScorer:
                 theta_t[at:at + w.numel()].view(w.shape[1], w.shape[0]).copy_(w.t())
 
     def score(self, state: torch.Tensor, inputs: list[int], targets: list[int], known: int,
-              mark_at: list[int]) -> tuple[float, list[torch.Tensor]]:
+              mark_at: list[int], rec: np.ndarray | None = None
+              ) -> tuple[float, list[torch.Tensor]]:
         """Score ``targets`` after ``inputs`` from ``state [layers, 1, state_size]``
         (advanced in place); returns the summed log-loss (nats; NaN if the state is not
-        finite) and the states after the first ``mark_at[i]`` inputs (ascending)."""
+        finite) and the states after the first ``mark_at[i]`` inputs (ascending). ``rec``
+        ``[len(inputs), layers, 6 * hidden]``, if given, receives each step's record (see
+        :func:`advance`)."""
         lay = self.layout
         st = state.numpy()[:, 0]
         marks = np.zeros((len(mark_at), *st.shape), np.float32)
@@ -144,5 +234,21 @@ class CompiledScorer:
                            np.asarray(targets, np.int64), st, self.theta, self.theta_t,
                            lay.offsets, lay.t_offsets, lay.head_offsets[0], lay.head_t_offset,
                            known, escape, np.asarray(mark_at, np.int64), marks, self.scratch,
-                           self.logits)
+                           self.logits, self.no_record if rec is None else rec)
         return nll, [torch.from_numpy(mk).unsqueeze(1) for mk in marks]
+
+    def record(self, inputs: np.ndarray, starts: np.ndarray, todo: np.ndarray,
+               state0: np.ndarray, masks: DropoutMasks | None, rec: np.ndarray) -> None:
+        """Fill ``rec [rows, layers, 6 * hidden]`` with the steps of windows ``inputs
+        [starts[i]:starts[i + 1]]`` (those with ``todo[i]``) from states ``state0 [windows,
+        layers, state_size]`` under the current weights, with dropout ``masks`` if given
+        (see :func:`record_tokens`)."""
+        lay = self.layout
+        if masks is None:
+            drop_in = np.zeros((0, lay.inputs), np.float32)
+            drop_mid = np.zeros((0, 0, lay.hidden), np.float32)
+        else:
+            drop_in, drop_mid = masks.emb, masks.mid
+        record_tokens(lay.cell, lay.hidden, self.emb, inputs, starts, todo, state0, self.theta,
+                      self.theta_t, lay.offsets, lay.t_offsets, drop_in, drop_mid,
+                      self.scratch, rec)

@@ -38,6 +38,7 @@ from streamseq.text.backtest import (
     run_text_backtest,
 )
 from streamseq.text.baselines import BigramCharModel
+from streamseq.text.bptt import DropoutMasks, WindowBatch, window_gradients
 from streamseq.text.lm import TokenLanguageModel
 from streamseq.text.naive_bayes import HashedNaiveBayes
 from streamseq.text.scoring import CompiledScorer
@@ -489,6 +490,92 @@ def test_compiled_scoring_matches_the_torch_module(cell: str, layers: int, known
             assert torch.allclose(mark, ref_mark, atol=1e-5)
 
 
+@pytest.mark.parametrize(("cell", "layers", "known", "dropout"), [
+    ("lstm", 1, 30, 0.0), ("lstm", 2, 9, 0.3), ("gru", 2, 40, 0.0), ("gru", 1, 9, 0.3)])
+def test_window_gradients_match_autograd(cell: str, layers: int, known: int, dropout: float
+                                         ) -> None:
+    """The learner's gradients (recorded steps, compiled backward, torch products) against
+    autograd through the module, window by window, with the same dropout masks: ragged
+    windows from their own states, context steps not learned, ids from ``known`` up in the
+    shared class."""
+    torch.manual_seed(0)
+    m = TokenLanguageModel(40, embed_dim=8, hidden=24, layers=layers, cell=cell)
+    for p in m.parameters():
+        p.data.mul_(2.0)
+    scorer = CompiledScorer(m)
+    lay = scorer.layout
+    rng = random.Random(1)
+    lengths = [7, 12, 5]
+    starts = np.cumsum([0, *lengths]).astype(np.int64)
+    x = np.array([rng.randrange(3, min(known, 40)) for _ in range(starts[-1])], np.int64)
+    y = torch.tensor([rng.randrange(3, 40) if rng.random() < 0.6 else -100 for _ in x])
+    y = torch.where(y >= 0, y.clamp(max=known), y)
+    state0 = (torch.randn(len(lengths), layers, lay.state_size) * 0.5).numpy()
+    g = torch.Generator().manual_seed(3)
+    masks = DropoutMasks.draw(len(x), lay, dropout, g) if dropout else None
+    rec = np.empty((len(x), layers, 6 * lay.hidden), np.float32)
+    scorer.record(x, starts, np.ones(len(lengths), np.bool_), state0, masks, rec)
+    loss = window_gradients(m, lay, scorer.theta, WindowBatch(x, y, starts, state0, rec),
+                            known, masks)
+    ours = [p.grad.clone() for p in m.parameters() if p.grad is not None]
+    m.zero_grad()
+    ref = torch.zeros(())
+    for i in range(len(lengths)):
+        a, b = int(starts[i]), int(starts[i + 1])
+        out = m.embed(torch.from_numpy(x[a:b]))[None]
+        if masks is not None:
+            out = out * torch.from_numpy(masks.emb[a:b])
+        for layer, rnn in enumerate(m.rnn.layers):
+            if layer > 0 and masks is not None:
+                out = out * torch.from_numpy(masks.mid[a:b, layer - 1])
+            s0 = torch.from_numpy(state0[i, layer])[None, None]
+            h_c = (s0[..., :24].contiguous(), s0[..., 24:].contiguous()) if cell == "lstm" \
+                else s0
+            out, _ = rnn(out, h_c)
+        top = out[0] * torch.from_numpy(masks.top[a:b]) if masks is not None else out[0]
+        ref = ref + torch.nn.functional.cross_entropy(m.known_logits(top, known), y[a:b],
+                                                      ignore_index=-100, reduction="sum")
+    (ref / int((y >= 0).sum())).backward()
+    assert math.isclose(float(loss), float(ref.detach()) / int((y >= 0).sum()), rel_tol=1e-5)
+    assert len(ours) == len(list(m.parameters()))
+    for got, p in zip(ours, m.parameters(), strict=True):
+        assert p.grad is not None
+        assert torch.allclose(got, p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()))
+
+
+def test_learner_reuses_the_scored_steps_of_one_stream() -> None:
+    """One stream, windows of k1 = k2 tokens: each window's steps were all scored under the
+    weights it is learned with (the message is cut where a window falls due), so the
+    learner never runs a step again; the same weights as a learner that runs every step
+    again (a fresh one restored at each message)."""
+    cfg = TextEngineConfig(lm=LMConfig(hidden=16, embed_dim=8, k1=8, k2=8, batch_windows=2))
+    eng = TextEngine(cfg)
+    lm = eng.lm
+    assert lm is not None
+    reruns = []
+    record = lm.scorer.record
+
+    def spy(*args: Any) -> None:
+        reruns.append(int(args[2].sum()))
+        record(*args)
+
+    lm.scorer.record = spy  # type: ignore[method-assign]
+    rng = random.Random(4)
+    events = [TextEvent("s", i, "".join(rng.choice("abcd \n") for _ in range(rng.randint(1, 30))))
+              for i in range(80)]
+    outs = eng.process(events)
+    assert eng.stats.lm_updates > 10 and reruns == []
+    again = TextEngine(cfg)
+    outs_again = []
+    for ev in events:  # each message by a learner restored from a checkpoint: no records
+        fresh = TextEngine(cfg)
+        fresh.load_state_dict(again.state_dict())
+        outs_again += fresh.process([ev])
+        again = fresh
+    assert outs_again == outs
+    assert_same_state(again.state_dict(), eng.state_dict())
+
+
 def test_lm_evicts_excess_and_idle_streams() -> None:
     eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=8, embed_dim=4, max_keys=2,
                                                   key_ttl_ms=10_000)))
@@ -521,16 +608,20 @@ def run_chunked(engine: TextEngine, events: list[Any], sizes: list[int]) -> list
     return outs
 
 
-def test_restart_from_checkpoint_gives_the_same_outputs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_restart_from_checkpoint_gives_the_same_outputs(tmp_path: Path, dropout: float
+                                                        ) -> None:
+    """Without dropout the uninterrupted learner reuses the scorer's records of the steps;
+    the restored one (no records) runs them again: the same bits."""
     events = mixed_stream(160, seed=3)
-    whole = tiny_engine(dropout=0.2)
+    whole = tiny_engine(dropout=dropout)
     expected = whole.process(events)  # uninterrupted
     half = len(events) // 2
-    first = tiny_engine(dropout=0.2)
+    first = tiny_engine(dropout=dropout)
     before = first.process(events[:half])
     first.save(tmp_path / "mid.ckpt")
     first.process(events[half:half + 7])  # the process goes on a bit, then dies unsaved
-    restored = tiny_engine(dropout=0.2)
+    restored = tiny_engine(dropout=dropout)
     restored.load(tmp_path / "mid.ckpt")
     after = restored.process(events[half:])
     assert before + after == expected
@@ -539,11 +630,12 @@ def test_restart_from_checkpoint_gives_the_same_outputs(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left no temporary file
 
 
-def test_outputs_do_not_depend_on_batching() -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_outputs_do_not_depend_on_batching(dropout: float) -> None:
     events = mixed_stream(140, seed=5)
-    one = tiny_engine(dropout=0.1)
+    one = tiny_engine(dropout=dropout)
     by_one = [o for ev in events for o in one.process([ev])]
-    many = tiny_engine(dropout=0.1)
+    many = tiny_engine(dropout=dropout)
     by_many = run_chunked(many, events, [1, 17, 5, 64, 2])
     assert by_one == by_many
     assert_same_state(one.state_dict(), many.state_dict())
