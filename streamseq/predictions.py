@@ -70,14 +70,17 @@ def _number(x: float) -> str:
     return "null" if x != x or x == _INF or x == -_INF else repr(x)
 
 
-def _fields(values: np.ndarray, names: Sequence[str]) -> list[str]:
-    """Per row of ``values`` ``[rows, horizon, targets]``, the inside of its JSON object
-    ``"t1":[v,v],"t2":[v,v]`` (``names[j]`` is target ``j``'s ``"name":[``), numbers as
-    :func:`_number` writes them (rounded to 10 decimals, ``null`` when not finite),
-    formatted in a few passes over the whole batch.
+def _fields(values: np.ndarray, names: Sequence[str]) -> list[str | list[str]]:
+    """The inside of each row's JSON object ``"t1":[v,v],"t2":[v,v]`` for ``values``
+    ``[rows, horizon, targets]`` (``names[j]`` is target ``j``'s ``"name":[``), as parts
+    for :func:`_interleave` (a string: the same in every row), numbers as :func:`_number`
+    writes them (rounded to 10 decimals, ``null`` when not finite), formatted in a few
+    passes over the whole batch.
 
     >>> _fields(np.array([[[1.5, np.nan]], [[-0.25, 2.0]]]), ['"a":[', '"b":['])
-    ['"a":[1.5],"b":[null]', '"a":[-0.25],"b":[2.0]']
+    [['"a":[1.5],"b":[null]', '"a":[-0.25],"b":[2.0]']]
+    >>> _fields(np.array([[[1.5], [2.0]]]), ['"a":['])
+    ['"a":[', ['1.5,2.0'], ']']
     """
     rows, horizon, n_targets = values.shape
     flat = np.round(values, 10).transpose(0, 2, 1).ravel()  # [row][target][step]
@@ -87,10 +90,28 @@ def _fields(values: np.ndarray, names: Sequence[str]) -> list[str]:
     cells = text if horizon == 1 else [",".join(text[k:k + horizon])
                                        for k in range(0, len(text), horizon)]
     if n_targets == 1:
-        name = names[0]
-        return [name + c + "]" for c in cells]
-    return [",".join(name + cells[r * n_targets + j] + "]" for j, name in enumerate(names))
-            for r in range(rows)]
+        return [names[0], cells, "]"]
+    return [[",".join(name + cells[r * n_targets + j] + "]" for j, name in enumerate(names))
+             for r in range(rows)]]
+
+
+def _interleave(columns: Sequence[str | list[str]], n: int) -> list[str]:
+    """The parts of ``n`` rows, row after row: ``columns[k]`` gives each row's ``k``-th part
+    (a string: the same in every row; neighbouring ones are joined first).
+
+    >>> "".join(_interleave(["<", ["a", "b"], ":", "=", ["1", "2"], ">"], 2))
+    '<a:=1><b:=2>'
+    """
+    merged: list[str | list[str]] = []
+    for column in columns:
+        if isinstance(column, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += column
+        else:
+            merged.append(column)
+    parts: list[str] = [""] * (n * len(merged))
+    for k, column in enumerate(merged):
+        parts[k::len(merged)] = [column] * n if isinstance(column, str) else column
+    return parts
 
 
 class PredictionEncoder:
@@ -168,25 +189,23 @@ class PredictionEncoder:
         key_bytes, key_json = self._keys_of(list(map(cols.keys.__getitem__, index)))
         offsets = list(map(str, map(_OFFSET, srcs)))
         places = list(map(_PLACE, srcs))
+        head: str | list[str]
+        tail: str | list[str]
         if places.count(places[0]) == n:  # one partition's records (the pipeline's call)
             head, tail = self._source(*places[0])
-            heads: Sequence[str] = [head] * n
-            tails: Sequence[str] = [tail] * n
         else:
             heads, tails = zip(*(self._source(*p) for p in places), strict=True)
-        kind = json.dumps(self.kind)
-        weights = [""] * n if out.weights is None else self._weights(out.weights, names)
+            head, tail = list(heads), list(tails)
+        low, high = int(out.version.min()), int(out.version.max())
+        version = str(low) if low == high else list(map(str, out.version.tolist()))
         # every record's parts in one list, joined once: the parts are JSON text, so no
         # part holds a raw newline and the records come apart at the newlines
-        columns: list[Sequence[str]] = [
-            heads, offsets, ['","key":'] * n, key_json, [f',"kind":{kind},"event_ts":'] * n,
-            list(map(str, map(cols.ts_ms.__getitem__, index))), [',"target_ts":['] * n, target_ts,
-            [f'],"horizon":{horizon},"yhat":{{'] * n, yhat, ['},"lo":{'] * n, lo,
-            ['},"hi":{'] * n, hi, ['},"model_version":'] * n, list(map(str, out.version.tolist())),
-            [","] * n, tails, offsets, ["}"] * n, weights, ["}\n"] * n]
-        parts: list[str] = [""] * (n * len(columns))
-        for k, column in enumerate(columns):
-            parts[k::len(columns)] = column
+        parts = _interleave([
+            head, offsets, '","key":', key_json, f',"kind":{json.dumps(self.kind)},"event_ts":',
+            list(map(str, map(cols.ts_ms.__getitem__, index))), ',"target_ts":[', target_ts,
+            f'],"horizon":{horizon},"yhat":{{', *yhat, '},"lo":{', *lo, '},"hi":{', *hi,
+            '},"model_version":', version, ",", tail, offsets, "}",
+            "" if out.weights is None else self._weights(out.weights, names), "}\n"], n)
         values = "".join(parts).encode().split(b"\n")
         values.pop()  # after the last newline
         return list(map(_PREDICTION, repeat(Prediction, n), zip(

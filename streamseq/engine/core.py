@@ -174,12 +174,13 @@ class Shard:
         n = len(poll)
         out = EngineOutput.empty(n, cfg.model.horizon, len(self.targets))
         plan = _Plan.empty(n, len(poll.keys))
-        plan.valid[:] = [r is None for r in poll.rejected]
+        refused = len(poll.rejected) - poll.rejected.count(None)  # no Python pass per event
+        plan.valid[:] = [r is None for r in poll.rejected] if refused else True
         plan.slot_of_key[:] = [self.table.keys.get(k, -1) for k in poll.keys]
         self._apply(poll, plan, out, stats, learning, scoring, aggregate=True)
         verdict = plan.verdict
         applied = np.flatnonzero(verdict == APPLIED)
-        for i, err in enumerate(poll.rejected):
+        for i, err in enumerate(poll.rejected if refused else ()):
             if err is not None:
                 out.rejected.append((i, err))
                 stats.rejected[err.reason] += 1
