@@ -75,7 +75,11 @@ class GarbageCollectorTime(Collector):
     A collection stops the thread that set it off, whichever it is, and it is invisible to
     a Python-level profiler (its time counts for the allocation that triggered it); this is
     how much of the process's time it takes (:func:`streamseq.service.memory.freeze_heap`).
-    Exported by a single service process; the supervisor of ``--workers`` does not merge it.
+
+    A worker of ``--workers`` (:func:`multiprocess`) cannot export a collector of its own:
+    there the seconds go into a counter of prometheus_client's multiprocess files instead,
+    brought up to date by :meth:`publish` (the service calls it every loop; the hook itself
+    takes no lock), and the supervisor sums them over the host like every other counter.
 
     Examples
     --------
@@ -86,13 +90,31 @@ class GarbageCollectorTime(Collector):
     True
     """
 
+    NAME = "streamseq_gc_seconds"
+    HELP = "Seconds spent in Python's cyclic garbage collector, by the generation collected."
     _seconds = [0.0, 0.0, 0.0]  # per generation, since the hook was installed
     _started = [0.0]
 
     def __init__(self, registry: CollectorRegistry) -> None:
         if self._time not in gc.callbacks:
             gc.callbacks.append(self._time)
-        registry.register(self)
+        self._published = list(self._seconds)
+        self._counter: Counter | None = None
+        if multiprocess():
+            self._counter = Counter(self.NAME, self.HELP, ["generation"], registry=registry)
+        else:
+            registry.register(self)
+
+    def publish(self) -> None:
+        """Add the collector's seconds since the last call to the multiprocess counter (a
+        no-op in a single process, where :meth:`collect` reads them when scraped)."""
+        if self._counter is None:
+            return
+        for generation, seconds in enumerate(self._seconds):
+            if seconds > self._published[generation]:
+                self._counter.labels(generation=str(generation)).inc(
+                    seconds - self._published[generation])
+                self._published[generation] = seconds
 
     @classmethod
     def _time(cls, phase: str, info: dict[str, int]) -> None:
@@ -102,9 +124,7 @@ class GarbageCollectorTime(Collector):
             cls._seconds[info["generation"]] += time.perf_counter() - cls._started[0]
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            "streamseq_gc_seconds", "Seconds spent in Python's cyclic garbage collector, by "
-            "the generation collected.", labels=["generation"])
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["generation"])
         for generation, seconds in enumerate(self._seconds):
             family.add_metric([str(generation)], seconds)
         yield family
@@ -131,7 +151,7 @@ class ServiceMetrics:
         r = self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        GarbageCollectorTime(registry=r)
+        self.gc_time = GarbageCollectorTime(registry=r)
         self.build_info = Info("streamseq_build", "Version and model architecture of this process.",
                                registry=r)
         self.build_info.info({"version": version, "cell": cell, "hidden": str(hidden)})

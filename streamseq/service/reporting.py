@@ -96,3 +96,4 @@ class MetricsReporter:
         self._kinds.update(total)
         for kind, n in total.items():
             self.metrics.keys.labels(kind=kind).set(n)
+        self.metrics.gc_time.publish()

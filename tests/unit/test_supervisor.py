@@ -175,7 +175,7 @@ def test_health_reflects_every_worker(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- metrics
 WORKER_METRICS = textwrap.dedent("""\
-    import sys, time
+    import gc, sys, time
     from streamseq.metrics import ServiceMetrics, observe_many
     m = ServiceMetrics(version="0", cell="gru", hidden=8)
     n, shards, checkpoint = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
@@ -188,6 +188,8 @@ WORKER_METRICS = textwrap.dedent("""\
     m.lag.labels(topic="sensors", partition=str(n)).set(100)
     m.forget_partition("sensors", n)  # revoked: its share of the lag is 0 now
     m.last_checkpoint_ts.set(checkpoint)
+    gc.collect()
+    m.gc_time.publish()
     print("ok", flush=True)
     sys.stdin.read()  # alive until the test closes stdin
     """)
@@ -226,6 +228,8 @@ def test_host_metrics_merge_real_worker_files(tmp_path: Path) -> None:
                                                                           abs=5)
         assert value("streamseq_build_info", version="0", cell="gru", hidden="8") == 1
         assert value("process_resident_memory_bytes") > 3 * 10e6  # the workers' too
+        gc_seconds = value("streamseq_gc_seconds_total", generation="2")
+        assert gc_seconds is not None and gc_seconds > 0  # each worker's full collection
         assert all("pid" not in s.labels for f in registry.collect() for s in f.samples)
         # a worker exits: its counts stay (sums never go back), its levels go
         dead = procs.pop(1)
