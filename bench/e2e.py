@@ -17,7 +17,9 @@ What it measures, on the local embedded broker (Tansu) and this machine, all in 
    (d) ``--workers 2`` when ``streamseq run`` has that flag. Throughput = output records /
    (last - first output record timestamp), best of ``--repeat`` runs.
 4. **Latency at fixed offered rates** (``--rates``, each for ``--seconds``), the relay and
-   the service with defaults, each caught up beforehand: per event, the output record's
+   the service with defaults, each on an input topic of its own filled with the same
+   ``--events`` and caught up beforehand (on Tansu a fetch costs more the more batches the
+   topic holds: a shared topic would hand the second runner a slower broker): per event, the output record's
    timestamp (set when the relay or service hands it to its producer) minus the input
    record's (set when the bench hands it to its producer), and the time the output record
    reached a consumer of the output topic (``fetch_max_wait_ms=5``) minus the same.
@@ -1043,15 +1045,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"(load {load()})", flush=True)
         ctx["throughput"] = results
 
-        produced = a.events
         for variant in latency_variants:
             tag = f"latency-{variant.name}-{unique}"
-            runner = Runner(variant, broker, topics, tag, workdir, a.hidden)
+            # Each runner on an input topic of its own, filled like the shared one: Tansu's
+            # fetches cost more the more batches a topic holds, and a paced phase writes
+            # thousands of small ones, so a runner measured on the topic after another's
+            # phases met a slower broker (bench/e2e_notes.md, 2026-12-02 15:40).
+            own = ServiceTopics.create(broker, tag, partitions=a.partitions)
+            produce(broker.bootstrap, own.sensor, bulk)
+            produced = len(bulk)
+            runner = Runner(variant, broker, own, tag, workdir, a.hidden)
             try:
                 wait_until(lambda r=runner, k=produced: r.count() >= k, 600,  # type: ignore[misc]
                            f"{variant.name} caught up", interval=0.2)
                 for rate, live in zip(rates, lives[variant.key], strict=True):
-                    lat = latency_phase(runner, broker.bootstrap, topics.sensor, live, rate)
+                    lat = latency_phase(runner, broker.bootstrap, own.sensor, live, rate)
                     produced += len(live)
                     ctx["latency"].append(lat)
                     print(f"latency: {json.dumps(lat)}", flush=True)
@@ -1066,9 +1074,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ctx["profiles"] = []
         if a.profile:
-            total = produced
-            for variant in (RELAY, NO_LEARN, DEFAULTS):
-                prof = profile_drain(variant, broker, topics, unique, total, workdir, a.hidden)
+            for variant in (RELAY, NO_LEARN, DEFAULTS):  # the shared topic holds the bulk
+                prof = profile_drain(variant, broker, topics, unique, a.events, workdir,
+                                     a.hidden)
                 if prof is not None:
                     ctx["profiles"].append((variant, prof))
     ctx["load_end"] = load()
