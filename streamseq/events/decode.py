@@ -313,9 +313,12 @@ class EventDecoder:
         changes: every event it returns is the one :meth:`decode` returns).
 
         Plain: one JSON parse holds them all (:func:`load_json_objects`), all objects have
-        the same fields in the same order, among them ``values`` (an object of finite
-        floats), the key (printable ASCII), the time (epoch milliseconds, an integer in
-        range), and an ``id``, if any, is a string or ``null``; no ``value_fields``.
+        the same fields in the same order, among them the key (a string), the time and
+        ``values`` (an object), and an ``id``, if any, is a string or ``null``; no
+        ``value_fields``. Each field is checked as a column: kinds and the poll's distinct
+        keys by :meth:`decode`'s rules, times and values at once when they are integer
+        epoch milliseconds in range and finite floats, else by :meth:`decode`'s rules
+        event by event (ISO times, integer or null readings); any error: ``None``.
 
         Examples
         --------
@@ -324,7 +327,9 @@ class EventDecoder:
         ...                       b'{"key": "b", "ts": 6, "values": {"x": -2.0, "y": 0.5}}'])
         >>> cols[1] == d.decode(b'{"key": "b", "ts": 6, "values": {"x": -2.0, "y": 0.5}}')
         True
-        >>> d.decode_many([b'{"key": "a", "ts": 5, "values": {"x": 1}}'])  # an int: decode
+        >>> d.decode_many([b'{"key": "a", "ts": "1970-01-01T00:00:01Z", "values": {"x": 1}}'])[0]
+        Event(kind='sensor', key='a', ts_ms=1000, values={'x': 1.0}, id=None, meta={})
+        >>> d.decode_many([b'{"key": "a", "ts": 5, "values": {"x": NaN}}'])  # decode refuses it
         """
         if self.value_fields is not None:
             return None
@@ -342,20 +347,27 @@ class EventDecoder:
         try:  # set() of an unhashable value (an object) raises TypeError
             kinds = (list(map(operator.itemgetter("kind"), docs)) if "kind" in layout
                      else [self.kind] * len(docs))
-            keys = list(map(operator.itemgetter(key_field), docs))
-            if not set(kinds) <= _KIND_SET or not all(map(self._plain_key, set(keys))):
+            if not set(kinds) <= _KIND_SET:
                 return None
-        except TypeError:
-            return None
-        ts = list(map(operator.itemgetter(time_field), docs))
-        if set(map(type, ts)) != {int} or min(ts) < MIN_TS_MS or max(ts) > MAX_TS_MS:
-            return None
-        values = list(map(operator.itemgetter("values"), docs))
-        if set(map(type, values)) != {dict} or not min(map(len, values)):
-            return None
-        numbers = list(chain.from_iterable(map(dict.values, values)))
-        # all floats, and their sum finite: none is NaN or infinite
-        if set(map(type, numbers)) != {float} or not math.isfinite(sum(numbers)):
+            keys = list(map(operator.itemgetter(key_field), docs))
+            distinct = set(keys)
+            if not all(map(self._plain_key, distinct)):
+                if set(map(type, keys)) != {str}:  # check_key makes other types strings
+                    return None
+                for key in distinct:
+                    check_key(key, self.max_key_len)
+            ts = list(map(operator.itemgetter(time_field), docs))
+            if set(map(type, ts)) != {int} or min(ts) < MIN_TS_MS or max(ts) > MAX_TS_MS:
+                ts = list(map(parse_time, ts, repeat(self.naive_tz)))
+            values = list(map(operator.itemgetter("values"), docs))
+            if set(map(type, values)) != {dict}:
+                return None
+            numbers = list(chain.from_iterable(map(dict.values, values)))
+            # all floats, and their sum finite: none is NaN or infinite
+            if (not min(map(len, values)) or set(map(type, numbers)) != {float}
+                    or not math.isfinite(sum(numbers))):
+                values = list(map(self._values, values))
+        except (TypeError, EventError):
             return None
         ids: list[str | None] = [None] * len(docs)
         if "id" in layout:

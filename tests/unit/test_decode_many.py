@@ -69,6 +69,11 @@ def test_plain_polls_are_decoded_at_once() -> None:
         [b'{"ts":1,"symbol":"SPY","values":{"p":1.0},"kind":"price","extra":[1]}'.replace(
             b',"extra":[1]', b"")],
         [_plain("k", MAX_TS_MS), _plain("k", 0)],
+        # what decode's rules take event by event: ISO times, integer and null readings,
+        # keys beyond printable ASCII
+        [_doc('"\\u00e9t\\u00e9"', '"2024-01-01T00:00:00Z"', "21", None, None),
+         _doc('"s 1"', '"1704067200000"', "null", None, None).replace(b'}}', b',"y":1.0}}'),
+         _doc('"s-2"', "1.7e12", "-3", None, None)],
     ]
     for poll in polls:
         got = _check(poll)
