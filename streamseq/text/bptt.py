@@ -21,7 +21,7 @@ same weights, or one run again from the window's start state
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numba as nb
 import numpy as np
@@ -32,7 +32,8 @@ from streamseq.models.kernels import LSTM, ParamLayout, gate_gradients
 if TYPE_CHECKING:
     from streamseq.text.lm import TokenLanguageModel
 
-__all__ = ["WindowBatch", "DropoutMasks", "backprop_windows", "window_gradients"]
+__all__ = ["WindowBatch", "DropoutMasks", "backprop_windows", "softmax_gradient",
+           "window_gradients"]
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -139,6 +140,39 @@ def backprop_windows(cell: int, hidden: int, theta: np.ndarray, offs: np.ndarray
                         dh[a] = d_inp[a]
 
 
+@nb.njit(**_JIT)
+def softmax_gradient(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean log-softmax loss of the rows of ``logits [rows, classes]`` whose target is not
+    negative; ``logits`` is overwritten with the loss's gradient (softmax minus one-hot,
+    over the number of such rows; zero on the other rows)."""
+    count = 0
+    for r in range(targets.shape[0]):
+        if targets[r] >= 0:
+            count += 1
+    scale = np.float32(1.0 / max(count, 1))
+    total = 0.0
+    for r in range(logits.shape[0]):
+        z = logits[r]
+        y = targets[r]
+        if y < 0:
+            z[:] = 0.0
+            continue
+        top = z[0]
+        for j in range(1, z.shape[0]):
+            top = max(top, z[j])
+        total -= z[y] - top
+        s = np.float32(0.0)
+        for j in range(z.shape[0]):
+            z[j] = np.exp(z[j] - top)
+            s += z[j]
+        total += np.log(s)
+        inv = scale / s
+        for j in range(z.shape[0]):
+            z[j] *= inv
+        z[y] -= scale
+    return total / max(count, 1)
+
+
 @dataclass(frozen=True)
 class DropoutMasks:
     """Inverted-dropout masks of one update (already scaled by ``1 / (1 - p)``):
@@ -170,7 +204,7 @@ class WindowBatch:
     """
 
     inputs: np.ndarray
-    targets: torch.Tensor
+    targets: np.ndarray
     starts: np.ndarray
     state0: np.ndarray
     rec: np.ndarray
@@ -178,10 +212,11 @@ class WindowBatch:
 
 def window_gradients(model: TokenLanguageModel, lay: ParamLayout, theta: np.ndarray,
                      batch: WindowBatch, known: int, masks: DropoutMasks | None
-                     ) -> torch.Tensor:
-    """Set every parameter's ``.grad`` to the gradient of the mean log-loss of the batch's
-    learned targets (ids ``0 .. known - 1`` and the shared class of the rest, see
-    :meth:`~streamseq.text.lm.TokenLanguageModel.known_logits`); returns that loss.
+                     ) -> tuple[float, list[torch.Tensor]]:
+    """The mean log-loss of the batch's learned targets (ids ``0 .. known - 1`` and the
+    shared class of the rest, see
+    :meth:`~streamseq.text.lm.TokenLanguageModel.known_logits`) and its gradient in each
+    of ``model.parameters()``, in their order.
 
     ``theta`` is the flat copy of the recurrent and head weights the records were made
     with (:class:`~streamseq.text.scoring.CompiledScorer`'s).
@@ -193,17 +228,10 @@ def window_gradients(model: TokenLanguageModel, lay: ParamLayout, theta: np.ndar
     if masks is not None:
         top.mul_(torch.from_numpy(masks.top))
     head = model.head
-    y = batch.targets
-    learned = (y >= 0).to(torch.float32).unsqueeze(1)
-    y_at = y.clamp(min=0).unsqueeze(1)
-    count = max(float(learned.sum()), 1.0)
     with torch.no_grad():
-        logits = model.known_logits(top, known)
-        classes = logits.shape[1]
-        logp = logits.log_softmax(1)
-        loss = -(logp.gather(1, y_at) * learned).sum() / count
-        # d loss / d logits = (softmax - onehot) / count on the learned rows, 0 elsewhere
-        dz = logp.exp_().scatter_add_(1, y_at, -learned).mul_(learned / count)
+        dz = model.known_logits(top, known)  # the logits, then their gradient
+        classes = dz.shape[1]
+        loss = softmax_gradient(dz.numpy(), batch.targets)
         g_head_w = torch.zeros_like(head.weight)
         g_head_b = torch.zeros_like(head.bias)
         torch.mm(dz.t(), top, out=g_head_w[:classes])
@@ -235,11 +263,9 @@ def window_gradients(model: TokenLanguageModel, lay: ParamLayout, theta: np.ndar
                     inp = inp * torch.from_numpy(masks.mid[:, layer - 1])
             grads += [gi.t() @ inp, gh.t() @ torch.from_numpy(hprev[layer]), gi.sum(0),
                       gh.sum(0)]
-        w_ih0 = next(model.rnn.parameters())  # layer 0's weight_ih
+        w_ih0 = cast(torch.Tensor, model.rnn.layers[0].weight_ih_l0)
         d_emb = torch.from_numpy(dgi[0]) @ w_ih0
         if masks is not None:
             d_emb.mul_(torch.from_numpy(masks.emb))
         g_emb = torch.zeros_like(emb).index_add_(0, ids, d_emb)
-        for p, g in zip(model.parameters(), [g_emb, *grads, g_head_w, g_head_b], strict=True):
-            p.grad = g
-    return loss
+    return loss, [g_emb, *grads, g_head_w, g_head_b]

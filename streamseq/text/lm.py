@@ -364,8 +364,8 @@ class OnlineLanguageModel:
         np.cumsum([len(w.inputs) for w in windows], out=starts[1:])
         rows = int(starts[-1])
         inputs = np.fromiter((t for w in windows for t in w.inputs), np.int64, rows)
-        y = torch.tensor([t for w in windows
-                          for t in [-100] * w.n_context + w.targets[w.n_context:]])
+        y = np.fromiter((t for w in windows
+                         for t in [-100] * w.n_context + w.targets[w.n_context:]), np.int64, rows)
         state0 = np.stack([w.state0[:, 0].numpy() for w in windows])
         masks = DropoutMasks.draw(rows, lay, c.dropout, self.generator) if c.dropout > 0 \
             else None
@@ -377,17 +377,20 @@ class OnlineLanguageModel:
                 todo[i] = False
         if todo.any():
             self.scorer.record(inputs, starts, todo, state0, masks, rec)
-        loss = window_gradients(self.model, lay, self.scorer.theta,
-                                WindowBatch(inputs, y, starts, state0, rec), len(self.vocab),
-                                masks)  # every target is known
-        applied, loss_v, norm = guarded_apply(self.params, self.optimizer, float(loss), c.clip)
+        loss, grads = window_gradients(self.model, lay, self.scorer.theta,
+                                       WindowBatch(inputs, y, starts, state0, rec),
+                                       len(self.vocab), masks)  # every target is known
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        applied, loss_v, norm = guarded_apply(self.params, self.optimizer, loss, c.clip)
         s = self.stats
         if applied:
             self.version += 1
             self.rec_rows = 0
             self.scorer.refresh()
             learned = y[y >= 0]
-            self.learned_counts += torch.bincount(learned, minlength=self.config.max_vocab)
+            self.learned_counts += torch.from_numpy(np.bincount(learned,
+                                                                minlength=c.max_vocab))
             s.lm_updates += 1
         else:
             s.lm_updates_skipped += 1
