@@ -30,37 +30,62 @@ if TYPE_CHECKING:
     from streamseq.text.bptt import DropoutMasks
     from streamseq.text.lm import TokenLanguageModel
 
-__all__ = ["CompiledScorer", "advance", "score_tokens", "record_tokens"]
+__all__ = ["CompiledScorer", "advance", "input_gates", "score_tokens", "record_tokens"]
 
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @nb.njit(**_JIT)
-def advance(cell: int, hidden: int, x: np.ndarray, state: np.ndarray, theta: np.ndarray,
-            theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray, gi: np.ndarray,
-            gh: np.ndarray, drop_mid: np.ndarray, mid: np.ndarray, rec: np.ndarray) -> None:
+def input_gates(token: int, emb: np.ndarray, theta: np.ndarray, theta_t: np.ndarray,
+                offs: np.ndarray, toffs: np.ndarray, table: np.ndarray,
+                filled: np.ndarray) -> np.ndarray:
+    """``b_ih + W_ih emb[token]`` of the first layer, computed once per token id and
+    weights (``table [vocab, gates]``, rows valid where ``filled``; clear ``filled`` when
+    the weights change), with the same operations as
+    :func:`~streamseq.models.kernels.layer_forward`'s: the same bits."""
+    if not filled[token]:
+        gates, n_in = table.shape[1], emb.shape[1]
+        row = table[token]
+        row[:] = theta[offs[0, 2]:offs[0, 2] + gates]
+        matvec_add(row, theta_t[toffs[0, 0]:toffs[0, 0] + n_in * gates].reshape(n_in, gates),
+                   emb[token])
+        filled[token] = True
+    return table[token]
+
+
+@nb.njit(**_JIT)
+def advance(cell: int, hidden: int, x: np.ndarray, x_gates: np.ndarray, state: np.ndarray,
+            theta: np.ndarray, theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray,
+            gi: np.ndarray, gh: np.ndarray, drop_mid: np.ndarray, mid: np.ndarray,
+            rec: np.ndarray) -> None:
     """One step of every layer from input ``x``: ``state [layers, state_size]`` advanced in
     place, what the backward pass needs in ``rec [layers, 6 * hidden]`` (per layer the new
     ``h``, the new ``c`` (LSTM), then the gate activations of
     :func:`~streamseq.models.kernels.layer_forward`).
 
-    ``drop_mid [layers - 1, hidden]`` scales the inputs of the upper layers (dropout masks;
-    empty for none, then the step is :func:`~streamseq.models.kernels.cell_step`'s bit for
-    bit); ``mid`` is a work area of ``hidden``.
+    ``x_gates``, if not empty, is the first layer's ``b_ih + W_ih x`` (from
+    :func:`input_gates`). ``drop_mid [layers - 1, hidden]`` scales the inputs of the upper
+    layers (dropout masks; empty for none, then the step is
+    :func:`~streamseq.models.kernels.cell_step`'s bit for bit); ``mid`` is a work area of
+    ``hidden``.
     """
     gates = (4 if cell == LSTM else 3) * hidden
     inp = x
     n_in = x.shape[0]
     for layer in range(state.shape[0]):
+        b_ih = theta[offs[layer, 2]:offs[layer, 2] + gates]
+        if layer == 0 and x_gates.shape[0] > 0:
+            b_ih = x_gates
+            inp = x[:0]
+            n_in = 0
         w_ih_t = theta_t[toffs[layer, 0]:toffs[layer, 0] + n_in * gates].reshape(n_in, gates)
         w_hh_t = theta_t[toffs[layer, 1]:toffs[layer, 1] + hidden * gates].reshape(hidden, gates)
         h_new = rec[layer, :hidden]
         c_new = rec[layer, hidden:2 * hidden]
         layer_forward(cell, hidden, inp, state[layer, :hidden], state[layer, hidden:], w_ih_t,
-                      w_hh_t, theta[offs[layer, 2]:offs[layer, 2] + gates],
-                      theta[offs[layer, 3]:offs[layer, 3] + gates], gi, gh, h_new, c_new,
-                      rec[layer, 2 * hidden:])
+                      w_hh_t, b_ih, theta[offs[layer, 3]:offs[layer, 3] + gates], gi, gh,
+                      h_new, c_new, rec[layer, 2 * hidden:])
         state[layer, :hidden] = h_new
         if cell == LSTM:
             state[layer, hidden:] = c_new
@@ -79,11 +104,12 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
                  theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray, head_off: int,
                  head_t_off: int, known: int, escape: float, mark_at: np.ndarray,
                  marks: np.ndarray, scratch: np.ndarray, logits: np.ndarray,
-                 rec: np.ndarray) -> float:
+                 rec: np.ndarray, table: np.ndarray, filled: np.ndarray) -> float:
     """Summed log-loss (nats) of ``targets``, reading ``inputs`` from ``state [layers,
     state_size]`` (advanced in place); NaN if the final state is not finite. ``marks[i]``
     receives the state after the first ``mark_at[i]`` inputs; ``rec [len(inputs), layers,
-    6 * hidden]`` (or empty) each step's record from :func:`advance`.
+    6 * hidden]`` (or empty) each step's record from :func:`advance`; ``table`` and
+    ``filled``: see :func:`input_gates`.
 
     The head covers ids ``0 .. known - 1`` and one class for the ids not given out yet
     (row ``known``'s logit plus ``escape``); a target from ``known`` up is scored in that
@@ -104,8 +130,9 @@ def score_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
     m = 0
     for t in range(inputs.shape[0]):
         out = rec[t] if rec.shape[0] > 0 else work
-        advance(cell, hidden, emb[inputs[t]], state, theta, theta_t, offs, toffs, gi, gh,
-                no_drop, mid, out)
+        x_gates = input_gates(inputs[t], emb, theta, theta_t, offs, toffs, table, filled)
+        advance(cell, hidden, emb[inputs[t]], x_gates, state, theta, theta_t, offs, toffs, gi,
+                gh, no_drop, mid, out)
         z = logits[:classes]
         z[:] = bias[:classes]
         matvec_add(z, w_t, top)
@@ -138,20 +165,22 @@ def record_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
                   starts: np.ndarray, todo: np.ndarray, state0: np.ndarray, theta: np.ndarray,
                   theta_t: np.ndarray, offs: np.ndarray, toffs: np.ndarray,
                   drop_in: np.ndarray, drop_mid: np.ndarray, scratch: np.ndarray,
-                  rec: np.ndarray) -> None:
+                  rec: np.ndarray, table: np.ndarray, filled: np.ndarray) -> None:
     """Run windows (rows ``starts[i] .. starts[i + 1]`` of ``inputs``, window ``i`` from
     ``state0[i]``; those with ``todo[i]`` only) and write each step's record (see
     :func:`advance`) into ``rec``.
 
     ``drop_in [rows, embed]`` and ``drop_mid [rows, layers - 1, hidden]`` are dropout masks
     on the embeddings and between layers (empty for none: then a row's record is the one
-    :func:`score_tokens` writes from the same state, bit for bit).
+    :func:`score_tokens` writes from the same state, bit for bit); ``table`` and
+    ``filled``: see :func:`input_gates`.
     """
     gates = (4 if cell == LSTM else 3) * hidden
     gi, gh = scratch[:gates], scratch[gates:2 * gates]
     mid = scratch[2 * gates:2 * gates + hidden]
     x = np.empty(emb.shape[1], np.float32)
     no_drop = np.empty((0, hidden), np.float32)
+    no_gates = np.empty(0, np.float32)
     for i in range(starts.shape[0] - 1):
         if not todo[i]:
             continue
@@ -160,11 +189,13 @@ def record_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
             if drop_in.shape[0] > 0:
                 for k in range(x.shape[0]):
                     x[k] = emb[inputs[r], k] * drop_in[r, k]
-                advance(cell, hidden, x, state, theta, theta_t, offs, toffs, gi, gh,
+                advance(cell, hidden, x, no_gates, state, theta, theta_t, offs, toffs, gi, gh,
                         drop_mid[r], mid, rec[r])
             else:
-                advance(cell, hidden, emb[inputs[r]], state, theta, theta_t, offs, toffs, gi,
-                        gh, no_drop, mid, rec[r])
+                x_gates = input_gates(inputs[r], emb, theta, theta_t, offs, toffs, table,
+                                      filled)
+                advance(cell, hidden, emb[inputs[r]], x_gates, state, theta, theta_t, offs,
+                        toffs, gi, gh, no_drop, mid, rec[r])
 
 
 class CompiledScorer:
@@ -201,12 +232,16 @@ class CompiledScorer:
         self.scratch = np.zeros(2 * lay.gates + 6 * lay.hidden, np.float32)
         self.logits = np.zeros(lay.outputs, np.float32)
         self.no_record = np.zeros((0, lay.layers, 6 * lay.hidden), np.float32)
+        #: the first layer's input gates per token id under the current weights
+        self.table = np.zeros((model.embed.num_embeddings, lay.gates), np.float32)
+        self.filled = np.zeros(model.embed.num_embeddings, np.bool_)
         self.refresh()
 
     def refresh(self) -> None:
         """Copy the module's current weights (the transposed layout by torch's blocked
         copy: numba's element loop takes ~1 ms for a 1x128 model)."""
         lay = self.layout
+        self.filled[:] = False
         theta, theta_t = torch.from_numpy(self.theta), torch.from_numpy(self.theta_t)
         with torch.no_grad():
             torch.cat([p.flatten() for p in self.params], out=theta)
@@ -234,7 +269,8 @@ class CompiledScorer:
                            np.asarray(targets, np.int64), st, self.theta, self.theta_t,
                            lay.offsets, lay.t_offsets, lay.head_offsets[0], lay.head_t_offset,
                            known, escape, np.asarray(mark_at, np.int64), marks, self.scratch,
-                           self.logits, self.no_record if rec is None else rec)
+                           self.logits, self.no_record if rec is None else rec, self.table,
+                           self.filled)
         return nll, [torch.from_numpy(mk).unsqueeze(1) for mk in marks]
 
     def record(self, inputs: np.ndarray, starts: np.ndarray, todo: np.ndarray,
@@ -251,4 +287,4 @@ class CompiledScorer:
             drop_in, drop_mid = masks.emb, masks.mid
         record_tokens(lay.cell, lay.hidden, self.emb, inputs, starts, todo, state0, self.theta,
                       self.theta_t, lay.offsets, lay.t_offsets, drop_in, drop_mid,
-                      self.scratch, rec)
+                      self.scratch, rec, self.table, self.filled)
