@@ -289,7 +289,7 @@ class OnlineLanguageModel:
         # stream's first input)
         first = n0 + 1 + ((-k2 - (n0 + 1)) % k1)
         mark_at = [p - n0 for p in range(first, n0 + n, k1)]
-        state = st.state.clone()
+        state = st.state  # advanced in place (a mark kept at the end is a copy)
         rec = self._record_buffer(st, n0, n)
         nll, marks = self.scorer.score(state, [st.last, *ids[:-1]], ids, known, mark_at, rec)
         if rec is not None:
@@ -302,7 +302,7 @@ class OnlineLanguageModel:
             st.rec, st.rec_version = [], -1
         st.state = state
         if (n0 + n + k2) % k1 == 0:
-            st.marks[n0 + n] = state
+            st.marks[n0 + n] = state.clone()
         st.last = ids[-1]
         st.hist.extend(ids)
         st.pos += n

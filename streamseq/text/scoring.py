@@ -199,8 +199,9 @@ def record_tokens(cell: int, hidden: int, emb: np.ndarray, inputs: np.ndarray,
 
 
 class CompiledScorer:
-    """A flat copy of a :class:`~streamseq.text.lm.TokenLanguageModel`'s weights for
-    :func:`score_tokens`; call :meth:`refresh` after the weights change.
+    """A :class:`~streamseq.text.lm.TokenLanguageModel`'s weights as flat buffers for
+    :func:`score_tokens` (the module's parameters are moved into them) and their transposed
+    copy; call :meth:`refresh` after the weights change.
 
     Examples
     --------
@@ -238,14 +239,28 @@ class CompiledScorer:
         self.refresh()
 
     def refresh(self) -> None:
-        """Copy the module's current weights (the transposed layout by torch's blocked
-        copy: numba's element loop takes ~1 ms for a 1x128 model)."""
+        """Take the module's current weights.
+
+        The module's weights live in this scorer's flat buffers (they stay its parameters;
+        the optimizer updates them in place), so only the transposed layout is copied (by
+        torch's blocked copy: numba's element loop takes ~1 ms for a 1x128 model); a
+        parameter given new storage meanwhile is copied in and moved back."""
         lay = self.layout
         self.filled[:] = False
         theta, theta_t = torch.from_numpy(self.theta), torch.from_numpy(self.theta_t)
+        emb = torch.from_numpy(self.emb)
         with torch.no_grad():
-            torch.cat([p.flatten() for p in self.params], out=theta)
-            torch.from_numpy(self.emb).copy_(self.model.embed.weight)
+            at = 0
+            for p in self.params:
+                part = theta[at:at + p.numel()].view_as(p)
+                if p.data_ptr() != part.data_ptr():
+                    part.copy_(p)
+                    p.data = part
+                at += p.numel()
+            weight = self.model.embed.weight
+            if weight.data_ptr() != emb.data_ptr():
+                emb.copy_(weight)
+                weight.data = emb
             # params: per layer weight_ih, weight_hh, bias_ih, bias_hh; head weight, bias
             mats = [(int(lay.t_offsets[i, j]), self.params[4 * i + j])
                     for i in range(lay.layers) for j in (0, 1)]
