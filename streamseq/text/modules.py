@@ -173,8 +173,8 @@ def guarded_apply(params: list[nn.Parameter],
             p.grad = sparse[-1]
         else:
             dense.append(g)
-    sq = torch.nn.utils.get_total_norm(dense, foreach=True).square() if dense \
-        else torch.zeros(())
+    # one norm per tensor in one call (get_total_norm's bookkeeping costs more here)
+    sq = torch.stack(torch._foreach_norm(dense)).square().sum() if dense else torch.zeros(())
     for g in sparse:
         sq = sq + g.values().pow(2).sum()
     norm = float(sq.sqrt())
