@@ -185,8 +185,13 @@ class PredictionEncoder:
         target_ts = (list(map(str, out.target_ts[:, 0].tolist())) if horizon == 1
                      else [",".join(map(str, ts)) for ts in out.target_ts.tolist()])
         cols = EventColumns.of(events)
-        srcs = list(map(sources.__getitem__, index))
-        key_bytes, key_json = self._keys_of(list(map(cols.keys.__getitem__, index)))
+        if n == len(cols) == len(sources):  # every event forecast (index is sorted)
+            srcs, keys, times = list(sources), cols.keys, cols.ts_ms
+        else:
+            srcs = list(map(sources.__getitem__, index))
+            keys = list(map(cols.keys.__getitem__, index))
+            times = list(map(cols.ts_ms.__getitem__, index))
+        key_bytes, key_json = self._keys_of(keys)
         offsets = list(map(str, map(_OFFSET, srcs)))
         places = list(map(_PLACE, srcs))
         head: str | list[str]
@@ -202,7 +207,7 @@ class PredictionEncoder:
         # part holds a raw newline and the records come apart at the newlines
         parts = _interleave([
             head, offsets, '","key":', key_json, f',"kind":{json.dumps(self.kind)},"event_ts":',
-            list(map(str, map(cols.ts_ms.__getitem__, index))), ',"target_ts":[', target_ts,
+            list(map(str, times)), ',"target_ts":[', target_ts,
             f'],"horizon":{horizon},"yhat":{{', *yhat, '},"lo":{', *lo, '},"hi":{', *hi,
             '},"model_version":', version, ",", tail, offsets, "}",
             "" if out.weights is None else self._weights(out.weights, names), "}\n"], n)

@@ -151,6 +151,11 @@ CRAFTED = [
     [_plain(), b"{" * 5000 + b"}" * 5000],
     [_plain(), b'{"key":"k","key":"j","ts":1,"ts":2,"values":{"x":1.0,"x":NaN}}'],
     [_plain(), b'{"key":"k","ts":1,"values":{"x":1.0,"x":2.0}}'],
+    # a later object with a field that takes precedence (key, time) or one field fewer
+    [b'{"sensor_id":"a","ts":1,"values":{"x":1.0}}',
+     b'{"sensor_id":"a","ts":2,"values":{"x":1.0},"key":"b"}'],
+    [b'{"key":"a","time":1,"values":{"x":1.0}}', b'{"key":"a","time":1,"values":{"x":1.0},"ts":3}'],
+    [b'{"key":"a","ts":1,"values":{"x":1.0},"id":"m"}', b'{"key":"a","ts":1,"values":{"x":1.0}}'],
     [_plain(), b"{}"],
     [_plain(), b'{"key":"k","ts":1,"values":{}}'],
     [_plain(), b'{"key":"k","ts":1,"values":null,"x":2.0}'],

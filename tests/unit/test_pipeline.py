@@ -80,13 +80,14 @@ def test_prediction_bytes_are_the_contract_record(horizon: int, weights: bool,
     engine = Engine(cfg)
     events = [Event("sensor", key, T0 + i * MIN, {"x": float(i % 4), "y": None if i % 7 else 1.0})
               for i, key in enumerate(["a", "b\u00e9\"q", "c\\d"] * 10)]
+    events[4] = events[1]  # a duplicate: dropped, so the forecasts are not every event's
     sources = [InputRecord(f"sen%sors{i % 2}" if mixed else "sensors", i % 3 if mixed else 5,
                            1000 + i) for i in range(len(events))]
     out = engine.process(events)
     encoder = PredictionEncoder("sensor", max_cached_keys=2 if mixed else 200_000)
     preds = encoder.encode(events, out, engine.target_names, sources)
     assert encoder.encode(events, out, engine.target_names, sources) == preds  # cache warm
-    assert len(preds) == len(out.index) == len(events)
+    assert len(preds) == len(out.index) == len(events) - 1
     for row, i in enumerate(out.index.tolist()):
         want = _reference_record(events[i], out, row, sources[i], engine.target_names)
         assert preds[row].value == json.dumps(want, separators=(",", ":")).encode()
