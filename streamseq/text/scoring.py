@@ -236,6 +236,8 @@ class CompiledScorer:
         #: the first layer's input gates per token id under the current weights
         self.table = np.zeros((model.embed.num_embeddings, lay.gates), np.float32)
         self.filled = np.zeros(model.embed.num_embeddings, np.bool_)
+        self._ptrs: list[int] = []  # where the weights were when linked
+        self._transposes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.refresh()
 
     def refresh(self) -> None:
@@ -245,10 +247,18 @@ class CompiledScorer:
         the optimizer updates them in place), so only the transposed layout is copied (by
         torch's blocked copy: numba's element loop takes ~1 ms for a 1x128 model); a
         parameter given new storage meanwhile is copied in and moved back."""
-        lay = self.layout
         self.filled[:] = False
+        weights = [*self.params, self.model.embed.weight]
+        if [p.data_ptr() for p in weights] != self._ptrs:
+            self._link()
+        with torch.no_grad():
+            for dst, src in self._transposes:
+                dst.copy_(src)
+
+    def _link(self) -> None:
+        """Move the module's weights into the flat buffers; the transposed copy's sources."""
+        lay = self.layout
         theta, theta_t = torch.from_numpy(self.theta), torch.from_numpy(self.theta_t)
-        emb = torch.from_numpy(self.emb)
         with torch.no_grad():
             at = 0
             for p in self.params:
@@ -257,16 +267,18 @@ class CompiledScorer:
                     part.copy_(p)
                     p.data = part
                 at += p.numel()
+            emb = torch.from_numpy(self.emb)
             weight = self.model.embed.weight
             if weight.data_ptr() != emb.data_ptr():
                 emb.copy_(weight)
                 weight.data = emb
-            # params: per layer weight_ih, weight_hh, bias_ih, bias_hh; head weight, bias
-            mats = [(int(lay.t_offsets[i, j]), self.params[4 * i + j])
-                    for i in range(lay.layers) for j in (0, 1)]
-            mats.append((lay.head_t_offset, self.params[-2]))
-            for at, w in mats:
-                theta_t[at:at + w.numel()].view(w.shape[1], w.shape[0]).copy_(w.t())
+        # params: per layer weight_ih, weight_hh, bias_ih, bias_hh; head weight, bias
+        mats = [(int(lay.t_offsets[i, j]), self.params[4 * i + j])
+                for i in range(lay.layers) for j in (0, 1)]
+        mats.append((lay.head_t_offset, self.params[-2]))
+        self._transposes = [(theta_t[at:at + w.numel()].view(w.shape[1], w.shape[0]),
+                             w.detach().t()) for at, w in mats]
+        self._ptrs = [p.data_ptr() for p in [*self.params, self.model.embed.weight]]
 
     def score(self, state: torch.Tensor, inputs: list[int], targets: list[int], known: int,
               mark_at: list[int], rec: np.ndarray | None = None

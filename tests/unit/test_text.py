@@ -490,6 +490,27 @@ def test_compiled_scoring_matches_the_torch_module(cell: str, layers: int, known
             assert torch.allclose(mark, ref_mark, atol=1e-5)
 
 
+def test_scorer_takes_weights_given_new_storage() -> None:
+    """The module's weights live in the scorer's buffers; one given new storage (here a
+    whole new tensor, as ``module.to`` would) is taken at the next refresh."""
+    torch.manual_seed(0)
+    m = TokenLanguageModel(30, embed_dim=8, hidden=16, layers=1, cell="lstm").eval()
+    scorer = CompiledScorer(m)
+    with torch.no_grad():
+        m.head.weight.data = torch.randn(30, 16)
+        m.embed.weight.data = torch.randn(30, 8)
+    scorer.refresh()
+    ids = [4, 9, 2, 7, 7, 3]
+    nll, _ = scorer.score(m.init_state(1), [1, *ids[:-1]], ids, known=30, mark_at=[])
+    with torch.no_grad():
+        out, _ = m.features(torch.tensor([[1, *ids[:-1]]]), m.init_state(1))
+        ref = torch.nn.functional.cross_entropy(m.head(out[0]), torch.tensor(ids),
+                                                reduction="sum")
+    assert math.isclose(nll, float(ref), rel_tol=1e-5)
+    assert m.head.weight.data_ptr() == torch.from_numpy(scorer.theta).data_ptr() + 4 * (
+        scorer.layout.head_offsets[0])
+
+
 @pytest.mark.parametrize(("cell", "layers", "known", "dropout"), [
     ("lstm", 1, 30, 0.0), ("lstm", 2, 9, 0.3), ("gru", 2, 40, 0.0), ("gru", 1, 9, 0.3)])
 def test_window_gradients_match_autograd(cell: str, layers: int, known: int, dropout: float
