@@ -172,7 +172,7 @@ class _Window:
     targets: list[int]
     state0: torch.Tensor
     n_context: int
-    rec: np.ndarray | None = None  # the scorer's records of its steps, if still current
+    rec: list[np.ndarray] | None = None  # the scorer's records of its steps, if current
 
 
 class OnlineLanguageModel:
@@ -324,16 +324,23 @@ class OnlineLanguageModel:
         lay = self.scorer.layout
         return np.empty((n, lay.layers, 6 * lay.hidden), np.float32)
 
-    def _take_record(self, st: _Stream, start: int, end: int, keep: int) -> np.ndarray | None:
-        """The scorer's records of inputs ``start .. end`` if it made them all under the
-        current weights; drops those before ``keep``."""
+    def _take_record(self, st: _Stream, start: int, end: int, keep: int
+                     ) -> list[np.ndarray] | None:
+        """The scorer's records of inputs ``start .. end`` (consecutive pieces) if it made
+        them all under the current weights; drops those before ``keep``."""
         if st.rec_version != self.version or not st.rec or st.rec_start > start:
             return None
-        whole = st.rec[0] if len(st.rec) == 1 else np.concatenate(st.rec)
-        out = whole[start - st.rec_start:end - st.rec_start]
-        st.rec = [whole[keep - st.rec_start:]]
-        st.rec_start = keep
-        return out
+        out, kept = [], []
+        at = st.rec_start
+        for chunk in st.rec:
+            lo, hi = at, at + len(chunk)
+            if lo < end and hi > start:
+                out.append(chunk[max(start - lo, 0):end - lo])
+            if hi > keep:
+                kept.append(chunk[max(keep - lo, 0):])
+            at = hi
+        st.rec, st.rec_start = kept, keep
+        return out if sum(map(len, out)) == end - start else None
 
     def _learn_due(self, key: str, st: _Stream) -> None:
         """Queue the windows of the stream that fell due; step at every update point."""
@@ -373,7 +380,7 @@ class OnlineLanguageModel:
         todo = np.ones(len(windows), np.bool_)
         for i, w in enumerate(windows):
             if w.rec is not None and masks is None:
-                rec[starts[i]:starts[i + 1]] = w.rec
+                np.concatenate(w.rec, out=rec[starts[i]:starts[i + 1]])
                 todo[i] = False
         if todo.any():
             self.scorer.record(inputs, starts, todo, state0, masks, rec)
