@@ -84,12 +84,17 @@ class LMConfig(_PlainConfig):
     lowercase
         Lower-case text before tokenizing.
     cell, embed_dim, hidden, layers, dropout
-        Architecture. LSTM is the default: on CPU its fused kernel trains ~4x faster than GRU.
+        Architecture. LSTM is the default (it trained ~4x faster than GRU through torch's
+        CPU kernels, which the learner no longer uses; not measured again since).
         The defaults (1x112, 4 windows per step, lr 8e-3) were chosen on the first 80% of
         tiny Shakespeare, on a frontier of bits/char against chars/CPU-s: 1x128 does 0.006
         bits/char better there (0.016 on the last 20%) at 0.88x the speed
         (bench/results/text.md); 1x96, embed 16 or 24, or 5, 6 or 8 windows per step are
-        faster and 0.03-0.11 bits/char worse there, k1=k2=96 or 128 0.05-0.11 worse.
+        faster and 0.03-0.11 bits/char worse there, k1=k2=96 or 128 0.05-0.11 worse. With
+        the learner of issue 16 v3 (messages cut where a window falls due, records reused)
+        the defaults give 2.5614 bits/char there (2.5605 before) and 2.3491 on the last 20%
+        (2.3449); 8 windows per step with lr 8e-3, 1.2e-2 or 1.6e-2 are 0.09-0.14 worse on
+        the first 80%, 6 windows with lr 1e-2 0.11 worse.
     k1, k2
         Truncated BPTT: a window falls due every ``k1`` tokens of a stream, backpropagating
         through its last ``k2`` (``k2 >= k1``).
