@@ -60,6 +60,7 @@ __all__ = [
 # ---------------------------------------------------------------------------- records
 _VALUE = operator.attrgetter("value")
 _TIMESTAMP = operator.attrgetter("timestamp")
+_BLOCK = 64  # records decoded at once when a whole poll cannot be
 
 
 class Record(Protocol):
@@ -128,12 +129,37 @@ class RecordDecoder:
 
     def decode_many(self, records: Sequence[Record]
                     ) -> tuple[Sequence[Any], Sequence[Record], list[DeadLetter]]:
-        """The events of ``records``, the records they came from and the records refused:
-        at once when the payload decoder decodes them all at once and every event is in
-        time (:meth:`decode`'s outcome for each), else record by record."""
-        events = self.payload.decode_many(list(map(_VALUE, records))) if records else None
-        if events is not None and self._in_time(events, records):
+        """The events of ``records``, the records they came from and the records refused
+        (:meth:`decode`'s outcome for each): at once when the payload decoder decodes
+        them all at once and every event is in time; else the same, block by block of
+        ``block`` records (a poll with a few bad records keeps most of it at once), and a
+        block that cannot be, record by record."""
+        events = self._at_once(records)
+        if events is not None:
             return events, records, []
+        if len(records) <= _BLOCK:
+            return self._one_by_one(records)
+        parts = [self._at_once(records[lo:lo + _BLOCK]) for lo in range(0, len(records), _BLOCK)]
+        decoded: list[Sequence[Any]] = []
+        kept: list[Record] = []
+        refused: list[DeadLetter] = []
+        for k, part in enumerate(parts):
+            block = records[k * _BLOCK:(k + 1) * _BLOCK]
+            if part is None:
+                part, block, bad = self._one_by_one(block)
+                refused += bad
+            decoded.append(part)
+            kept += block
+        if not any(isinstance(part, EventColumns) for part in decoded):
+            return [e for part in decoded for e in part], kept, refused
+        return EventColumns.concat(list(map(EventColumns.of, decoded))), kept, refused
+
+    def _at_once(self, records: Sequence[Record]) -> Sequence[Any] | None:
+        events = self.payload.decode_many(list(map(_VALUE, records))) if records else None
+        return events if events is not None and self._in_time(events, records) else None
+
+    def _one_by_one(self, records: Sequence[Record]
+                    ) -> tuple[list[Any], list[Record], list[DeadLetter]]:
         decoded: list[Any] = []
         kept: list[Record] = []
         refused: list[DeadLetter] = []

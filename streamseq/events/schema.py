@@ -97,6 +97,23 @@ class EventColumns(Sequence[Event]):
         kinds, keys, ts, values, ids = zip(*map(_COLUMNS, events), strict=True)
         return cls(list(kinds), list(keys), list(ts), list(values), list(ids))
 
+    @classmethod
+    def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
+        """The events of ``parts``, one after the other.
+
+        >>> a = EventColumns.of([Event("sensor", "a", 5, {"x": 1.0})])
+        >>> EventColumns.concat([a, a[:0], a]).keys
+        ['a', 'a']
+        """
+        out = cls([], [], [], [], [])
+        for part in parts:
+            out.kinds.extend(part.kinds)
+            out.keys.extend(part.keys)
+            out.ts_ms.extend(part.ts_ms)
+            out.values.extend(part.values)
+            out.ids.extend(part.ids)
+        return out
+
     def __len__(self) -> int:
         return len(self.keys)
 

@@ -208,6 +208,48 @@ def test_record_rules_at_once_equal_record_by_record(rows: list[tuple[int, int]]
     assert [(d.record, d.error.reason, d.error.detail) for d in refused] == want_refused
 
 
+def _record_by_record(decoder: RecordDecoder, records: list[InputRecord]
+                      ) -> tuple[list[Any], list[InputRecord], list[tuple[Any, str, str]]]:
+    events, kept, refused = [], [], []
+    for r in records:
+        try:
+            events.append(decoder.decode(r))
+        except EventError as err:
+            refused.append((r, err.reason, err.detail))
+        else:
+            kept.append(r)
+    return events, kept, refused
+
+
+@pytest.mark.parametrize("bad", [(), (0,), (3, 64, 65, 200), tuple(range(0, 300, 7))])
+def test_a_long_poll_with_bad_records_is_decoded_block_by_block(bad: tuple[int, ...]) -> None:
+    """A poll longer than a block with bad records here and there: the blocks without one
+    are decoded at once, the others record by record; together decode's outcome."""
+    decoder = RecordDecoder(EventDecoder(), max_future_ms=60_000)
+    records = [InputRecord("t", 0, i, T0 + 60_000 * i, b"{bad" if i in bad else
+                           _plain(f"s-{i % 9}", T0 + 60_000 * i + (10**6 if i == 64 else 0)))
+               for i in range(300)]
+    events, kept, refused = decoder.decode_many(records)
+    want = _record_by_record(decoder, records)
+    assert (list(events), list(kept)) == (want[0], want[1])
+    assert [(d.record, d.error.reason, d.error.detail) for d in refused] == want[2]
+    spoilt = {i // 64 for i in (*bad, 64)}  # record 64: past its timestamp bound
+    assert isinstance(events, EventColumns) == (len(spoilt) < 5)  # a block at once
+
+
+def test_text_polls_are_decoded_record_by_record() -> None:
+    from streamseq.text.events import TextDecoder
+
+    decoder = RecordDecoder(TextDecoder())
+    records = [InputRecord("t", 0, i, None, b"{bad" if i % 50 == 3 else
+                           b'{"kind": "text", "key": "s1", "ts": %d, "text": "hi"}' % i)
+               for i in range(200)]
+    events, kept, refused = decoder.decode_many(records)
+    want = _record_by_record(decoder, records)
+    assert (list(events), list(kept)) == (want[0], want[1])
+    assert [(d.record, d.error.reason) for d in refused] == [w[:2] for w in want[2]]
+
+
 class _OneByOne:
     """The payload decoder without its batch path: the oracle of the pipeline step."""
 
@@ -221,7 +263,7 @@ class _OneByOne:
         return None
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 150])
 def test_pipeline_step_equals_the_one_by_one_step(chunk: int) -> None:
     cfg = EngineConfig(model=ModelConfig(hidden=8),
                        learner=LearnerConfig(k1=1, k2=2, batch_windows=2))
