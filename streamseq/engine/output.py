@@ -143,6 +143,8 @@ class EngineOutput:
     def keep(self, index: np.ndarray) -> None:
         """Keep the rows of ``index`` (the applied events)."""
         self.index = index
+        if len(index) == len(self.yhat):  # every row (index is sorted): nothing to drop
+            return
         for name in ("yhat", "err_model", "err_persistence", "scale", "target_ts", "version",
                      "yhat_z", "z_mean", "z_std", "model_yhat", "lo", "hi", "anomaly",
                      "checked", "forecaster_errors", "covered"):
