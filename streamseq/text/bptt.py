@@ -241,7 +241,8 @@ def window_gradients(model: TokenLanguageModel, lay: ParamLayout, theta: np.ndar
             dtop.mul_(torch.from_numpy(masks.top))
     no_mid = np.zeros((0, 0, hd), np.float32)
     dgi = np.empty((layers, rows, lay.gates), np.float32)
-    dgh = np.empty((layers, rows, lay.gates), np.float32)
+    # an LSTM's recurrent gate gradients are its input ones: one array for both
+    dgh = dgi if lay.cell == LSTM else np.empty((layers, rows, lay.gates), np.float32)
     hprev = np.empty((layers, rows, hd), np.float32)
     backprop_windows(lay.cell, hd, theta, lay.offsets, batch.rec, batch.starts,
                      batch.state0, dtop.numpy(), masks.mid if masks is not None else no_mid,

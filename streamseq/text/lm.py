@@ -212,6 +212,7 @@ class OnlineLanguageModel:
         #: records are reused by the learner only under the weights that made them
         self.version = 0
         self.rec_rows = 0  # rows recorded under this version, at most rec_budget
+        self.recording: list[_Stream] = []  # streams with records of this version
         self.rec_budget = RECORD_WINDOWS * c.batch_windows * c.k2
         self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.streams: OrderedDict[str, _Stream] = OrderedDict()
@@ -316,6 +317,8 @@ class OnlineLanguageModel:
         if self.config.dropout > 0:
             return None
         if st.rec_version != self.version or st.rec_start + sum(map(len, st.rec)) != n0:
+            if st.rec_version != self.version:
+                self.recording.append(st)
             st.rec, st.rec_start, st.rec_version = [], n0, self.version
         if self.rec_rows + n > self.rec_budget:
             st.rec, st.rec_version = [], -1
@@ -323,6 +326,15 @@ class OnlineLanguageModel:
         self.rec_rows += n
         lay = self.scorer.layout
         return np.empty((n, lay.layers, 6 * lay.hidden), np.float32)
+
+    def _new_version(self) -> None:
+        """The weights changed: every record made so far is stale (dropped now, so that
+        memory stays within the budget of one version however many streams are idle)."""
+        for st in self.recording:
+            st.rec, st.rec_version = [], -1
+        self.recording = []
+        self.version += 1
+        self.rec_rows = 0
 
     def _take_record(self, st: _Stream, start: int, end: int, keep: int
                      ) -> list[np.ndarray] | None:
@@ -392,8 +404,7 @@ class OnlineLanguageModel:
         applied, loss_v, norm = guarded_apply(self.params, self.optimizer, loss, c.clip)
         s = self.stats
         if applied:
-            self.version += 1
-            self.rec_rows = 0
+            self._new_version()
             self.scorer.refresh()
             learned = y[y >= 0]
             self.learned_counts += torch.from_numpy(np.bincount(learned,
@@ -485,8 +496,7 @@ class OnlineLanguageModel:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"language model weights do not fit: {exc}") from exc
         self.scorer.refresh()
-        self.version += 1
-        self.rec_rows = 0
+        self._new_version()
         for group in self.optimizer.param_groups:  # learning settings come from this config
             group["lr"] = self.config.lr
         self.generator.set_state(state["generator"])

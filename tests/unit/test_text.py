@@ -595,6 +595,21 @@ def test_learner_reuses_the_scored_steps_of_one_stream() -> None:
     assert_same_state(again.state_dict(), eng.state_dict())
 
 
+def test_scorer_records_stay_within_the_budget_of_one_weights_version() -> None:
+    """Records are dropped when the weights change: idle streams hold none of older
+    weights (else every stream ever seen would keep its last steps)."""
+    eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=8, embed_dim=4, k1=4, k2=4,
+                                                  batch_windows=2)))
+    events = []
+    for i in range(300):
+        events += [TextEvent(f"idle{i}", i, "abc"), TextEvent("busy", i, "hello there\n")]
+    eng.process(events)
+    lm = eng.lm
+    assert lm is not None and eng.stats.lm_updates > 100
+    held = sum(len(chunk) for st in lm.streams.values() for chunk in st.rec)
+    assert held <= lm.rec_budget
+
+
 def test_lm_evicts_excess_and_idle_streams() -> None:
     eng = TextEngine(TextEngineConfig(lm=LMConfig(hidden=8, embed_dim=4, max_keys=2,
                                                   key_ttl_ms=10_000)))
