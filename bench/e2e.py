@@ -17,10 +17,10 @@ What it measures, on the local embedded broker (Tansu) and this machine, all in 
    (d) ``--workers 2`` when ``streamseq run`` has that flag. Throughput = output records /
    (last - first output record timestamp), best of ``--repeat`` runs.
 4. **Latency at fixed offered rates** (``--rates``, each for ``--seconds``), the relay and
-   the service with defaults, each on an input topic of its own filled with the same
-   ``--events`` and caught up beforehand (on Tansu a fetch costs more the more batches the
-   topic holds: a shared topic would hand the second runner a slower broker): per event, the output record's
-   timestamp (set when the relay or service hands it to its producer) minus the input
+   the service with defaults, each rate of each runner on an input topic of its own filled
+   with the same ``--events`` and caught up beforehand (on Tansu a fetch costs more the more
+   batches the topic holds: a shared topic would hand a later phase a slower broker): per
+   event, the output record's timestamp (set when the relay or service hands it to its producer) minus the input
    record's (set when the bench hands it to its producer), and the time the output record
    reached a consumer of the output topic (``fetch_max_wait_ms=5``) minus the same.
 5. ``--profile``: a further drain of (a), (b) and (c) under py-spy (all threads): µs per
@@ -498,6 +498,32 @@ def collector_paused() -> Any:
         gc.enable()
 
 
+def latency_run(variant: Variant, broker: Any, a: argparse.Namespace,
+                bulk: Sequence[Message], live: Sequence[Message], rate: float, tag: str,
+                workdir: Path) -> dict[str, Any]:
+    """One latency phase of one runner at one offered rate, on an input topic of its own.
+
+    The topic is filled with ``bulk`` (the drains' events), the runner catches up, then
+    :func:`latency_phase` offers ``live`` at ``rate``. Every phase gets a fresh topic because
+    on Tansu a fetch costs more the more batches the topic holds and a paced phase writes
+    thousands of small ones: a runner measured on a topic after another runner's phases, or
+    a rate measured after another rate's phase, met a slower broker (bench/e2e_notes.md,
+    2026-12-02 15:40 and 16:40)."""
+    own = ServiceTopics.create(broker, tag, partitions=a.partitions)
+    produce(broker.bootstrap, own.sensor, bulk)
+    runner = Runner(variant, broker, own, tag, workdir, a.hidden)
+    try:
+        wait_until(lambda: runner.count() >= len(bulk), 600, f"{variant.name} caught up",
+                   interval=0.2)
+        lat = latency_phase(runner, broker.bootstrap, own.sensor, live, rate)
+    except BaseException:
+        runner.kill()
+        raise
+    runner.stop()
+    print(f"latency: {json.dumps(lat)}", flush=True)
+    return lat
+
+
 def latency_phase(runner: Runner, bootstrap: str, topic: str, messages: Sequence[Message],
                   rate: float) -> dict[str, Any]:
     """Offer ``messages`` at ``rate`` to a caught-up runner; match each output to its
@@ -787,7 +813,10 @@ def write_report(path: Path, ctx: dict[str, Any]) -> str:
         "",
         "## Event-to-prediction latency at fixed offered rates",
         "",
-        "Each runner caught up first, then offered the rate for "
+        "Each phase (a runner at a rate) ran on a fresh input topic filled with the "
+        "drains' events (on the embedded broker a fetch costs more the more batches a topic "
+        "holds, and a paced phase writes thousands of small ones: see the notes at the "
+        "end); the runner caught up first, then was offered the rate for "
         f"{ctx['seconds']:.0f} s (the bench's producer, linger 2 ms). Hand-off = output "
         "record timestamp (set when the relay or the service hands the record to its "
         "producer) - input record timestamp (set when the bench hands the event to its "
@@ -1044,27 +1073,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx["throughput"] = results
 
         for variant in latency_variants:
-            tag = f"latency-{variant.name}-{unique}"
-            # Each runner on an input topic of its own, filled like the shared one: Tansu's
-            # fetches cost more the more batches a topic holds, and a paced phase writes
-            # thousands of small ones, so a runner measured on the topic after another's
-            # phases met a slower broker (bench/e2e_notes.md, 2026-12-02 15:40).
-            own = ServiceTopics.create(broker, tag, partitions=a.partitions)
-            produce(broker.bootstrap, own.sensor, bulk)
-            produced = len(bulk)
-            runner = Runner(variant, broker, own, tag, workdir, a.hidden)
-            try:
-                wait_until(lambda r=runner, k=produced: r.count() >= k, 600,  # type: ignore[misc]
-                           f"{variant.name} caught up", interval=0.2)
-                for rate, live in zip(rates, lives[variant.key], strict=True):
-                    lat = latency_phase(runner, broker.bootstrap, own.sensor, live, rate)
-                    produced += len(live)
-                    ctx["latency"].append(lat)
-                    print(f"latency: {json.dumps(lat)}", flush=True)
-            except BaseException:
-                runner.kill()
-                raise
-            runner.stop()
+            for rate, live in zip(rates, lives[variant.key], strict=True):
+                ctx["latency"].append(latency_run(variant, broker, a, bulk, live, rate,
+                                                  f"latency-{variant.name}-{rate:.0f}-{unique}",
+                                                  workdir))
         probe = bulk[:int(5 * rates[0])]  # its own topic
         ctx["transport"] = [transport_latency(broker, probe, rates[0], wait)
                             for wait in sorted({_SC.fetch_max_wait_ms, 500})]
