@@ -8,6 +8,7 @@ lengths, waits) may change between runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -56,6 +57,10 @@ class _PlainConfig:
 
 
 def _check_common(name: str, c: Any) -> None:
+    for setting in fields(c):  # NaN passes every "must be > 0" comparison: refuse it first
+        value = getattr(c, setting.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{setting.name} must be a finite number, not {value!r}")
     if c.tokens not in TOKENIZERS:
         raise ConfigError(f"{name}.tokens must be one of {TOKENIZERS}, not {c.tokens!r}")
     if c.cell not in CELLS:

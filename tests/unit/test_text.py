@@ -6,6 +6,7 @@ sets are in ``bench/results/text.md`` (``python -m bench.text_bench``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -20,7 +21,7 @@ import torch
 
 from streamseq.cli import main as cli_main
 from streamseq.events import EventError
-from streamseq.exceptions import CheckpointError
+from streamseq.exceptions import CheckpointError, ConfigError
 from streamseq.text import (
     ClassifierConfig,
     LabelEvent,
@@ -130,6 +131,16 @@ def test_decoder_rejects_with_typed_reasons(payload: bytes, reason: str) -> None
     with pytest.raises(EventError) as info:
         decode_text_json(payload)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("config", [LMConfig, ClassifierConfig])
+def test_every_float_setting_refuses_nan_and_infinities(config: type) -> None:
+    floats = [f.name for f in dataclasses.fields(config) if isinstance(f.default, float)]
+    assert "lr" in floats
+    for name in floats:
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+                config(**{name: bad})
 
 
 def test_decoder_round_trips_wire_form() -> None:
