@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -98,7 +99,7 @@ def _parse(raw: str, tp: Any, what: str) -> Any:
                 return False
             raise ValueError(f"not a boolean: {raw!r}")
         if inner in (int, float, str):
-            return inner(raw)
+            return _finite(inner(raw), what)
         origin = typing.get_origin(inner)
         if origin is tuple:
             return tuple(x.strip() for x in raw.split(",") if x.strip())
@@ -110,6 +111,14 @@ def _parse(raw: str, tp: Any, what: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
     raise ConfigError(f"{what}: cannot be set from text")
+
+
+def _finite(value: Any, what: str) -> Any:
+    """``value``, unless it is a float NaN or infinity (NaN passes every ``x > 0`` check a
+    setting's own validation makes, and no setting means anything by an infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{what}: must be a finite number, not {value!r}")
+    return value
 
 
 def config_from_dict(cls: type[C], d: Mapping[str, Any], where: str = "") -> C:
@@ -133,7 +142,7 @@ def config_from_dict(cls: type[C], d: Mapping[str, Any], where: str = "") -> C:
                 config_from_dict(item, v, path) if isinstance(item, type) and is_dataclass(item)
                 and isinstance(v, Mapping) else v for v in value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _finite(value, path)
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -230,3 +230,29 @@ def test_run_refuses_unusable_settings_on_one_line(
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert lines[0].startswith("streamseq run: configuration error: ")
+
+
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_a_float_setting_refuses_nan_wherever_it_comes_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        source: str) -> None:
+    """NaN passes every ``x > 0`` check a setting makes (a NaN checkpoint interval never
+    fell due): a float setting must be a finite number, from a flag, the environment or the
+    file; exit 2 with one line, before any broker is contacted."""
+    for name in [k for k in os.environ if k.startswith("STREAMSEQ_")]:
+        monkeypatch.delenv(name)
+    argv = ["--log-level", "ERROR", "run", "--bootstrap", "127.0.0.1:9",
+            "--sensor-topic", "sensors", "--metrics-port", "0"]
+    if source == "flag":
+        argv += ["--checkpoint-every-seconds", "nan"]
+        message = "invalid float value: 'nan'"
+    elif source == "environment":
+        monkeypatch.setenv("STREAMSEQ_ENGINE_LEARNER_LR", "nan")
+        message = "must be a finite number, not nan"
+    else:
+        (tmp_path / "c.toml").write_text("checkpoint_every_seconds = inf\n")
+        argv += ["--config", str(tmp_path / "c.toml")]
+        message = "checkpoint_every_seconds: must be a finite number, not inf"
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
